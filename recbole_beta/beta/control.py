@@ -1,0 +1,69 @@
+"""Feedback-controlled beta: a PI controller that holds the KL at a target (ControlVAE)."""
+
+import math
+
+from recbole_beta.beta.base import BetaStrategy, register_strategy
+from recbole_beta.beta.schedules import config_value
+from recbole_beta.errors import check, check_number
+
+
+@register_strategy("controlled")
+class PIControlBeta(BetaStrategy):
+    """Non-linear PI control of beta (Shao et al., "ControlVAE", ICML 2020, Algorithm 1).
+
+    At each step, with e = kl_target - KL_t (the batch-mean KL):
+        P = kp / (1 + exp(e))            large when KL is above target, near 0 below it
+        I <- I - ki * e                  grows while KL stays above target
+        beta_t = clip(P + I + beta_min, beta_min, beta_max)
+    Anti-windup by conditional integration: I is frozen on a step where integrating would push
+    an already saturated output further past its bound, so the controller recovers at once when
+    the error changes sign. Before the first step beta = beta_min.
+    """
+
+    state_keys = ("step_count", "integral", "current_beta")
+    needs_kl = True
+
+    def __init__(self, kl_target, kp, ki, beta_min, beta_max):
+        super().__init__()
+        self.kl_target = kl_target
+        self.kp = kp
+        self.ki = ki
+        self.beta_min = beta_min
+        self.beta_max = beta_max
+        self.integral = 0.0
+        self.current_beta = beta_min
+
+    @classmethod
+    def from_config(cls, config, context):
+        kl_target = check_number("kl_target", config_value(config, "kl_target", 10.0), minimum=0)
+        kp = check_number("kp", config_value(config, "kp", 0.01), minimum=0)
+        ki = check_number("ki", config_value(config, "ki", 0.0001), minimum=0)
+        beta_min = check_number("beta_min", config_value(config, "beta_min", 0.0), minimum=0)
+        beta_max = check_number("beta_max", config_value(config, "beta_max", 1.0), minimum=0)
+        check("beta_max", beta_max, beta_max >= beta_min, f"must be >= beta_min ({beta_min})")
+        return cls(kl_target, kp, ki, beta_min, beta_max)
+
+    def step(self, kl=None):
+        if kl is None:
+            raise ValueError("the controlled beta strategy needs the batch KL: call step(kl=...)")
+        super().step()
+        error = self.kl_target - float(kl)
+        # kp / (1 + exp(e)) written with tanh, which cannot overflow for large |e|
+        proportional = self.kp * 0.5 * (1.0 - math.tanh(error / 2.0))
+        integral = self.integral - self.ki * error
+        raw = proportional + integral + self.beta_min
+        winding_up = (raw > self.beta_max and error < 0) or (raw < self.beta_min and error > 0)
+        if not winding_up:
+            self.integral = integral
+        unclipped = proportional + self.integral + self.beta_min
+        self.current_beta = min(self.beta_max, max(self.beta_min, unclipped))
+
+    @property
+    def beta(self):
+        return self.current_beta
+
+    def extra_repr(self):
+        return (
+            f"kl_target={self.kl_target}, kp={self.kp}, ki={self.ki}, "
+            f"beta_min={self.beta_min}, beta_max={self.beta_max}"
+        )

@@ -1,0 +1,44 @@
+"""Per-user beta: scaling the KL weight by each user's activity."""
+
+from recbole_beta.beta.base import BetaStrategy, register_strategy
+from recbole_beta.beta.schedules import config_value
+from recbole_beta.errors import check, check_number
+
+
+@register_strategy("scaled")
+class UserScaledBeta(BetaStrategy):
+    """beta_u = gamma * |x_u|, |x_u| the number of items user u interacted with in training.
+
+    With ``normalize_activity`` the count is divided by its mean over training users,
+    beta_u = gamma * |x_u| / mean|x|, so gamma is the beta of an average user on any dataset.
+    The same idea weights RecVAE's KL term (Shenbin et al., WSDM 2020). Constant over time:
+    combine it with a schedule (``beta_strategy: [scaled, annealed]``) to anneal it.
+    """
+
+    per_user = True
+    is_schedule = False
+
+    def __init__(self, gamma, normalize_activity, mean_activity):
+        super().__init__()
+        self.gamma = gamma
+        self.normalize_activity = normalize_activity
+        self.mean_activity = mean_activity
+        self.scale = gamma / mean_activity if normalize_activity else gamma
+
+    @classmethod
+    def from_config(cls, config, context):
+        gamma = check_number("gamma", config_value(config, "gamma", 0.005), minimum=0)
+        normalize = config_value(config, "normalize_activity", False)
+        check("normalize_activity", normalize, isinstance(normalize, bool), "must be True or False")
+        return cls(gamma, normalize, context.mean_activity)
+
+    @property
+    def beta(self):
+        # a user of mean activity
+        return self.scale * self.mean_activity
+
+    def weights(self, activity):
+        return self.scale * activity
+
+    def extra_repr(self):
+        return f"gamma={self.gamma}, normalize_activity={self.normalize_activity}"

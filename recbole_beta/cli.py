@@ -1,0 +1,50 @@
+"""Command line of ``run_recbole_beta.py`` (also installed as ``recbole-beta``)."""
+
+import argparse
+import sys
+
+from recbole_beta.errors import RecBoleBetaError, TrainingDivergedError
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="run_recbole_beta.py",
+        description="Train and test a recbole-beta or RecBole model with RecBole's loaders, trainer and "
+        "full-ranking evaluation. Any other --key=value sets that config key.",
+    )
+    parser.add_argument("--model", "-m", default="BetaMultVAE", help="model name (default: BetaMultVAE)")
+    parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default: ml-100k, shipped with RecBole)")
+    parser.add_argument("--config_files", default=None, help="YAML config files, separated by spaces")
+    parser.add_argument("--resume", default=None, help="checkpoint (.pth) to continue training from")
+    parser.add_argument("--nproc", type=int, default=1, help="processes (GPUs) per node for DDP")
+    parser.add_argument("--ip", default="localhost", help="DDP master address")
+    parser.add_argument("--port", default="5678", help="DDP master port")
+    parser.add_argument("--world_size", type=int, default=-1, help="total DDP processes over all nodes")
+    parser.add_argument("--group_offset", type=int, default=0, help="rank of this node's first process")
+    return parser
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args, _ = build_parser().parse_known_args(argv)  # the rest are --key=value, read by RecBole's Config
+    config_files = args.config_files.strip().split(" ") if args.config_files else None
+
+    from recbole_beta.quick_start import run  # heavy imports after --help
+
+    try:
+        result = run(
+            args.model, args.dataset, config_file_list=config_files, resume=args.resume, nproc=args.nproc,
+            world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset,
+        )
+    except TrainingDivergedError as error:
+        print(f"recbole-beta: {error}", file=sys.stderr)
+        return 1
+    except RecBoleBetaError as error:
+        print(f"recbole-beta: {error}", file=sys.stderr)
+        return 2
+    if result is not None:
+        print(f"best valid: {dict(result['best_valid_result'] or {})}")
+        print(f"test result: {dict(result['test_result'] or {})}")
+        if result.get("result_file"):
+            print(f"result file: {result['result_file']}")
+    return 0

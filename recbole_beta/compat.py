@@ -1,0 +1,241 @@
+"""RecBole 1.2.1 on today's stack: checkpoints that torch >= 2.6 loads with ``weights_only=True``.
+
+RecBole pickles its Config object (and models' numpy/scipy attributes) into checkpoints and
+reads them back with a bare ``torch.load``, which torch >= 2.6 refuses. :class:`SafeCheckpointMixin`
+replaces only the saving and loading, for any RecBole ``Trainer`` subclass: checkpoints hold plain
+data (the config as a dict, numpy/scipy values as tensors) and are read with the safe loader.
+Training and evaluation run through RecBole's own code. The checkpoint also carries the random
+number generator states, so a resumed run continues exactly as an uninterrupted one.
+"""
+
+import enum
+import os
+import random
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from recbole.utils import set_color
+
+from recbole_beta.errors import TrainingDivergedError
+
+_TAG = "__recbole_beta__"
+
+
+def plain(value):
+    """``value`` as plain data for a checkpoint: enums and devices become strings, numpy becomes Python."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    if isinstance(value, np.generic):  # before float: np.float64 is a float subclass
+        return value.item()
+    if isinstance(value, (bool, int, float, str, type(None), torch.Tensor)):
+        return value
+    if isinstance(value, enum.Enum):
+        return str(value)
+    return str(value)
+
+
+def encode(value):
+    """Make model attributes (numpy arrays, scipy sparse matrices, nested dicts) safe to save."""
+    if isinstance(value, dict):
+        return {k: encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(encode(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return {_TAG: "ndarray", "data": torch.from_numpy(np.ascontiguousarray(value))}
+    if sp.issparse(value):
+        coo = value.tocoo()
+        return {
+            _TAG: "sparse",
+            "format": value.format,
+            "shape": list(coo.shape),
+            "row": torch.from_numpy(coo.row.astype(np.int64)),
+            "col": torch.from_numpy(coo.col.astype(np.int64)),
+            "data": torch.from_numpy(coo.data),
+        }
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def decode(value):
+    """Inverse of :func:`encode`."""
+    if isinstance(value, dict):
+        kind = value.get(_TAG)
+        if kind == "ndarray":
+            return value["data"].numpy()
+        if kind == "sparse":
+            coo = sp.coo_matrix(
+                (value["data"].numpy(), (value["row"].numpy(), value["col"].numpy())), shape=tuple(value["shape"])
+            )
+            return coo.asformat(value["format"])
+        return {k: decode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(decode(v) for v in value)
+    return value
+
+
+def capture_rng(train_data=None):
+    """The states of every generator a training epoch draws from, as tensors and ints."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if train_data is not None and getattr(train_data, "generator", None) is not None:
+        # RecBole's dataloaders shuffle with a generator of their own
+        state["loader"] = train_data.generator.get_state()
+    return state
+
+
+def restore_rng(state, train_data=None):
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "loader" in state and train_data is not None:
+        train_data.generator.set_state(state["loader"])
+
+
+def load_checkpoint(path, device="cpu"):
+    """Read a checkpoint this project wrote, with torch's safe (weights-only) loader."""
+    checkpoint = torch.load(str(path), map_location=device, weights_only=True)
+    checkpoint["other_parameter"] = decode(checkpoint.get("other_parameter"))
+    return checkpoint
+
+
+def atomic_torch_save(obj, path):
+    """Write to a temporary name, then rename: a crash never leaves a half-written checkpoint."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    # default pickle protocol: the weights-only unpickler rejects protocol 4 (RecBole's choice)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class SafeCheckpointMixin:
+    """Put before a RecBole ``Trainer`` subclass: safe checkpoints, exact resume, finite-loss check.
+
+    Also keeps ``history``: one dict per epoch with the training losses, the time it took and, on
+    evaluated epochs, the valid metrics.
+    """
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self._train_data = train_data
+        if getattr(self, "_pending_rng", None) is not None:
+            restore_rng(self._pending_rng, train_data)
+            self._pending_rng = None
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    @property
+    def history(self):
+        if not hasattr(self, "_history"):
+            self._history = []
+        return self._history
+
+    def _history_entry(self, epoch_idx):
+        if not self.history or self.history[-1]["epoch"] != epoch_idx:
+            self.history.append({"epoch": epoch_idx})
+        return self.history[-1]
+
+    def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
+        # called once per epoch, right after training: the place to record it
+        entry = self._history_entry(epoch_idx)
+        entry["train_time"] = e_time - s_time
+        parts = losses if isinstance(losses, tuple) else (losses,)
+        entry["train_loss"] = float(sum(parts))
+        for i, part in enumerate(parts if isinstance(losses, tuple) else ()):
+            entry[f"train_loss{i + 1}"] = float(part)
+        return super()._generate_train_loss_output(epoch_idx, s_time, e_time, losses)
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        if self.history:
+            self.history[-1]["valid_score"] = float(valid_score)
+            self.history[-1]["valid"] = {k: float(v) for k, v in valid_result.items()}
+        return valid_score, valid_result
+
+    def _check_nan(self, loss):
+        if not torch.isfinite(loss):
+            kept = (
+                f"the last good checkpoint {self.saved_model_file} is kept"
+                if os.path.exists(self.saved_model_file)
+                else "no checkpoint had been saved yet"
+            )
+            epoch = self.history[-1]["epoch"] + 1 if self.history else self.start_epoch
+            raise TrainingDivergedError(
+                f"training loss became {loss.item()} in epoch {epoch}; stopped, {kept}. "
+                "Lower learning_rate or the beta keys, or set clip_grad_norm"
+            )
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = {
+            "config": plain(self.config.final_config_dict),
+            "config_overrides": plain(self.config.external_config_dict),
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": float(self.best_valid_score),
+            "best_valid_result": plain(dict(self.best_valid_result or {})),
+            "history": plain(self.history),
+            "state_dict": self.model.state_dict(),
+            "other_parameter": encode(self.model.other_parameter()),
+            "optimizer": self.optimizer.state_dict(),
+            "rng_state": capture_rng(getattr(self, "_train_data", None)),
+        }
+        atomic_torch_save(state, saved_model_file)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def _load_model_state(self, checkpoint):
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+
+    def resume_checkpoint(self, resume_file):
+        resume_file = str(resume_file)
+        self.saved_model_file = resume_file
+        checkpoint = load_checkpoint(resume_file, self.device)
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        self.best_valid_result = checkpoint.get("best_valid_result") or None
+        self._history = list(checkpoint.get("history", []))
+        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
+            self.logger.warning(
+                "Architecture configuration given in config file is different from that of checkpoint. "
+                "This may yield an exception while state_dict is being loaded."
+            )
+        self._load_model_state(checkpoint)
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        # restored when fit() starts, so nothing drawn in between shifts the streams
+        self._pending_rng = checkpoint.get("rng_state")
+        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if load_best_model and eval_data:
+            checkpoint_file = model_file or self.saved_model_file
+            self._load_model_state(load_checkpoint(checkpoint_file, self.device))
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        return super().evaluate(eval_data, load_best_model=False, model_file=model_file, show_progress=show_progress)

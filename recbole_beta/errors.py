@@ -1,0 +1,56 @@
+"""Errors the plugin raises for bad input: each renders as one line that names what to fix."""
+
+
+class RecBoleBetaError(Exception):
+    """Base class: the CLI prints ``str(error)`` as one line, with no traceback."""
+
+
+class ConfigError(RecBoleBetaError, ValueError):
+    """A config key holds a value the plugin cannot use.
+
+    The message names the key, the value given and what is allowed, e.g.
+    ``gamma=-1 is not allowed: must be >= 0``.
+    """
+
+    def __init__(self, key, value, allowed):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+class UnknownModelError(RecBoleBetaError, ValueError):
+    """``--model`` names neither a plugin model nor a RecBole one."""
+
+
+class DatasetNotFoundError(RecBoleBetaError, FileNotFoundError):
+    """The dataset's atomic files are not where the config says they are."""
+
+
+class TrainingDivergedError(RecBoleBetaError, ArithmeticError):
+    """The training loss became NaN or infinite."""
+
+
+def check(key, value, ok, allowed):
+    """Raise :class:`ConfigError` unless ``ok`` holds."""
+    if not ok:
+        raise ConfigError(key, value, allowed)
+    return value
+
+
+def is_number(value):
+    """True for real numbers (int or float, not bool): what numeric config keys accept."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_number(key, value, *, minimum=None, maximum=None, min_open=False, integer=False):
+    """Check that ``value`` is a number in the given range; return it as float (or int)."""
+    kind = "an integer" if integer else "a number"
+    ok = is_number(value) and (not integer or float(value).is_integer())
+    parts = [kind]
+    if minimum is not None:
+        parts.append(f"{'>' if min_open else '>='} {minimum}")
+        ok = ok and (value > minimum if min_open else value >= minimum)
+    if maximum is not None:
+        parts.append(f"<= {maximum}")
+        ok = ok and value <= maximum
+    check(key, value, ok, "must be " + " ".join(parts[:1]) + (" " + " and ".join(parts[1:]) if parts[1:] else ""))
+    return int(value) if integer else float(value)

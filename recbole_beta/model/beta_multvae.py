@@ -1,0 +1,189 @@
+r"""
+BetaMultVAE
+################################################
+Reference:
+    Dawen Liang et al. "Variational Autoencoders for Collaborative Filtering." in WWW 2018.
+
+RecBole's MultiVAE with the KL weight taken from a beta strategy (:mod:`recbole_beta.beta`),
+which may differ between users and over training steps.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from recbole.model.general_recommender import MultiVAE
+
+from recbole_beta.beta import StrategyContext, build_strategy, config_value
+from recbole_beta.errors import check, check_number
+
+#: activation name (config key ``activation``) -> module placed between MLP layers
+ACTIVATIONS = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "sigmoid": nn.Sigmoid,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
+    "selu": nn.SELU,
+    "softplus": nn.Softplus,
+}
+
+
+def steps_per_epoch(config, n_samples):
+    """Training batches one process takes per epoch over ``n_samples`` users.
+
+    RecBole's UserDataLoader walks every user id (the padding id 0 included); under DDP each rank
+    gets ceil(n / world_size) of them in batches of train_batch_size // world_size.
+    """
+    batch = config["train_batch_size"]
+    if config["single_spec"] is False:
+        world = config["world_size"]
+        n_samples, batch = math.ceil(n_samples / world), max(1, batch // world)
+    return math.ceil(n_samples / batch)
+
+
+class BetaMultVAE(MultiVAE):
+    r"""Mult-VAE whose beta strategy, or product of strategies, is chosen in YAML (``beta_strategy``).
+
+    The loss is the batch mean of recon_u + beta_u * KL_u, returned as the tuple
+    (reconstruction, weighted KL) so RecBole's trainer logs both parts.
+    """
+
+    #: the strategy a named subclass always uses; None lets ``beta_strategy`` choose
+    strategy = None
+
+    def __init__(self, config, dataset):
+        self.validate_config(config)
+        # MultiVAE.__init__ builds the layers through self.mlp_layers, which reads these
+        self.activation = config_value(config, "activation", "tanh")
+        self.noise_std = config_value(config, "noise_std", 0.01)
+        super().__init__(config, dataset)
+
+        # |x_u| of every user id, read by per-user strategies: the non-padding (id 0) entries of
+        # RecBole's history matrix. Derived data, so not checkpointed. (Asking the dataset again
+        # would reshuffle its interactions and move the random stream away from MultiVAE's.)
+        activity = (self.history_item_id > 0).sum(dim=1).float()
+        self.register_buffer("user_activity", activity, persistent=False)
+        context = StrategyContext(
+            total_steps=config["epochs"] * steps_per_epoch(config, dataset.user_num),
+            mean_activity=activity[activity > 0].mean().item() if (activity > 0).any() else 1.0,
+        )
+        self.beta_strategy = self.build_beta_strategy(config, context)
+        self._beta_sum, self._beta_rows = 0.0, 0
+
+    @classmethod
+    def strategy_config(cls, config):
+        """The config the strategy is built from: a named subclass pins ``beta_strategy``."""
+        if cls.strategy is None:
+            return config
+        given = config_value(config, "beta_strategy", cls.strategy)
+        check(
+            "beta_strategy",
+            given,
+            given == cls.strategy,
+            f"{cls.__name__} always uses {cls.strategy!r}; choose the strategy with BetaMultVAE",
+        )
+        return _Overlay(config, {"beta_strategy": cls.strategy})
+
+    @classmethod
+    def build_beta_strategy(cls, config, context):
+        return build_strategy(cls.strategy_config(config), context)
+
+    @classmethod
+    def validate_config(cls, config):
+        """Check every key the model reads, before any data is loaded (raises ConfigError)."""
+        activation = config_value(config, "activation", "tanh")
+        check("activation", activation, activation in ACTIVATIONS, f"must be one of {sorted(ACTIVATIONS)}")
+        check_number("noise_std", config_value(config, "noise_std", 0.01), minimum=0)
+        check_number("dropout_prob", config_value(config, "dropout_prob", 0.5), minimum=0, maximum=1)
+        latent = config_value(config, "latent_dimension", 128)
+        check(
+            "latent_dimension",
+            latent,
+            isinstance(latent, int) and not isinstance(latent, bool) and latent >= 2 and latent % 2 == 0,
+            "must be an even integer >= 2 (the encoder's output: mu and logvar, half each)",
+        )
+        hidden = config_value(config, "mlp_hidden_size", [600])
+        check(
+            "mlp_hidden_size",
+            hidden,
+            isinstance(hidden, list) and all(isinstance(h, int) and h > 0 for h in hidden),
+            "must be a list of positive integers, e.g. [600] or [600, 200] ([] for no hidden layer)",
+        )
+        cls.build_beta_strategy(config, StrategyContext())
+
+    def mlp_layers(self, layer_dims):
+        # RecBole's builder puts Tanh between layers; swap in the configured activation
+        layers = super().mlp_layers(layer_dims)
+        for i, module in enumerate(layers):
+            if isinstance(module, nn.Tanh):
+                layers[i] = ACTIVATIONS[self.activation]()
+        return layers
+
+    def reparameterize(self, mu, logvar):
+        if self.training:
+            std = torch.exp(0.5 * logvar)
+            epsilon = torch.zeros_like(std).normal_(mean=0, std=self.noise_std)
+            return mu + epsilon * std
+        return mu
+
+    def calculate_loss(self, interaction):
+        user = interaction[self.USER_ID]
+        rating_matrix = self.get_rating_matrix(user)
+        z, mu, logvar = self.forward(rating_matrix)
+
+        # sum over latent dims of (1 + logvar - mu^2 - var): -2 * KL_u
+        neg2_kl = torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+        strategy = self.beta_strategy
+        strategy.step(kl=(-0.5 * neg2_kl.detach().mean()).item() if strategy.needs_kl else None)
+        beta = strategy.weights(self.user_activity[user])
+        if torch.is_tensor(beta):
+            kl_loss = -0.5 * torch.mean(neg2_kl * beta)
+            self._beta_sum = self._beta_sum + beta.detach().sum()
+        else:
+            # the same operations, in the same order, as RecBole's MultiVAE: identical floats
+            kl_loss = -0.5 * torch.mean(neg2_kl) * beta
+            self._beta_sum = self._beta_sum + beta * len(user)
+        self._beta_rows += len(user)
+
+        ce_loss = -(F.log_softmax(z, 1) * rating_matrix).sum(1).mean()
+        return ce_loss, kl_loss
+
+    def pop_mean_beta(self):
+        """Mean beta over the batch rows trained on since the last call (None if none); resets."""
+        if self._beta_rows == 0:
+            return None
+        mean = float(self._beta_sum) / self._beta_rows
+        self._beta_sum, self._beta_rows = 0.0, 0
+        return mean
+
+    def other_parameter(self):
+        # the strategy's state travels in checkpoints beside the weights, so a resumed run goes on
+        # with the same beta trajectory
+        params = super().other_parameter()
+        params["beta_strategy"] = self.beta_strategy.state_dict()
+        return params
+
+    def load_other_parameter(self, para):
+        if para is None:
+            return
+        para = dict(para)
+        state = para.pop("beta_strategy", None)
+        super().load_other_parameter(para)
+        if state is not None:
+            self.beta_strategy.load_state_dict(state)
+
+
+class _Overlay:
+    """A read-only view of a config with a few keys replaced."""
+
+    def __init__(self, config, overrides):
+        self.config, self.overrides = config, overrides
+
+    def __contains__(self, key):
+        return key in self.overrides or key in self.config
+
+    def __getitem__(self, key):
+        return self.overrides[key] if key in self.overrides else self.config[key]

@@ -1,0 +1,185 @@
+"""The one way a run is built from a config: used by the CLI, the experiments and the tuning alike.
+
+It follows RecBole's ``run_recbole`` step for step (same seeding points, so a RecBole model run
+here gives RecBole's numbers), with the plugin's Config, model lookup, dataloaders and trainers.
+"""
+
+import json
+import os
+import sys
+import time
+from logging import getLogger
+
+import torch.distributed as dist
+from recbole.data import create_dataset
+from recbole.data import data_preparation as recbole_data_preparation
+from recbole.data.dataloader import UserDataLoader
+from recbole.data.transform import construct_transform
+from recbole.data.utils import create_samplers, get_dataloader, load_split_dataloaders, save_split_dataloaders
+from recbole.utils import get_environment, get_flops, get_local_time, init_logger, init_seed, set_color
+
+from recbole_beta.compat import plain
+from recbole_beta.config import Config
+from recbole_beta.errors import DatasetNotFoundError
+from recbole_beta.registry import get_model, get_trainer, is_autoencoder
+
+
+def check_dataset(config):
+    """Fail early, with where the files go, if the dataset's atomic files are missing."""
+    name, path = config["dataset"], config["data_path"]
+    parts = config["benchmark_filename"] or [None]
+    missing = [
+        os.path.join(path, f"{name}.{part}.inter" if part else f"{name}.inter")
+        for part in parts
+        if not os.path.isfile(os.path.join(path, f"{name}.{part}.inter" if part else f"{name}.inter"))
+    ]
+    if missing:
+        raise DatasetNotFoundError(
+            f"dataset={name!r} not found: RecBole reads atomic files and {missing[0]} does not exist. "
+            f"Put {name}.inter in {path}/ (see dataset/README.md; `python -m recbole_beta.data convert` "
+            f"turns raw MovieLens or CSV files into it), or set --data_path to the folder holding {name}/. "
+            "ml-100k needs no files: RecBole ships it"
+        )
+
+
+def data_preparation(config, dataset):
+    """RecBole's split and dataloaders; the plugin's models train on whole user rows.
+
+    RecBole picks its user-row dataloader by model name (MultiVAE, RecVAE, ...), a list the
+    plugin's models are not on, so they get the same loaders here.
+    """
+    if not is_autoencoder(config.model_class):
+        return recbole_data_preparation(config, dataset)
+    dataloaders = load_split_dataloaders(config)
+    if dataloaders is not None:
+        dataset._change_feat_format()
+        return dataloaders
+    built = dataset.build()
+    samplers = create_samplers(config, dataset, built)
+    train_data = UserDataLoader(config, built[0], samplers[0], shuffle=config["shuffle"])
+    valid_data = get_dataloader(config, "valid")(config, built[1], samplers[1], shuffle=False)
+    test_data = get_dataloader(config, "test")(config, built[2], samplers[2], shuffle=False)
+    if config["save_dataloaders"]:
+        save_split_dataloaders(config, dataloaders=(train_data, valid_data, test_data))
+    return train_data, valid_data, test_data
+
+
+def prepare(config):
+    """Dataset, dataloaders, model and trainer for a config, seeded as RecBole seeds them."""
+    logger = getLogger()
+    check_dataset(config)
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+    transform = construct_transform(config)
+    flops = get_flops(model, dataset, config["device"], logger, transform)
+    logger.info(set_color("FLOPs", "blue") + f": {flops}")
+
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    return dataset, (train_data, valid_data, test_data), model, trainer
+
+
+def write_result(config, result):
+    """Write the run's result as JSON under ``results_dir``; return the path (None if disabled)."""
+    directory = config["results_dir"]
+    if not directory or config["local_rank"] != 0:
+        return None
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"{config['model']}-{config['dataset']}-{get_local_time()}.json")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(plain(result), f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def run_recbole_beta(
+    model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, resume=None, queue=None
+):
+    """Train and test one model (the plugin's or RecBole's) on one dataset.
+
+    Args:
+        model (str): model name; None reads it from the config.
+        dataset (str): dataset name; None reads it from the config.
+        config_file_list (list of str): YAML files, overriding the defaults.
+        config_dict (dict): overrides above the files; ``--key=value`` on the command line wins.
+        saved (bool): keep the best checkpoint and test the best model (else the last one).
+        resume (str): a checkpoint to continue training from.
+        queue: for multi-process runs, where rank 0 puts its result.
+
+    Returns:
+        dict: best_valid_score, best_valid_result, test_result, history (per epoch), checkpoint,
+        train_seconds, result_file.
+    """
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    _, (train_data, valid_data, test_data), _, trainer = prepare(config)
+    if resume:
+        trainer.resume_checkpoint(resume)
+
+    start = time.time()
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    train_seconds = time.time() - start
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+
+    environment_tb = get_environment(config)
+    logger.info("The running environment of this training is as follows:\n" + environment_tb.draw())
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+
+    result = {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "history": trainer.history,
+        "train_seconds": train_seconds,
+        "checkpoint": trainer.saved_model_file if saved else None,
+        "config": config.final_config_dict,
+    }
+    result["result_file"] = write_result(config, result)
+    if result["result_file"]:
+        logger.info(set_color("result file", "yellow") + f": {result['result_file']}")
+
+    if not config["single_spec"]:
+        dist.destroy_process_group()
+    if config["local_rank"] == 0 and queue is not None:
+        queue.put(plain(result))
+    return result
+
+
+def _run_rank(rank, model, dataset, config_file_list, kwargs):
+    config_dict = dict(kwargs.get("config_dict") or {}, local_rank=rank)
+    run_recbole_beta(model, dataset, config_file_list, config_dict, kwargs.get("saved", True), queue=kwargs["queue"])
+
+
+def run(model, dataset, config_file_list=None, config_dict=None, saved=True, resume=None,
+        nproc=1, world_size=-1, ip="localhost", port="5678", group_offset=0):
+    """Single process, or RecBole's DDP (nccl, one process per GPU) when ``nproc`` > 1 or ``world_size`` > 0."""
+    if nproc == 1 and world_size <= 0:
+        return run_recbole_beta(model, dataset, config_file_list, config_dict, saved=saved, resume=resume)
+    import torch.multiprocessing as mp
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    config_dict = dict(config_dict or {})
+    config_dict.update(
+        {"world_size": world_size if world_size > 0 else nproc, "ip": ip, "port": port, "nproc": nproc,
+         "offset": group_offset}
+    )
+    kwargs = {"config_dict": config_dict, "queue": queue, "saved": saved}
+    mp.spawn(_run_rank, args=(model, dataset, config_file_list, kwargs), nprocs=nproc, join=True)
+    return None if queue.empty() else queue.get()
+

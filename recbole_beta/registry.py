@@ -1,0 +1,97 @@
+"""One model lookup for the CLI, experiments and tuning: the plugin's models first, then RecBole's."""
+
+import difflib
+import importlib
+import importlib.util
+import pkgutil
+from functools import lru_cache
+
+import recbole.model
+from recbole.trainer import Trainer
+from recbole.utils import get_model as recbole_get_model
+from recbole.utils import get_trainer as recbole_get_trainer
+
+from recbole_beta.compat import SafeCheckpointMixin
+from recbole_beta.errors import UnknownModelError
+from recbole_beta.model import MODELS
+from recbole_beta.model.beta_multvae import BetaMultVAE
+from recbole_beta.trainer import BetaTrainer
+
+_RECBOLE_FAMILIES = (
+    "general_recommender",
+    "context_aware_recommender",
+    "sequential_recommender",
+    "knowledge_aware_recommender",
+    "exlib_recommender",
+)
+
+
+@lru_cache(maxsize=None)
+def recbole_model_modules():
+    """Module names of RecBole's models (each is its model's name, lower-cased)."""
+    names = set()
+    for family in _RECBOLE_FAMILIES:
+        # find_spec, not import: the exlib family imports xgboost and lightgbm, which may be absent
+        spec = importlib.util.find_spec(f"recbole.model.{family}")
+        names.update(info.name for info in pkgutil.iter_modules(spec.submodule_search_locations))
+    return frozenset(names)
+
+
+def _suggest(name):
+    """Close model names, with their proper capitalisation."""
+    candidates = {n.lower(): n for n in MODELS}
+    candidates.update({m: m for m in recbole_model_modules() if m.lower() not in candidates})
+    close = difflib.get_close_matches(name.lower(), list(candidates), n=3, cutoff=0.6)
+    proper = []
+    for key in close:
+        if key in MODELS or candidates[key] in MODELS:
+            proper.append(candidates[key])
+            continue
+        try:
+            module = next(
+                importlib.import_module(f"recbole.model.{family}.{key}")
+                for family in _RECBOLE_FAMILIES
+                if importlib.util.find_spec(f"recbole.model.{family}.{key}")
+            )
+            proper.extend(n for n in vars(module) if n.lower() == key)
+        except (StopIteration, ImportError):
+            proper.append(key)
+    return proper
+
+
+def get_model(name):
+    """The model class called ``name``: a plugin model, else a RecBole built-in."""
+    if name in MODELS:
+        return MODELS[name]
+    if isinstance(name, str) and name.lower() in recbole_model_modules():
+        try:
+            return recbole_get_model(name)
+        except (ValueError, AttributeError):
+            pass  # right module, wrong capitalisation: fall through to the suggestion
+    close = _suggest(str(name))
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise UnknownModelError(
+        f"model={name!r} is not a recbole-beta or RecBole model{hint} "
+        f"(plugin models: {', '.join(MODELS)})"
+    )
+
+
+@lru_cache(maxsize=None)
+def _safe(trainer_class):
+    """``trainer_class`` with checkpoints that torch >= 2.6 loads safely."""
+    if not issubclass(trainer_class, Trainer):
+        return trainer_class  # e.g. the decision-tree trainers, which keep no torch checkpoint
+    return type(trainer_class.__name__, (SafeCheckpointMixin, trainer_class), {"__module__": __name__})
+
+
+def get_trainer(model_type, model_name):
+    """The trainer RecBole would pick for the model, with safe checkpoints; BetaTrainer for ours."""
+    model = MODELS.get(model_name)
+    if model is not None and issubclass(model, BetaMultVAE):
+        return BetaTrainer
+    return _safe(recbole_get_trainer(model_type, model_name))
+
+
+def is_autoencoder(model_class):
+    """True for models trained one user row at a time (RecBole's AE dataloader)."""
+    return issubclass(model_class, BetaMultVAE)
