@@ -202,12 +202,34 @@ class SafeCheckpointMixin:
             "history": plain(self.history),
             "state_dict": self.model.state_dict(),
             "other_parameter": encode(self.model.other_parameter()),
-            "optimizer": self.optimizer.state_dict(),
+            **self._optimizer_states(),
             "rng_state": capture_rng(getattr(self, "_train_data", None)),
         }
         atomic_torch_save(state, saved_model_file)
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def _optimizers(self):
+        """The trainer's optimizers by attribute name (RecVAETrainer keeps one per half, and points
+        ``optimizer`` at whichever ran last)."""
+        return {name: value for name, value in vars(self).items() if isinstance(value, torch.optim.Optimizer)}
+
+    def _optimizer_states(self):
+        states, aliases, seen = {}, {}, {}
+        for name, optimizer in sorted(self._optimizers().items(), key=lambda item: item[0] == "optimizer"):
+            if id(optimizer) in seen:
+                aliases[name] = seen[id(optimizer)]
+            else:
+                seen[id(optimizer)] = name
+                states[name] = optimizer.state_dict()
+        return {"optimizers": states, "optimizer_aliases": aliases}
+
+    def _load_optimizer_states(self, checkpoint):
+        optimizers = self._optimizers()
+        for name, state in checkpoint["optimizers"].items():
+            optimizers[name].load_state_dict(state)
+        for alias, target in checkpoint["optimizer_aliases"].items():
+            setattr(self, alias, optimizers[target])
 
     def _load_model_state(self, checkpoint):
         self.model.load_state_dict(checkpoint["state_dict"])
@@ -228,7 +250,7 @@ class SafeCheckpointMixin:
                 "This may yield an exception while state_dict is being loaded."
             )
         self._load_model_state(checkpoint)
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self._load_optimizer_states(checkpoint)
         # restored when fit() starts, so nothing drawn in between shifts the streams
         self._pending_rng = checkpoint.get("rng_state")
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")

@@ -15,9 +15,9 @@ class PIControlBeta(BetaStrategy):
         P = kp / (1 + exp(e))            large when KL is above target, near 0 below it
         I <- I - ki * e                  grows while KL stays above target
         beta_t = clip(P + I + beta_min, beta_min, beta_max)
-    Anti-windup by conditional integration: I is frozen on a step where integrating would push
-    an already saturated output further past its bound, so the controller recovers at once when
-    the error changes sign. Before the first step beta = beta_min.
+    Anti-windup: I is clamped so that P + I stays within [0, beta_max - beta_min]. The integral
+    never stores more than the bounds let through, so beta leaves a bound as soon as the error
+    changes sign. Before the first step beta = beta_min.
     """
 
     state_keys = ("step_count", "integral", "current_beta")
@@ -51,12 +51,9 @@ class PIControlBeta(BetaStrategy):
         # kp / (1 + exp(e)) written with tanh, which cannot overflow for large |e|
         proportional = self.kp * 0.5 * (1.0 - math.tanh(error / 2.0))
         integral = self.integral - self.ki * error
-        raw = proportional + integral + self.beta_min
-        winding_up = (raw > self.beta_max and error < 0) or (raw < self.beta_min and error > 0)
-        if not winding_up:
-            self.integral = integral
-        unclipped = proportional + self.integral + self.beta_min
-        self.current_beta = min(self.beta_max, max(self.beta_min, unclipped))
+        self.integral = min(self.beta_max - self.beta_min - proportional, max(-proportional, integral))
+        # P + I now lies in [0, beta_max - beta_min]; the clip only guards against rounding
+        self.current_beta = min(self.beta_max, max(self.beta_min, proportional + self.integral + self.beta_min))
 
     @property
     def beta(self):

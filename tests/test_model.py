@@ -1,0 +1,106 @@
+"""BetaMultVAE's loss against a hand computation, and the ablation knobs, on a tiny real dataset."""
+
+import numpy as np
+import pytest
+import torch
+from recbole.data import create_dataset
+
+from conftest import write_tiny_dataset
+from recbole_beta.config import Config
+from recbole_beta.model import BetaMultVAE, ScaledBetaMultVAE
+
+
+def build(model_class, tmp_path, **overrides):
+    config_dict = write_tiny_dataset(tmp_path)
+    config_dict.update({"mlp_hidden_size": [5], "latent_dimension": 4, "state": "WARNING", **overrides})
+    config = Config(model=model_class, dataset="tiny", config_dict=config_dict)
+    dataset = create_dataset(config)
+    train, _, _ = dataset.build()
+    torch.manual_seed(0)
+    return config, train, model_class(config, train)
+
+
+def numpy_loss(model, dataset, users, beta_of):
+    """recon_u + beta_u * KL_u averaged over the batch, computed with numpy from the model's weights."""
+    n_items = dataset.item_num
+    x = np.zeros((len(users), n_items))
+    uid, iid = dataset.inter_feat["user_id"].numpy(), dataset.inter_feat["item_id"].numpy()
+    for row, u in enumerate(users):
+        x[row, iid[uid == u]] = 1.0
+    counts = x.sum(1)
+    weights = [(m.weight.detach().double().numpy(), m.bias.detach().double().numpy()) for m in model.modules()
+               if isinstance(m, torch.nn.Linear)]
+    (w1, b1), (w2, b2), (w3, b3), (w4, b4) = weights
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    h = np.tanh((x / np.maximum(norm, 1e-12)) @ w1.T + b1) @ w2.T + b2
+    half = h.shape[1] // 2
+    mu, logvar = h[:, :half], h[:, half:]
+    logits = np.tanh(mu @ w3.T + b3) @ w4.T + b4  # noise_std = 0: z = mu
+    log_softmax = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(
+        1, keepdims=True
+    )
+    recon = -(log_softmax * x).sum(1)
+    kl = 0.5 * (mu**2 + np.exp(logvar) - 1 - logvar).sum(1)
+    beta = beta_of(counts)
+    return recon.mean(), (beta * kl).mean(), counts
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.1, 2.0])
+def test_per_user_loss_matches_hand_computation(tmp_path, gamma):
+    config, train, model = build(
+        ScaledBetaMultVAE, tmp_path, gamma=gamma, dropout_prob=0.0, noise_std=0.0
+    )
+    users = torch.tensor([1, 2, 3, 4])
+    model.train()
+    recon, kl = model.calculate_loss({"user_id": users})
+    exp_recon, exp_kl, counts = numpy_loss(model, train, users.numpy(), lambda c: gamma * c)
+    assert sorted(counts) == [3, 4, 5, 6]  # |x_u| of the four users, all in training
+    assert torch.allclose(model.user_activity[users], torch.tensor(counts, dtype=torch.float))
+    assert recon.item() == pytest.approx(exp_recon, rel=1e-5)
+    assert kl.item() == pytest.approx(exp_kl, rel=1e-5, abs=1e-9)
+    assert model.pop_mean_beta() == pytest.approx(gamma * counts.mean())
+
+
+def test_scalar_beta_loss_and_step_counting(tmp_path):
+    config, train, model = build(
+        BetaMultVAE, tmp_path, beta_strategy="annealed", anneal_cap=1.0, total_anneal_steps=4,
+        dropout_prob=0.0, noise_std=0.0,
+    )
+    users = torch.tensor([1, 2, 3, 4])
+    model.train()
+    for step in (1, 2):
+        recon, kl = model.calculate_loss({"user_id": users})
+        exp_recon, exp_kl, _ = numpy_loss(model, train, users.numpy(), lambda c: step / 4)
+        assert model.beta_strategy.step_count == step
+        assert recon.item() == pytest.approx(exp_recon, rel=1e-5)
+        assert kl.item() == pytest.approx(exp_kl, rel=1e-5)
+
+
+def test_normalised_scaling_uses_mean_training_activity(tmp_path):
+    _, _, model = build(ScaledBetaMultVAE, tmp_path, gamma=0.2, normalize_activity=True)
+    assert model.beta_strategy.mean_activity == pytest.approx((5 + 3 + 4 + 6) / 4)
+    w = model.beta_strategy.weights(model.user_activity[torch.tensor([1, 2, 3, 4])])
+    assert w.mean().item() == pytest.approx(0.2)
+
+
+def test_architecture_knobs(tmp_path):
+    _, train, model = build(
+        BetaMultVAE, tmp_path, mlp_hidden_size=[7, 5], latent_dimension=6, activation="relu"
+    )
+    linears = [m for m in model.encoder if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(train.item_num, 7), (7, 5), (5, 6)]
+    assert [type(m).__name__ for m in model.encoder] == ["Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    decoder = [m for m in model.decoder if isinstance(m, torch.nn.Linear)]
+    assert decoder[0].in_features == 3  # latent code = latent_dimension / 2
+    assert not any(isinstance(m, torch.nn.Tanh) for m in model.modules())
+
+
+@pytest.mark.parametrize("std", [0.01, 1.0])
+def test_noise_std(tmp_path, std):
+    _, _, model = build(BetaMultVAE, tmp_path, noise_std=std)
+    model.train()
+    mu, logvar = torch.zeros(20000, 2), torch.zeros(20000, 2)
+    z = model.reparameterize(mu, logvar)
+    assert z.std().item() == pytest.approx(std, rel=0.05)
+    model.eval()
+    assert torch.equal(model.reparameterize(mu, logvar), mu)
