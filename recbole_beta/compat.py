@@ -9,12 +9,14 @@ number generator states, so a resumed run continues exactly as an uninterrupted 
 """
 
 import enum
+import logging
 import os
 import random
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+from recbole.utils import init_logger as recbole_init_logger
 from recbole.utils import set_color
 
 from recbole_beta.errors import TrainingDivergedError
@@ -116,6 +118,31 @@ def restore_rng(state, train_data=None):
         torch.cuda.set_rng_state_all(state["cuda"])
     if "loader" in state and train_data is not None:
         train_data.generator.set_state(state["loader"])
+
+
+_run_handlers = []
+
+
+def init_logger(config):
+    """RecBole's init_logger, once per run even within one process.
+
+    RecBole attaches its console and file handlers with ``logging.basicConfig``, which does nothing
+    when the root logger has handlers already: a second run in the same process (a sweep, a search,
+    a test session) would log into the first run's file, or nowhere. So the previous run's handlers
+    are closed, and other handlers (pytest's, say) are set aside while RecBole adds its own.
+    """
+    root = logging.getLogger()
+    for handler in _run_handlers:
+        root.removeHandler(handler)
+        handler.close()
+    _run_handlers.clear()
+    foreign = list(root.handlers)
+    for handler in foreign:
+        root.removeHandler(handler)
+    recbole_init_logger(config)
+    _run_handlers.extend(root.handlers)
+    for handler in foreign:
+        root.addHandler(handler)
 
 
 def load_checkpoint(path, device="cpu"):

@@ -16,9 +16,9 @@ from recbole.data import data_preparation as recbole_data_preparation
 from recbole.data.dataloader import UserDataLoader
 from recbole.data.transform import construct_transform
 from recbole.data.utils import create_samplers, get_dataloader, load_split_dataloaders, save_split_dataloaders
-from recbole.utils import get_environment, get_flops, get_local_time, init_logger, init_seed, set_color
+from recbole.utils import get_environment, get_flops, get_local_time, init_seed, set_color
 
-from recbole_beta.compat import plain
+from recbole_beta.compat import init_logger, plain
 from recbole_beta.config import Config
 from recbole_beta.errors import DatasetNotFoundError
 from recbole_beta.registry import get_model, get_trainer, is_autoencoder

@@ -1,0 +1,631 @@
+"""Convert raw interaction files into RecBole atomic ``.inter`` files.
+
+Supported inputs: MovieLens ml-100k (``u.data``), ml-1m / ml-10m (``ratings.dat``),
+ml-20m / ml-25m / ml-latest(-small) (``ratings.csv``) and a generic CSV/TSV whose
+user, item, rating and timestamp columns the caller names.
+
+The file is read in chunks; user and item ids are stored as int32 codes into a
+vocabulary while filtering, so memory grows with the number of kept rows (16 bytes
+each for MovieLens) and not with the size of the raw text.
+
+Filtering follows the Mult-VAE preprocessing of Liang et al. (2018): keep
+ratings >= a threshold as implicit feedback, then drop items and users with too
+few interactions (items first, then users, as in the paper's ``filter_triplets``),
+optionally repeated until nothing changes (k-core).
+"""
+
+import csv
+import itertools
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recbole_beta.errors import RecBoleBetaError
+
+FIELDS = ("user", "item", "rating", "timestamp")
+ATOMIC_HEADER = {
+    "user": "user_id:token",
+    "item": "item_id:token",
+    "rating": "rating:float",
+    "timestamp": "timestamp:float",
+}
+DEFAULT_CHUNKSIZE = 500_000
+EXTRA = "__extra_field__"
+WRITE_CHUNK = 1_000_000
+
+
+class ConversionError(RecBoleBetaError, ValueError):
+    """Bad input or an impossible request; ``str()`` is one line naming the file (and line)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How to read one kind of raw file.
+
+    ``columns`` maps our field names to a header name (``header=True``) or a
+    0-based position (``header=False``). ``n_fields`` fixes the number of fields of
+    headerless files; ``empty`` lists positions that must be empty (the gaps
+    left by reading ``::``-separated files with a one-character separator, which
+    keeps pandas' fast C parser).
+    """
+
+    sep: str
+    header: bool
+    columns: dict
+    filename: str = ""
+    n_fields: int = 0
+    empty: tuple = ()
+    integer_ids: bool = False
+    display_sep: str = ""
+    field_width: int = 1  # raw fields per logical field (2 for '::' read as ':')
+
+
+_ML100K = Layout(sep="\t", header=False, n_fields=4, filename="u.data", integer_ids=True,
+                 columns={"user": 0, "item": 1, "rating": 2, "timestamp": 3})
+_ML_DAT = Layout(sep=":", header=False, n_fields=7, empty=(1, 3, 5), filename="ratings.dat",
+                 integer_ids=True, display_sep="::", field_width=2,
+                 columns={"user": 0, "item": 2, "rating": 4, "timestamp": 6})
+_ML_CSV = Layout(sep=",", header=True, filename="ratings.csv", integer_ids=True,
+                 columns={"user": "userId", "item": "movieId", "rating": "rating",
+                          "timestamp": "timestamp"})
+
+FORMATS = {
+    "ml-100k": _ML100K,
+    "ml-1m": _ML_DAT,
+    "ml-10m": _ML_DAT,
+    "ml-20m": _ML_CSV,
+    "ml-25m": _ML_CSV,
+    "ml-latest": _ML_CSV,
+    "ml-latest-small": _ML_CSV,
+}
+# What a bare file name says about its layout, for --format auto.
+_AUTO_BY_FILENAME = {"u.data": "ml-100k", "ratings.dat": "ml-1m", "ratings.csv": "ml-20m"}
+
+
+@dataclass
+class Filters:
+    """The Mult-VAE style filters; ``None``/0 disables one."""
+
+    min_rating: float = None
+    min_user_inter: int = 0
+    min_item_inter: int = 0
+    k_core: bool = False
+
+    def as_dict(self):
+        """Plain dict for the summary JSON."""
+        return {"min_rating": self.min_rating, "min_user_inter": self.min_user_inter,
+                "min_item_inter": self.min_item_inter, "k_core": self.k_core}
+
+
+# Liang et al. 2018 (ML-20M): the reference code keeps ``rating > 3.5``, i.e. >= 4 on
+# MovieLens' half-star scale, then drops users with < 5 ratings in a single pass.
+MULTVAE_FILTERS = Filters(min_rating=4.0, min_user_inter=5, min_item_inter=0, k_core=False)
+
+
+def generic_layout(sep=",", user="user_id", item="item_id", rating=None, timestamp=None,
+                   header=True):
+    """Layout of a generic delimited file; columns are names, or 0-based positions if ``header=False``."""
+    columns = {"user": user, "item": item, "rating": rating, "timestamp": timestamp}
+    columns = {k: v for k, v in columns.items() if v is not None}
+    if not header:
+        try:
+            columns = {k: int(v) for k, v in columns.items()}
+        except (TypeError, ValueError):
+            raise ConversionError("without a header, columns must be 0-based positions, got "
+                                  + ", ".join(f"{k}={v!r}" for k, v in columns.items())) from None
+    if not sep:
+        raise ConversionError("the field separator must not be empty")
+    return Layout(sep=sep, header=header, columns=columns)
+
+
+# ----------------------------------------------------------------------------- reading
+
+@dataclass
+class _Vocab:
+    """Grows a value -> int32 code mapping chunk by chunk (codes in order of first appearance)."""
+
+    index: pd.Index = None
+
+    def encode(self, values):
+        """Codes of ``values``, adding unseen ones to the vocabulary."""
+        if self.index is None:
+            codes, uniques = pd.factorize(values)
+            self.index = pd.Index(uniques)
+            return codes.astype(np.int32)
+        codes = self.index.get_indexer(values)
+        new = codes < 0
+        if new.any():
+            fresh = pd.Index(pd.unique(values[new]))
+            codes[new] = len(self.index) + fresh.get_indexer(values[new])
+            self.index = self.index.append(fresh)
+        return codes.astype(np.int32)
+
+    def __len__(self):
+        return 0 if self.index is None else len(self.index)
+
+
+def _raw_line(path, line_no, limit=80):
+    """Text of line ``line_no`` (1-based), shortened, for error messages; '' if unreadable."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = next(itertools.islice(f, line_no - 1, None), "").rstrip("\r\n")
+    except OSError:
+        return ""
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _row_error(path, line_no, reason):
+    """A ConversionError for an unparsable row, quoting the row."""
+    raw = _raw_line(path, line_no)
+    return ConversionError(f"{path}:{line_no}: unparsable row ({reason}): {raw!r}")
+
+
+def _split(line, layout):
+    """Fields of one raw line (quotes honoured for one-character separators)."""
+    if len(layout.sep) == 1:
+        return next(csv.reader([line], delimiter=layout.sep), [])
+    return line.split(layout.sep)
+
+
+def _head_lines(path, n=2):
+    """The first ``n`` lines of ``path`` without line ends ('' past the end)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [line.rstrip("\r\n") for line in itertools.islice(f, n)]
+    return lines + [""] * (n - len(lines))
+
+
+def _field_count_error(path, line_no, want, saw, layout):
+    """The error for a row whose number of fields is wrong."""
+    return _row_error(path, line_no, f"expected {_logical(want, layout)} fields, "
+                                     f"saw {_logical(saw, layout)}")
+
+
+def _check_header(path, layout):
+    """Column names from the header line; raise if one of the layout's columns is missing."""
+    header = _head_lines(path, 1)[0]
+    if not header:
+        raise ConversionError(f"{path}: file is empty")
+    found = _split(header, layout)
+    missing = [c for c in layout.columns.values() if c not in found]
+    if missing:
+        raise ConversionError(
+            f"{path}: missing column(s) {', '.join(map(repr, missing))}; "
+            f"the header has {', '.join(map(repr, found))} (separator {layout.sep!r})")
+    twice = [c for c in dict.fromkeys(layout.columns.values()) if found.count(c) > 1]
+    if twice:
+        raise ConversionError(f"{path}: column(s) {', '.join(map(repr, twice))} appear "
+                              f"more than once in the header")
+    # pandas refuses duplicate names; columns we do not use may keep any unique name.
+    return [c if found.index(c) == i else f"{c}.{i}" for i, c in enumerate(found)]
+
+
+def _count_fields(path, layout):
+    """Fields on the first line of a headerless file; raise if it has too few."""
+    first = _head_lines(path, 1)[0]
+    if not first:
+        raise ConversionError(f"{path}: file is empty")
+    n = len(_split(first, layout))
+    wanted = layout.n_fields or max(layout.columns.values()) + 1
+    if n < wanted:
+        raise _field_count_error(path, 1, wanted, n, layout)
+    return layout.n_fields or n
+
+
+def _logical(n_raw, layout):
+    """Raw field count as the user sees it ('::' files are read as ':' with empty gaps)."""
+    return (n_raw + layout.field_width - 1) // layout.field_width
+
+
+def _engine(layout):
+    """pandas' C parser for one-character separators; multi-character ones need Python's."""
+    return "c" if len(layout.sep) == 1 else "python"
+
+
+def _sep_arg(layout):
+    """The separator as pandas wants it: multi-character separators are regexes there."""
+    return layout.sep if len(layout.sep) == 1 else re.escape(layout.sep)
+
+
+def _reader(path, layout, chunksize):
+    """A chunked pandas reader of ``path``; ``(reader, line of row 0, fields per row)``.
+
+    One column more than the file should have is read (``EXTRA``): pandas drops
+    extra fields silently when the long row starts a chunk, so a value there is
+    how a row with too many fields is caught.
+    """
+    if layout.header:
+        names, offset = _check_header(path, layout), 2
+    else:
+        names, offset = list(range(_count_fields(path, layout))), 1
+    dtype = {}
+    if not layout.integer_ids:
+        # Ids of generic files stay strings ("007" is not 7); MovieLens ids are integers.
+        dtype.update({layout.columns[f]: str for f in ("user", "item")})
+    reader = pd.read_csv(path, sep=_sep_arg(layout), engine=_engine(layout), chunksize=chunksize,
+                         header=None, skiprows=offset - 1, names=names + [EXTRA],
+                         index_col=False, dtype=dtype, skip_blank_lines=False,
+                         keep_default_na=False, na_values=[""])
+    return reader, offset, len(names)
+
+
+def _numeric(series, path, lines, what, integer):
+    """``series`` as numbers; raise naming the first row that is missing or not a number.
+
+    ``lines[i]`` is the file line of row ``i``.
+    """
+    values = series if series.dtype != object else pd.to_numeric(series, errors="coerce")
+    arr = values.to_numpy()
+    bad = np.isnan(arr) if arr.dtype.kind == "f" else np.zeros(len(arr), bool)
+    if integer and arr.dtype.kind == "f":
+        bad |= ~bad & (np.nan_to_num(arr) % 1 != 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raw = series.iloc[i]
+        reason = f"missing {what}" if pd.isna(raw) else \
+            f"{what} {raw!r} is not {'an integer' if integer else 'a number'}"
+        raise _row_error(path, int(lines[i]), reason)
+    return arr
+
+
+def _ids(series, path, lines, what, integer):
+    """Id column as int64 numbers (MovieLens) or strings (generic); raise on missing ones."""
+    if integer:
+        return _numeric(series, path, lines, what, True).astype(np.int64)
+    missing = series.isna().to_numpy()
+    if missing.any():
+        raise _row_error(path, int(lines[np.argmax(missing)]), f"missing {what}")
+    return series.to_numpy()
+
+
+def _parse_chunk(chunk, path, layout, line_offset, n_fields):
+    """Validate one chunk; return a dict of numpy columns, or None if it held only blank lines."""
+    cols = layout.columns
+    # skip_blank_lines=False keeps one row per line, so the row index gives the line.
+    lines = chunk.index.to_numpy() + line_offset
+    extra = chunk[EXTRA].notna().to_numpy()
+    if extra.any():
+        line = int(lines[np.argmax(extra)])
+        raise _field_count_error(path, line, n_fields, len(_split(_raw_line(path, line, None),
+                                                                  layout)), layout)
+    if layout.empty:
+        filled = chunk[list(layout.empty)].notna().to_numpy().any(axis=1)
+        if filled.any():
+            raise _row_error(path, int(lines[np.argmax(filled)]),
+                             f"fields must be separated by {layout.display_sep!r}")
+    blank = chunk[list(dict.fromkeys(cols.values()))].isna().all(axis=1).to_numpy()
+    if blank.any():
+        chunk, lines = chunk[~blank], lines[~blank]
+        if chunk.empty:
+            return None
+    out = {}
+    for name in FIELDS:
+        if name not in cols:
+            continue
+        series = chunk[cols[name]]
+        if name in ("user", "item"):
+            out[name] = _ids(series, path, lines, f"{name} id", layout.integer_ids)
+        else:
+            out[name] = _numeric(series, path, lines, name, integer=False)
+    return out
+
+
+_FIELD_COUNT = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+
+
+def _parser_error(path, layout, err, n_fields):
+    """Turn pandas' tokenizer error into a one-line ConversionError with the line number."""
+    m = _FIELD_COUNT.search(str(err))
+    if m:
+        _, line, saw = (int(g) for g in m.groups())
+        return _field_count_error(path, line, n_fields, saw, layout)
+    return ConversionError(f"{path}: cannot parse: {str(err).strip().splitlines()[-1]}")
+
+
+def iter_chunks(path, layout, chunksize=DEFAULT_CHUNKSIZE):
+    """Yield validated chunks of ``path`` as dicts of numpy columns (user, item[, rating][, timestamp])."""
+    reader, offset, n_fields = _reader(path, layout, chunksize)
+    with reader:
+        try:
+            for chunk in reader:
+                parsed = _parse_chunk(chunk, path, layout, offset, n_fields)
+                if parsed is not None:
+                    yield parsed
+        except pd.errors.ParserError as err:
+            raise _parser_error(path, layout, err, n_fields) from None
+        except UnicodeDecodeError as err:
+            raise ConversionError(f"{path}: not UTF-8 text ({err.reason})") from None
+
+
+# ----------------------------------------------------------------------------- filtering
+
+@dataclass
+class Interactions:
+    """Interactions as parallel numpy columns; users and items as int32 codes into vocabularies."""
+
+    user: np.ndarray
+    item: np.ndarray
+    rating: np.ndarray = None
+    timestamp: np.ndarray = None
+    users: pd.Index = None  # code -> original id
+    items: pd.Index = None
+    rows_read: int = 0
+
+    def __len__(self):
+        return len(self.user)
+
+    def columns(self):
+        """Field names present, in atomic-file order."""
+        return [f for f in FIELDS if getattr(self, f) is not None]
+
+    def take(self, mask):
+        """Keep the rows where ``mask`` holds (in place)."""
+        for f in self.columns():
+            setattr(self, f, getattr(self, f)[mask])
+
+
+def _compact_time(values):
+    """Timestamps, as int32 when they are integers that fit (unix seconds do until 2038)."""
+    if values.dtype.kind == "i" and len(values) and \
+            np.iinfo(np.int32).min <= values.min() and values.max() <= np.iinfo(np.int32).max:
+        return values.astype(np.int32)
+    return values
+
+
+class _Column:
+    """An append-only numpy column kept in one buffer, grown by half when full.
+
+    Many per-chunk arrays interleaved with the parser's temporaries fragment the
+    heap and keep hundreds of MiB resident; one large buffer is mapped (and
+    unmapped) as a whole, and the pages of its unused tail are never touched.
+    """
+
+    def __init__(self, capacity):
+        self.buf, self.n, self.capacity = None, 0, capacity
+
+    def append(self, values):
+        """Add ``values`` at the end, widening the dtype if they need it."""
+        end = self.n + len(values)
+        dtype = values.dtype if self.buf is None else np.result_type(self.buf.dtype, values.dtype)
+        if self.buf is None or end > len(self.buf) or dtype != self.buf.dtype:
+            size = max(end, self.capacity if self.buf is None else int(len(self.buf) * 1.5))
+            new = np.empty(size, dtype)
+            if self.buf is not None:
+                new[: self.n] = self.buf[: self.n]
+            self.buf = new
+        self.buf[self.n:end] = values
+        self.n = end
+
+    def array(self):
+        """The values appended so far (a view of the buffer)."""
+        return self.buf[: self.n]
+
+
+def _initial_capacity(path):
+    """Rows to reserve: a generous guess from the file size (no line is under ~8 bytes), capped."""
+    return int(min(max(os.path.getsize(path) // 8, 1024), 50_000_000))
+
+
+def read_interactions(path, layout, min_rating=None, chunksize=DEFAULT_CHUNKSIZE):
+    """Read ``path`` chunk by chunk, keeping rows with rating >= ``min_rating``; ids become int32 codes."""
+    if min_rating is not None and "rating" not in layout.columns:
+        raise ConversionError(f"{path}: a rating threshold was given but the input has no rating column")
+    users, items = _Vocab(), _Vocab()
+    capacity = _initial_capacity(path)
+    columns = {f: _Column(capacity) for f in FIELDS if f in layout.columns}
+    # MovieLens ratings are half stars, exact in float32; other data keeps float64.
+    rating_dtype = np.float32 if layout.integer_ids else np.float64
+    rows_read = 0
+    for chunk in iter_chunks(path, layout, chunksize):
+        rows_read += len(chunk["user"])
+        if min_rating is not None:
+            keep = chunk["rating"] >= min_rating
+            chunk = {k: v[keep] for k, v in chunk.items()}
+        columns["user"].append(users.encode(chunk["user"]))
+        columns["item"].append(items.encode(chunk["item"]))
+        if "rating" in columns:
+            columns["rating"].append(chunk["rating"].astype(rating_dtype))
+        if "timestamp" in columns:
+            columns["timestamp"].append(_compact_time(chunk["timestamp"]))
+    if rows_read == 0:
+        raise ConversionError(f"{path}: no interactions in the file")
+    return Interactions(users=users.index, items=items.index, rows_read=rows_read,
+                        **{f: c.array() for f, c in columns.items()})
+
+
+def filter_counts(data, min_user_inter=0, min_item_inter=0, k_core=False):
+    """Drop items, then users, with fewer interactions than asked; repeat until stable if ``k_core``.
+
+    Returns the number of passes made.
+    """
+    passes = 0
+    while True:
+        passes += 1
+        changed = False
+        for field, minimum in (("item", min_item_inter), ("user", min_user_inter)):
+            if minimum and minimum > 1 and len(data):
+                codes = getattr(data, field)
+                ok = np.bincount(codes) >= minimum
+                keep = ok[codes]
+                if not keep.all():
+                    data.take(keep)
+                    changed = True
+        if not (k_core and changed):
+            return passes
+
+
+def summarize(data):
+    """Counts and density of ``data`` (only ids that still occur are counted)."""
+    n_users = int(np.count_nonzero(np.bincount(data.user))) if len(data) else 0
+    n_items = int(np.count_nonzero(np.bincount(data.item))) if len(data) else 0
+    n = len(data)
+    density = n / (n_users * n_items) if n_users and n_items else 0.0
+    return {"users": n_users, "items": n_items, "interactions": n, "density": density}
+
+
+# ----------------------------------------------------------------------------- writing
+
+def atomic_header(columns):
+    """Header line of an atomic .inter file for our field names."""
+    return "\t".join(ATOMIC_HEADER[c] for c in columns) + "\n"
+
+
+class AtomicWriter:
+    """Write files under temporary names in their final directory; ``commit()`` renames them all.
+
+    Nothing at the final paths changes unless every file was written completely.
+    """
+
+    def __init__(self, directory):
+        self.directory = Path(directory)
+        self.pending = []  # (temp path, final path)
+
+    def open(self, filename):
+        """Open a temporary file that will become ``directory/filename``."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # Not tempfile.mkstemp: its 0600 mode would end up on the final file.
+        tmp = self.directory / f".{filename}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        f = open(tmp, "x", encoding="utf-8", newline="\n")
+        self.pending.append((tmp, self.directory / filename))
+        return f
+
+    def commit(self):
+        """Move every temporary file onto its final name."""
+        for tmp, final in self.pending:
+            os.replace(tmp, final)
+        self.pending = []
+
+    def discard(self):
+        """Remove temporary files not committed."""
+        for tmp, _ in self.pending:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        self.pending = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        self.discard()
+        return False
+
+
+def write_frames(f, header_columns, frames):
+    """Write an atomic header then each DataFrame of ``frames`` as tab-separated rows."""
+    f.write(atomic_header(header_columns))
+    for frame in frames:
+        frame.to_csv(f, sep="\t", header=False, index=False, lineterminator="\n")
+
+
+def _frames(data, rows=WRITE_CHUNK):
+    """The interactions with original ids, as DataFrames of ``rows`` rows."""
+    for start in range(0, len(data), rows):
+        sl = slice(start, start + rows)
+        frame = {"user": data.users.take(data.user[sl]), "item": data.items.take(data.item[sl])}
+        for f in ("rating", "timestamp"):
+            if getattr(data, f) is not None:
+                frame[f] = getattr(data, f)[sl]
+        yield pd.DataFrame(frame)
+
+
+def write_json(f, obj):
+    """Pretty JSON with a final newline."""
+    json.dump(obj, f, indent=2, sort_keys=False)
+    f.write("\n")
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def resolve_input(input_path, fmt=None):
+    """``(file, format)`` for a file or an extracted MovieLens directory; ``fmt=None`` guesses."""
+    path = Path(input_path)
+    if path.is_dir():
+        names = [FORMATS[fmt].filename] if fmt in FORMATS else list(_AUTO_BY_FILENAME)
+        found = [path / n for n in names if (path / n).is_file()]
+        if not found:
+            raise ConversionError(f"{path}: directory holds none of {', '.join(names)}")
+        path = found[0]
+    elif not path.exists():
+        raise ConversionError(f"{path}: no such file")
+    if fmt is None or fmt == "auto":
+        fmt = _AUTO_BY_FILENAME.get(path.name)
+        if fmt is None:
+            raise ConversionError(f"{path}: cannot tell the format from the file name; "
+                                  f"pass --format ({', '.join(FORMATS)} or csv)")
+    return path, fmt
+
+
+def default_name(path, fmt):
+    """Dataset name when none is given: the MovieLens format's, else the file's stem."""
+    if fmt == "ml-100k":
+        # RecBole always reads its bundled copy for the name ml-100k, whatever data_path says.
+        return "ml-100k-converted"
+    return fmt if fmt in FORMATS else Path(path).stem
+
+
+def convert(input_path, out_dir, name=None, fmt=None, layout=None, filters=None,
+            chunksize=DEFAULT_CHUNKSIZE, log=None):
+    """Convert a raw interaction file into ``<out_dir>/<name>/<name>.inter`` plus ``<name>.summary.json``.
+
+    ``fmt`` is a key of :data:`FORMATS`, ``"csv"`` (then ``layout`` from
+    :func:`generic_layout` is required) or ``None``/``"auto"`` to guess from the
+    file name. ``filters`` is a :class:`Filters`. ``log`` (e.g. ``print``) gets the
+    summary line. Returns the summary dict. Raises :class:`ConversionError`.
+    """
+    started = time.perf_counter()
+    filters = filters or Filters()
+    if fmt == "csv":
+        if layout is None:
+            raise ConversionError("format csv needs a column layout (generic_layout)")
+        path = Path(input_path)
+        if not path.is_file():
+            raise ConversionError(f"{path}: no such file")
+    else:
+        path, fmt = resolve_input(input_path, fmt)
+        if fmt not in FORMATS:
+            raise ConversionError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}, csv")
+        layout = FORMATS[fmt]
+    name = name or default_name(path, fmt)
+    if not name or "/" in name or name in (".", ".."):
+        raise ConversionError(f"bad dataset name {name!r}")
+
+    data = read_interactions(path, layout, filters.min_rating, chunksize)
+    rows_after_rating = len(data)
+    passes = filter_counts(data, filters.min_user_inter, filters.min_item_inter, filters.k_core)
+    if len(data) == 0:
+        raise ConversionError(
+            f"{path}: no interactions left after filtering ({data.rows_read} rows read; "
+            + ", ".join(f"{k}={v}" for k, v in filters.as_dict().items()) + ")")
+
+    target = Path(out_dir) / name
+    summary = {"dataset": name, **summarize(data), "source": str(path), "format": fmt,
+               "rows_read": data.rows_read, "rows_after_rating_filter": rows_after_rating,
+               "filters": filters.as_dict(), "filter_passes": passes,
+               "columns": [ATOMIC_HEADER[c] for c in data.columns()],
+               "inter_file": str(target / f"{name}.inter")}
+    with AtomicWriter(target) as out:
+        with out.open(f"{name}.inter") as f:
+            write_frames(f, data.columns(), _frames(data))
+        summary["seconds"] = round(time.perf_counter() - started, 2)
+        with out.open(f"{name}.summary.json") as f:
+            write_json(f, summary)
+    if log:
+        log(format_summary(summary))
+    return summary
+
+
+def format_summary(summary):
+    """One human line: users, items, interactions, density."""
+    return (f"{summary['dataset']}: {summary['users']:,} users, {summary['items']:,} items, "
+            f"{summary['interactions']:,} interactions, density {summary['density']:.4%}"
+            + (f" -> {summary['inter_file']}" if "inter_file" in summary else ""))

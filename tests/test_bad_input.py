@@ -1,0 +1,92 @@
+"""Bad input fails before any training with one line naming the key, the value and what is allowed."""
+
+import math
+import os
+import sys
+
+import pytest
+
+from recbole_beta.beta import STRATEGIES, BetaStrategy, register_strategy
+from recbole_beta.cli import main
+from recbole_beta.compat import load_checkpoint
+
+
+def cli(monkeypatch, capsys, *args):
+    """Run the CLI as `python run_recbole_beta.py ARGS` (RecBole's Config reads sys.argv)."""
+    argv = ["--state=WARNING", "--show_progress=False", *args]
+    monkeypatch.setattr(sys, "argv", ["run_recbole_beta.py", *argv])
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.err.strip(), captured.out
+
+
+CASES = [
+    (["--model=ScaledBetaMultVae"], "model='ScaledBetaMultVae' is not a recbole-beta or RecBole model; did you mean ScaledBetaMultVAE"),
+    (["--model=MultVAE"], "did you mean MultiVAE"),
+    (["--model=BetaMultVAE", "--beta_strategy=cyclic"], "beta_strategy='cyclic' is not allowed: 'cyclic' is unknown; choose from ['annealed', 'constant', 'controlled', 'cyclical', 'scaled']"),
+    (["--model=CyclicalBetaMultVAE", "--cycle_shape=square"], "cycle_shape='square' is not allowed: must be one of ['cosine', 'linear', 'sigmoid']"),
+    (["--model=BetaMultVAE", "--activation=swish"], "activation='swish' is not allowed: must be one of"),
+    (["--model=ScaledBetaMultVAE", "--gamma=-0.1"], "gamma=-0.1 is not allowed: must be a number >= 0"),
+    (["--model=CyclicalBetaMultVAE", "--n_cycles=0"], "n_cycles=0 is not allowed: must be an integer >= 1"),
+    (["--model=CyclicalBetaMultVAE", "--ratio=0"], "ratio=0 is not allowed: must be a number > 0 and <= 1"),
+    (["--model=CyclicalBetaMultVAE", "--ratio=1.5"], "ratio=1.5 is not allowed: must be a number > 0 and <= 1"),
+    (["--model=CyclicalBetaMultVAE", "--beta_max=-1"], "beta_max=-1 is not allowed: must be a number >= 0"),
+    (["--model=AnnealedBetaMultVAE", "--anneal_cap=-0.2"], "anneal_cap=-0.2 is not allowed: must be a number >= 0"),
+    (["--model=AnnealedBetaMultVAE", "--total_anneal_steps=-5"], "total_anneal_steps=-5 is not allowed: must be an integer >= 0"),
+    (["--model=ControlledBetaMultVAE", "--beta_min=0.5", "--beta_max=0.1"], "beta_max=0.1 is not allowed: must be >= beta_min (0.5)"),
+    (["--model=BetaMultVAE", "--latent_dimension=7"], "latent_dimension=7 is not allowed: must be an even integer"),
+    (["--model=CyclicalBetaMultVAE", "--beta_strategy=annealed"], "CyclicalBetaMultVAE always uses 'cyclical'"),
+    (["--model=BetaMultVAE", "--beta_strategy=['annealed','cyclical']"], "at most one schedule"),
+]
+
+
+@pytest.mark.parametrize("args,message", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_bad_config_is_one_clear_line(monkeypatch, capsys, tmp_path, args, message):
+    code, err, _ = cli(monkeypatch, capsys, *args)
+    assert code == 2
+    assert err.startswith("recbole-beta: ") and message in err
+    assert "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "saved").exists()  # nothing trained
+
+
+def test_missing_dataset_says_where_files_go(monkeypatch, capsys, tmp_path):
+    code, err, _ = cli(monkeypatch, capsys, "--model=ScaledBetaMultVAE", "--dataset=ml-20m", f"--data_path={tmp_path}/data")
+    assert code == 2
+    assert f"dataset='ml-20m' not found" in err
+    assert f"{tmp_path}/data/ml-20m/ml-20m.inter does not exist" in err
+    assert "dataset/README.md" in err and "python -m recbole_beta.data convert" in err
+    assert "\n" not in err
+
+
+class ExplodingBeta(BetaStrategy):
+    """A user-defined strategy whose beta overflows after 8 steps (2 epochs of 4 batches)."""
+
+    @classmethod
+    def from_config(cls, config, context):
+        return cls()
+
+    def value_at(self, step):
+        return 0.01 if step <= 8 else math.inf
+
+
+@pytest.fixture
+def exploding_strategy():
+    register_strategy("explode_after_8_steps")(ExplodingBeta)  # how users add their own strategies
+    yield
+    STRATEGIES.pop("explode_after_8_steps", None)
+
+
+def test_infinite_loss_stops_with_a_message_and_keeps_the_checkpoint(monkeypatch, capsys, tmp_path, exploding_strategy):
+    code, err, _ = cli(
+        monkeypatch, capsys, "--model=BetaMultVAE", "--beta_strategy=explode_after_8_steps",
+        "--train_batch_size=256", "--epochs=5",
+    )
+    assert code == 1
+    assert "training loss became" in err and "in epoch 2" in err and "the last good checkpoint" in err
+    (checkpoint,) = list((tmp_path / "saved").glob("*.pth"))
+    assert checkpoint.name in err
+    assert not list((tmp_path / "saved").glob("*.tmp*"))
+    state = load_checkpoint(checkpoint)
+    assert state["epoch"] in (0, 1)
+    assert state["other_parameter"]["beta_strategy"]["step_count"] == 4 * (state["epoch"] + 1)
+    assert all(t.isfinite().all() for t in state["state_dict"].values())
