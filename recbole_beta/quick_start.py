@@ -20,25 +20,42 @@ from recbole.utils import get_environment, get_flops, get_local_time, init_seed,
 
 from recbole_beta.compat import init_logger, plain
 from recbole_beta.config import Config
-from recbole_beta.errors import DatasetNotFoundError
+from recbole_beta.errors import DatasetNotFoundError, check
 from recbole_beta.registry import get_model, get_trainer, is_autoencoder
 
 
 def check_dataset(config):
-    """Fail early, with where the files go, if the dataset's atomic files are missing."""
+    """Fail early, with where the files go, if the dataset's atomic files are missing.
+
+    With ``download: True`` a missing dataset that RecBole hosts (or that ``download_url``
+    points to) is fetched first with RecBole's own download (see ``recbole_beta.data.download``).
+    """
     name, path = config["dataset"], config["data_path"]
     parts = config["benchmark_filename"] or [None]
-    missing = [
-        os.path.join(path, f"{name}.{part}.inter" if part else f"{name}.inter")
-        for part in parts
-        if not os.path.isfile(os.path.join(path, f"{name}.{part}.inter" if part else f"{name}.inter"))
-    ]
+
+    def missing_files():
+        files = (os.path.join(path, f"{name}.{part}.inter" if part else f"{name}.inter") for part in parts)
+        return [file for file in files if not os.path.isfile(file)]
+
+    missing = missing_files()
+    if missing and config["download"]:
+        from recbole_beta.data.download import download_dataset
+
+        download_dataset(config)  # raises DatasetNotFoundError when it cannot
+        missing = missing_files()
     if missing:
+        from recbole_beta.data.download import is_downloadable
+
+        download_hint = (
+            "; or add --download=True to download it with RecBole's downloader"
+            if not config["download"] and is_downloadable(config)
+            else ""
+        )
         raise DatasetNotFoundError(
             f"dataset={name!r} not found: RecBole reads atomic files and {missing[0]} does not exist. "
             f"Put {name}.inter in {path}/ (see dataset/README.md; `python -m recbole_beta.data convert` "
             f"turns raw MovieLens or CSV files into it), or set --data_path to the folder holding {name}/. "
-            "ml-100k needs no files: RecBole ships it"
+            f"ml-100k needs no files: RecBole ships it{download_hint}"
         )
 
 
@@ -70,6 +87,8 @@ def prepare(config):
     check_dataset(config)
     dataset = create_dataset(config)
     logger.info(dataset)
+    n_items = dataset.item_num - 1  # id 0 is padding
+    check("topk", config["topk"], max(config["topk"]) <= n_items, f"every k must be <= the number of items ({n_items})")
     train_data, valid_data, test_data = data_preparation(config, dataset)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])

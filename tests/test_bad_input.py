@@ -90,3 +90,13 @@ def test_infinite_loss_stops_with_a_message_and_keeps_the_checkpoint(monkeypatch
     assert state["epoch"] in (0, 1)
     assert state["other_parameter"]["beta_strategy"]["step_count"] == 4 * (state["epoch"] + 1)
     assert all(t.isfinite().all() for t in state["state_dict"].values())
+
+
+def test_topk_beyond_the_item_count_is_caught_after_loading(tmp_path):
+    from conftest import write_tiny_dataset
+    from recbole_beta.errors import ConfigError
+    from recbole_beta.quick_start import run_recbole_beta
+
+    config = {**write_tiny_dataset(tmp_path), "state": "WARNING"}
+    with pytest.raises(ConfigError, match=r"topk=\[20, 50, 100\] is not allowed: every k must be <= the number of items \(6\)"):
+        run_recbole_beta("BetaMultVAE", "tiny", config_dict=config)
