@@ -121,6 +121,8 @@ def restore_rng(state, train_data=None):
 
 
 _run_handlers = []
+#: if set, the level of RecBole's console handler (its log file keeps config["state"])
+console_level = None
 
 
 def init_logger(config):
@@ -141,6 +143,10 @@ def init_logger(config):
         root.removeHandler(handler)
     recbole_init_logger(config)
     _run_handlers.extend(root.handlers)
+    if console_level is not None:
+        for handler in _run_handlers:
+            if type(handler) is logging.StreamHandler:
+                handler.setLevel(max(handler.level, console_level))
     for handler in foreign:
         root.addHandler(handler)
 

@@ -21,6 +21,7 @@ from recbole.utils import get_environment, get_flops, get_local_time, init_seed,
 from recbole_beta.compat import init_logger, plain
 from recbole_beta.config import Config
 from recbole_beta.errors import DatasetNotFoundError, check
+from recbole_beta.experiments.per_user import RecordingEvaluator, per_user_metrics, training_activity
 from recbole_beta.registry import get_model, get_trainer, is_autoencoder
 
 
@@ -117,7 +118,14 @@ def write_result(config, result):
 
 
 def run_recbole_beta(
-    model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, resume=None, queue=None
+    model=None,
+    dataset=None,
+    config_file_list=None,
+    config_dict=None,
+    saved=True,
+    resume=None,
+    queue=None,
+    per_user=False,
 ):
     """Train and test one model (the plugin's or RecBole's) on one dataset.
 
@@ -129,6 +137,8 @@ def run_recbole_beta(
         saved (bool): keep the best checkpoint and test the best model (else the last one).
         resume (str): a checkpoint to continue training from.
         queue: for multi-process runs, where rank 0 puts its result.
+        per_user (bool): also return ``per_user``, the test metrics of each user (with the
+            user's training activity), from RecBole's metric classes on the evaluator's top-k lists.
 
     Returns:
         dict: best_valid_score, best_valid_result, test_result, history (per epoch), checkpoint,
@@ -150,6 +160,8 @@ def run_recbole_beta(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
     train_seconds = time.time() - start
+    if per_user:
+        trainer.evaluator = RecordingEvaluator(config)
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
 
     environment_tb = get_environment(config)
@@ -170,6 +182,9 @@ def run_recbole_beta(
         "config": config.final_config_dict,
     }
     result["result_file"] = write_result(config, result)
+    if per_user:
+        activity = training_activity(train_data._dataset)
+        result["per_user"] = per_user_metrics(trainer.evaluator, test_data, activity)
     if result["result_file"]:
         logger.info(set_color("result file", "yellow") + f": {result['result_file']}")
 
