@@ -1,0 +1,3 @@
+from recbole_beta.experiments.cli import main
+
+raise SystemExit(main())

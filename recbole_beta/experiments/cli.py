@@ -1,0 +1,56 @@
+"""``python -m recbole_beta.experiments``: run a comparison or ablation sweep, then write its report."""
+
+import argparse
+import logging
+import sys
+
+from recbole_beta.errors import RecBoleBetaError
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m recbole_beta.experiments",
+        description="Run every model x setting x seed of a YAML spec through RecBole's trainer and evaluator, "
+        "then write tables (CSV, JSON, Markdown) and figures (PNG, SVG). Finished runs are skipped when rerun.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "run a spec (a comparison, or an ablation when it has a grid or cells)"),
+                       ("compare", "the same as run"), ("ablation", "the same as run; the spec must have a grid or cells")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("spec", help="YAML spec (see recbole_beta/experiments/spec.py and docs/)")
+        p.add_argument("--out", required=True, help="folder for runs/, tables and figures/")
+        p.add_argument("--seeds", type=int, default=None, help="override the spec: this many seeds from 2020")
+        p.add_argument("--no-figures", action="store_true", help="tables only")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = sub.add_parser("report", help="rewrite the tables and figures of a sweep folder")
+    p.add_argument("out", help="sweep folder")
+    p.add_argument("--no-figures", action="store_true")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    # RecBole's Config reads --key=value from sys.argv: a sweep's settings come from its spec only
+    sys.argv = sys.argv[:1]
+    from recbole_beta import compat
+    from recbole_beta.experiments.report import write_report
+    from recbole_beta.experiments.runner import run_sweep
+    from recbole_beta.experiments.spec import SpecError, load_spec
+
+    try:
+        if args.command == "report":
+            paths = write_report(args.out, figures=not args.no_figures)
+        else:
+            spec = load_spec(args.spec, {"seeds": args.seeds} if args.seeds else None)
+            if args.command == "ablation" and spec.cells == [{}]:
+                raise SpecError("an ablation spec needs a 'grid' or 'cells'")
+            # RecBole logs every run to log/; on the console the progress bar says enough
+            compat.console_level = logging.WARNING
+            ran, failed = run_sweep(spec, args.out, progress=not args.quiet)
+            print(f"{ran} runs done now ({failed} failed); {len(spec.runs())} in the sweep")
+            paths = write_report(args.out, spec, figures=not args.no_figures)
+    except RecBoleBetaError as error:
+        print(f"recbole-beta: {error}", file=sys.stderr)
+        return 2
+    print(f"report: {[str(p) for p in paths if p.name == 'report.md'][0]}")
+    return 0

@@ -1,0 +1,114 @@
+"""Run a sweep: every run of a spec, each written to disk the moment it ends.
+
+Finished runs are skipped when the sweep is run again, so an interrupted sweep loses nothing;
+a run that fails is recorded with its error and the sweep goes on (it is retried next time).
+"""
+
+import json
+import os
+import shutil
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from recbole_beta.compat import plain
+from recbole_beta.quick_start import run_recbole_beta
+
+
+def atomic_write(path, write):
+    """Write through a temporary file in the same folder, then rename: never half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path, data):
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(plain(data), f, indent=1)
+
+    atomic_write(path, write)
+
+
+def write_per_user(path, table):
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **{k: np.asarray(v) for k, v in table.items()})
+
+    atomic_write(path, write)
+
+
+def run_paths(out_dir, run):
+    runs = Path(out_dir) / "runs"
+    return runs / f"{run.run_id}.json", runs / f"{run.run_id}.per_user.npz"
+
+
+def is_finished(out_dir, run):
+    record_path, per_user_path = run_paths(out_dir, run)
+    if not record_path.is_file():
+        return False
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    return record.get("status") == "ok" and per_user_path.is_file()
+
+
+def execute(run, spec, out_dir, index=0):
+    """Train and test one run; return its record (status ok or failed) and per-user table."""
+    checkpoints = Path(out_dir) / "checkpoints" / run.run_id
+    config = {
+        **run.config,
+        "seed": run.seed,
+        "results_dir": None,  # the sweep writes its own record
+        "checkpoint_dir": str(checkpoints),
+        "show_progress": False,
+    }
+    record = {"run_id": run.run_id, "index": index, "label": run.label, "group": run.group, "model": run.model, "seed": run.seed,
+              "cell": run.cell, "config": config, "dataset": spec.dataset}
+    start = time.time()
+    try:
+        result = run_recbole_beta(run.model, spec.dataset, config_file_list=spec.config_files or None,
+                                  config_dict=dict(config), per_user=True)
+    except Exception as error:  # recorded, and the sweep goes on
+        record.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(),
+                      wall_seconds=time.time() - start)
+        return record, None
+    finally:
+        shutil.rmtree(checkpoints, ignore_errors=True)  # the per-user table holds what the report needs
+    record.update(
+        status="ok",
+        best_valid_score=result["best_valid_score"],
+        best_valid_result=dict(result["best_valid_result"] or {}),
+        test_result=dict(result["test_result"]),
+        history=result["history"],
+        train_seconds=result["train_seconds"],
+        wall_seconds=time.time() - start,
+    )
+    return record, result["per_user"]
+
+
+def run_sweep(spec, out_dir, progress=True):
+    """Run what is not yet finished; return (number run now, number failed now)."""
+    out_dir = Path(out_dir)
+    (out_dir / "runs").mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "spec.json", spec.to_dict())
+    runs = spec.runs()
+    todo = [(i, run) for i, run in enumerate(runs) if not is_finished(out_dir, run)]
+    failed = 0
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=spec.name, unit="run", disable=not progress,
+               dynamic_ncols=True)
+    with bar:
+        for index, run in todo:
+            bar.set_postfix_str(f"{run.label} seed {run.seed}" + (f", {failed} failed" if failed else ""))
+            record, per_user = execute(run, spec, out_dir, index)
+            record_path, per_user_path = run_paths(out_dir, run)
+            if per_user is not None:
+                write_per_user(per_user_path, per_user)  # first: a record marks the run finished
+            write_json(record_path, record)
+            if record["status"] != "ok":
+                failed += 1
+                bar.write(f"run {run.run_id} failed: {record['error'].splitlines()[0]}")
+            bar.update(1)
+    return len(todo), failed

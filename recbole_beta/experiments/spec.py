@@ -1,0 +1,259 @@
+"""Sweep specifications: which models, settings and seeds to run, read from YAML and checked first.
+
+A spec names a dataset, the seeds and the models, and optionally a grid (every combination) or
+a list of cells of config keys, each run for every model and seed::
+
+    dataset: ml-100k
+    seeds: [2020, 2021, 2022]
+    config: {epochs: 100}                 # for every run
+    config_files: [my.yaml]               # optional
+    models:
+      - AnnealedBetaMultVAE
+      - EASE
+      - {model: ScaledBetaMultVAE, label: Scaled-g0.002, config: {gamma: 0.002}}
+    reference: AnnealedBetaMultVAE        # label the significance tests compare against
+    activity_quantiles: [0.25, 0.5, 0.75] # bucket edges for the per-activity breakdown
+    grid:                                 # ablation: every combination, for every model
+      activation: [tanh, relu]
+      latent_dimension: [64, 128]
+"""
+
+import difflib
+import hashlib
+import itertools
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from recbole_beta.config import properties_dir
+from recbole_beta.errors import ConfigError, RecBoleBetaError
+from recbole_beta.registry import get_model
+
+
+class SpecError(RecBoleBetaError, ValueError):
+    """A sweep spec that cannot run; the message is one line naming the problem."""
+
+
+@lru_cache(maxsize=None)
+def known_keys():
+    """Every config key RecBole or the plugin knows: the keys of all their property files."""
+    import recbole
+    from recbole.utils import dataset_arguments, evaluation_arguments, general_arguments, training_arguments
+
+    keys = set(general_arguments + training_arguments + evaluation_arguments + dataset_arguments)
+    roots = [Path(recbole.__file__).resolve().parent / "properties", properties_dir()]
+    for root in roots:
+        for file in root.rglob("*.yaml"):
+            if file.name == "url.yaml":
+                continue
+            try:
+                content = yaml.safe_load(file.read_text(encoding="utf-8"))
+            except yaml.YAMLError:
+                continue
+            if isinstance(content, dict):
+                keys.update(content)
+    keys.update({"model", "dataset", "seed", "config_files", "local_rank", "download_url"})
+    return frozenset(keys)
+
+
+def check_keys(keys, where):
+    for key in keys:
+        if key not in known_keys():
+            close = difflib.get_close_matches(key, sorted(known_keys()), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise SpecError(f"{where}: unknown config key {key!r}{hint}")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of a sweep."""
+
+    label: str
+    model: str
+    seed: int
+    cell: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+    @property
+    def run_id(self):
+        cell = "-".join(f"{k}={_short(v)}" for k, v in sorted(self.cell.items()))
+        digest = hashlib.sha1(json.dumps([self.label, self.cell, self.config], sort_keys=True, default=str).encode())
+        name = "__".join(p for p in (self.label, cell, f"seed{self.seed}") if p)
+        return f"{_slug(name)[:120]}__{digest.hexdigest()[:8]}"
+
+    @property
+    def group(self):
+        """The label plus the cell: what seeds are averaged over."""
+        if not self.cell:
+            return self.label
+        return self.label + " [" + ", ".join(f"{k}={_short(v)}" for k, v in sorted(self.cell.items())) + "]"
+
+
+def _short(value):
+    return json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else value
+
+
+def _slug(text):
+    return re.sub(r"[^A-Za-z0-9_.=,@+-]+", "_", text)
+
+
+@dataclass
+class Spec:
+    dataset: str
+    seeds: list
+    models: list  # [(label, model, config)]
+    config: dict = field(default_factory=dict)
+    config_files: list = field(default_factory=list)
+    cells: list = field(default_factory=lambda: [{}])
+    reference: str = None
+    activity_quantiles: list = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    name: str = "sweep"
+
+    def runs(self):
+        """Every run, model by model, cell by cell, seed by seed."""
+        return [
+            Run(label=label, model=model, seed=seed, cell=dict(cell), config={**self.config, **config, **cell})
+            for (label, model, config), cell, seed in itertools.product(self.models, self.cells, self.seeds)
+        ]
+
+    def to_dict(self):
+        return {
+            "name": self.name,
+            "dataset": self.dataset,
+            "seeds": self.seeds,
+            "models": [{"label": label, "model": model, "config": config} for label, model, config in self.models],
+            "config": self.config,
+            "config_files": self.config_files,
+            "cells": self.cells,
+            "reference": self.reference,
+            "activity_quantiles": self.activity_quantiles,
+        }
+
+
+def _seeds(value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise SpecError(f"seeds={value} is not allowed: give a number of seeds >= 1 or a list of seeds")
+        return list(range(2020, 2020 + value))
+    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
+        if len(set(value)) != len(value):
+            raise SpecError(f"seeds={value} is not allowed: seeds repeat")
+        return value
+    raise SpecError(f"seeds={value!r} is not allowed: give a number of seeds >= 1 or a non-empty list of integers")
+
+
+def _models(entries):
+    if not isinstance(entries, list) or not entries:
+        raise SpecError("models: give a non-empty list of model names or {model, label, config} entries")
+    models = []
+    for entry in entries:
+        if isinstance(entry, str):
+            entry = {"model": entry}
+        if not isinstance(entry, dict) or "model" not in entry:
+            raise SpecError(f"models: entry {entry!r} is neither a model name nor a mapping with a 'model' key")
+        unknown = set(entry) - {"model", "label", "config"}
+        if unknown:
+            raise SpecError(f"models: entry {entry['model']!r} has unknown fields {sorted(unknown)}")
+        get_model(entry["model"])  # UnknownModelError with close names
+        config = entry.get("config") or {}
+        check_keys(config, f"models: {entry['model']}")
+        models.append((str(entry.get("label", entry["model"])), entry["model"], config))
+    labels = [label for label, _, _ in models]
+    duplicated = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicated:
+        raise SpecError(f"models: labels {duplicated} repeat; give each entry its own 'label'")
+    return models
+
+
+def _cells(spec):
+    grid, cells = spec.get("grid"), spec.get("cells")
+    if grid is not None and cells is not None:
+        raise SpecError("give either 'grid' or 'cells', not both")
+    if grid is not None:
+        if not isinstance(grid, dict) or not grid:
+            raise SpecError("grid: give a mapping of config keys to non-empty lists of values")
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise SpecError(f"grid: {key!r} has no values; give a non-empty list")
+        check_keys(grid, "grid")
+        keys = list(grid)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+    if cells is not None:
+        if not isinstance(cells, list) or not cells or not all(isinstance(c, dict) for c in cells):
+            raise SpecError("cells: give a non-empty list of mappings of config keys to values")
+        for cell in cells:
+            check_keys(cell, "cells")
+        return cells
+    return [{}]
+
+
+def load_spec(source, overrides=None):
+    """Read and check a spec (a path to YAML, or a mapping); raises SpecError before anything runs."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise SpecError(f"spec file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise SpecError(f"spec file {path} is not valid YAML: {' '.join(str(error).split())}") from None
+        name = path.stem
+    else:
+        raw, name = source, "sweep"
+    if not isinstance(raw, dict):
+        raise SpecError("a spec is a mapping with at least 'dataset' and 'models'")
+    raw = {**raw, **(overrides or {})}
+    allowed = {"name", "dataset", "seeds", "models", "config", "config_files", "grid", "cells", "reference",
+               "activity_quantiles"}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise SpecError(f"unknown spec fields {sorted(unknown)}; allowed: {sorted(allowed)}")
+    if not isinstance(raw.get("dataset"), str):
+        raise SpecError("dataset: give a dataset name, e.g. ml-100k")
+    config = raw.get("config") or {}
+    if not isinstance(config, dict):
+        raise SpecError("config: give a mapping of config keys to values")
+    check_keys(config, "config")
+    files = raw.get("config_files") or []
+    for file in files:
+        if not Path(file).is_file():
+            raise SpecError(f"config_files: {file} does not exist")
+    models = _models(raw.get("models"))
+    quantiles = raw.get("activity_quantiles", [0.25, 0.5, 0.75])
+    if not (isinstance(quantiles, list) and all(isinstance(q, (int, float)) and 0 < q < 1 for q in quantiles)
+            and quantiles == sorted(set(quantiles))):
+        raise SpecError(f"activity_quantiles={quantiles!r} is not allowed: give increasing numbers in (0, 1)")
+    spec = Spec(
+        dataset=raw["dataset"],
+        seeds=_seeds(raw.get("seeds", 1)),
+        models=models,
+        config=config,
+        config_files=list(files),
+        cells=_cells(raw),
+        reference=raw.get("reference"),
+        activity_quantiles=list(quantiles),
+        name=str(raw.get("name", name)),
+    )
+    _check_model_configs(spec)
+    labels = [label for label, _, _ in models]
+    if spec.reference is not None and spec.reference not in labels:
+        raise SpecError(f"reference={spec.reference!r} is not one of the model labels {labels}")
+    return spec
+
+
+def _check_model_configs(spec):
+    """Validate each model's own keys (beta strategy, ranges) for every cell, before any run."""
+    for label, model, config in spec.models:
+        validate = getattr(get_model(model), "validate_config", None)
+        if validate is None:
+            continue
+        for cell in spec.cells:
+            try:
+                validate({**spec.config, **config, **cell})
+            except ConfigError as error:
+                raise SpecError(f"models: {label}: {error}") from None

@@ -1,0 +1,204 @@
+"""The figures of recbole_beta.experiments.plots: files written, images readable, schedule data right."""
+
+import functools
+import math
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+
+from recbole_beta.beta import RAMPS, PIControlBeta
+from recbole_beta.experiments import plots
+
+
+def assert_figure(paths, out_dir, stem):
+    assert [p.name for p in paths] == [f"{stem}.png", f"{stem}.svg"]
+    for path in paths:
+        assert path.parent == out_dir
+        assert path.is_file() and path.stat().st_size > 0
+    image = mpimg.imread(paths[0])
+    assert image.ndim == 3 and image.shape[2] in (3, 4)
+    assert image.shape[0] > 100 and image.shape[1] > 100
+    assert paths[1].read_text().lstrip().startswith("<?xml")
+
+
+def history(n_epochs, scale=1.0, vae=True, valid=True):
+    rows = []
+    for epoch in range(n_epochs):
+        row = {"epoch": epoch, "train_loss": 500.0 * scale / (epoch + 1), "train_time": 1.0}
+        if vae:
+            row.update(train_loss1=490.0 * scale / (epoch + 1), train_loss2=2.0 + epoch, beta=min(0.2, 0.05 * epoch))
+        if valid and epoch % 2 == 0:
+            ndcg = 0.3 + 0.01 * epoch * scale
+            row.update(valid_score=ndcg, valid={"ndcg@100": ndcg, "recall@20": ndcg - 0.05})
+        rows.append(row)
+    return rows
+
+
+def run(label, seed, hist, status="ok"):
+    return {"run_id": f"{label}-{seed}", "label": label, "model": label.split("-")[0], "seed": seed,
+            "status": status, "history": hist, "test_result": {}, "best_valid_result": {}}
+
+
+@functools.lru_cache(maxsize=1)
+def default_series():
+    return plots.beta_schedule_series(total_steps=400, activities=(5, 20, 80, 320), mean_activity=80.0)
+
+
+class TestBetaScheduleSeries:
+    @pytest.fixture
+    def series(self):
+        return default_series()
+
+    def test_cyclical_linear_by_hand(self, series):
+        # 4 cycles of 100 steps, rising over the first half of each to 0.2
+        linear = series["cyclical/linear"]
+        at = lambda step: linear[step - 1]  # noqa: E731 - series[0] is step 1
+        assert series["step"][0] == 1 and len(linear) == 400
+        assert at(1) == pytest.approx(0.0)
+        assert at(26) == pytest.approx(0.1)
+        assert at(51) == pytest.approx(0.2)
+        assert at(100) == pytest.approx(0.2)
+        assert at(101) == pytest.approx(0.0)
+        assert at(126) == pytest.approx(0.1)
+
+    def test_every_shape_spans_zero_to_max(self, series):
+        for shape in RAMPS:
+            values = series[f"cyclical/{shape}"]
+            assert values[0] == pytest.approx(0.0) and values[50] == pytest.approx(0.2)
+        # the cosine ramp is half way at the middle of the rise too, but slower at its start
+        assert series["cyclical/cosine"][25] == pytest.approx(0.1)
+        assert series["cyclical/cosine"][10] < series["cyclical/linear"][10]
+
+    def test_annealed(self, series):
+        annealed = series["annealed"]  # total_anneal_steps = 200
+        assert annealed[100 - 1] == pytest.approx(min(0.2, 100 / 200))
+        assert annealed[20 - 1] == pytest.approx(20 / 200)
+        assert annealed[-1] == pytest.approx(0.2)
+
+    def test_scaled_users(self, series):
+        # normalize_activity with gamma 0.2: a user of mean activity (80) has beta 0.2, at every step
+        for a in (5, 20, 80, 320):
+            np.testing.assert_allclose(series[f"scaled/{a}"], 0.2 * a / 80)
+            np.testing.assert_allclose(series[f"scaled_cyclical/{a}"], 0.2 * a / 80 * series["cyclical/linear"] / 0.2)
+
+    def test_controlled_matches_the_controller(self, series):
+        beta, kl = series["controlled/beta"], series["controlled/kl"]
+        controller = PIControlBeta(kl_target=10.0, kp=0.01, ki=0.001, beta_min=0.0, beta_max=0.5)
+        replay = []
+        for value in kl:
+            controller.step(kl=value)
+            replay.append(controller.beta)
+        np.testing.assert_allclose(beta, replay)
+        assert np.all((beta >= 0) & (beta <= 0.5))
+        # the synthetic KL responds to the beta of the step before
+        expected_mean = 25 * np.exp(-8 * np.concatenate([[0.0], beta[:-1]]))
+        assert np.abs(kl - expected_mean).max() < 6  # noise std 1
+        # the controller brings the KL to its target
+        assert abs(kl[200:].mean() - 10.0) < 1.0
+        assert (series["controlled/target"] == 10.0).all()
+
+    def test_seeded(self):
+        a = plots.beta_schedule_series(total_steps=50, seed=3)
+        b = plots.beta_schedule_series(total_steps=50, seed=3)
+        np.testing.assert_array_equal(a["controlled/kl"], b["controlled/kl"])
+
+    def test_config_overrides(self):
+        s = plots.beta_schedule_series(
+            total_steps=100,
+            config={"anneal_cap": 0.5, "total_anneal_steps": 10, "n_cycles": 2, "cyclical": {"beta_max": 1.0}},
+        )
+        assert s["annealed"][5 - 1] == pytest.approx(0.5 * 1.0)  # 5/10 = 0.5 = cap
+        assert s["annealed"][3 - 1] == pytest.approx(0.3)
+        # 2 cycles of 50 steps, rising over 25 to 1.0
+        assert s["cyclical/linear"][26 - 1] == pytest.approx(1.0)
+        assert s["cyclical/linear"][51 - 1] == pytest.approx(0.0)
+        # the per-panel dict does not reach the controller, whose beta_max stays 0.5
+        assert s["controlled/beta"].max() <= 0.5
+
+    def test_run_config_with_unset_and_unrelated_keys(self):
+        # a run's config: None for unset keys, a list strategy, keys no strategy reads
+        config = {"beta_strategy": ["scaled", "cyclical"], "kp": None, "epochs": 50, "mlp_hidden_size": [600],
+                  "gamma": 0.1, "normalize_activity": True}
+        s = plots.beta_schedule_series(total_steps=40, activities=(80,), mean_activity=80.0, config=config)
+        np.testing.assert_allclose(s["scaled/80"], 0.1)
+        np.testing.assert_allclose(s["cyclical/linear"], default_series()["cyclical/linear"][::10], atol=0.02)
+
+
+def test_plot_beta_schedules(tmp_path):
+    out = tmp_path / "figs"
+    paths = plots.plot_beta_schedules(out, total_steps=200, n_batches_per_epoch=4)
+    assert_figure(paths, out, "beta_schedules")
+
+
+def test_plot_training_curves(tmp_path):
+    runs = [
+        run("MultVAE-annealed", 0, history(6)),
+        run("MultVAE-annealed", 1, history(5, scale=1.1)),  # stopped early: the band covers what is there
+        run("MultVAE-cyclical", 0, history(6, scale=0.9)),
+        run("MultVAE-cyclical", 1, history(6), status="failed"),
+        run("EASE", 0, [{"epoch": 0, "train_loss": 0.0, "train_time": 2.0, "valid_score": 0.4,
+                         "valid": {"ndcg@100": 0.4}}]),
+        run("Pop", 0, history(1, vae=False, valid=False)),
+        run("Broken", 0, None),
+    ]
+    paths = plots.plot_training_curves(runs, tmp_path)
+    assert_figure(paths, tmp_path, "training_curves")
+
+
+def test_plot_training_curves_nothing_ok(tmp_path):
+    paths = plots.plot_training_curves([run("x", 0, history(3), status="failed")], tmp_path)
+    assert_figure(paths, tmp_path, "training_curves")
+
+
+def summary_frame():
+    rows = []
+    for i, label in enumerate(["MultVAE-annealed", "MultVAE-cyclical", "MultVAE-scaled", "EASE"]):
+        row = {"label": label, "n_seeds": 3 if label != "EASE" else 1}
+        for j, metric in enumerate(("ndcg@100", "recall@20", "recall@50")):
+            row[f"{metric}_mean"] = 0.35 + 0.02 * i + 0.05 * j
+            row[f"{metric}_std"] = 0.004 if label != "EASE" else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_plot_metric_bars(tmp_path):
+    paths = plots.plot_metric_bars(summary_frame(), tmp_path)
+    assert_figure(paths, tmp_path, "metrics")
+    # a metric the summary lacks is left out, not an error
+    paths = plots.plot_metric_bars(summary_frame(), tmp_path / "b", metrics=("ndcg@100", "mrr@10"))
+    assert_figure(paths, tmp_path / "b", "metrics")
+
+
+def test_plot_activity_buckets(tmp_path):
+    names = ["[1, 27]", "[28, 61]", "[62, 140]", "[141, 2000]"]
+    rows = []
+    for label in ["MultVAE-annealed", "MultVAE-scaled", "EASE"]:
+        for index, name in enumerate(names):
+            if label == "EASE" and index == 3:
+                continue  # a missing bucket draws no bar
+            rows.append({"label": label, "bucket": name, "bucket_index": index, "n_users": 150 - 10 * index,
+                         "ndcg@100": 0.2 + 0.05 * index, "recall@20": 0.3})
+    frame = pd.DataFrame(rows).sample(frac=1.0, random_state=0)  # order comes from bucket_index
+    paths = plots.plot_activity_buckets(frame, tmp_path)
+    assert_figure(paths, tmp_path, "activity_buckets")
+
+
+def test_label_colors_are_stable():
+    a = plots.label_colors(["b", "a", "c"])
+    b = plots.label_colors(["c", "a", "b", "a"])
+    assert a == b and len(set(a.values())) == 3
+    many = plots.label_colors([f"m{i:02d}" for i in range(15)])
+    assert len(set(many.values())) == 15
+
+
+def test_colors_and_empty_inputs(tmp_path):
+    colors = plots.label_colors(["EASE", "MultVAE-annealed", "MultVAE-cyclical", "MultVAE-scaled"])
+    paths = plots.plot_metric_bars(summary_frame().iloc[:2], tmp_path / "a", colors=colors)
+    assert_figure(paths, tmp_path / "a", "metrics")
+    paths = plots.plot_activity_buckets(pd.DataFrame(columns=["label", "bucket", "bucket_index", "n_users"]),
+                                        tmp_path / "b", colors=colors)
+    assert_figure(paths, tmp_path / "b", "activity_buckets")
+    paths = plots.plot_training_curves([], tmp_path / "c", colors=colors)
+    assert_figure(paths, tmp_path / "c", "training_curves")
