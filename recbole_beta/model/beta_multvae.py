@@ -60,6 +60,7 @@ class BetaMultVAE(MultiVAE):
         self.activation = config_value(config, "activation", "tanh")
         self.noise_std = config_value(config, "noise_std", 0.01)
         super().__init__(config, dataset)
+        self.sparse_input = config_value(config, "sparse_input", False)
 
         # |x_u| of every user id, read by per-user strategies: the non-padding (id 0) entries of
         # RecBole's history matrix. Derived data, so not checkpointed. (Asking the dataset again
@@ -98,6 +99,8 @@ class BetaMultVAE(MultiVAE):
         check("activation", activation, activation in ACTIVATIONS, f"must be one of {sorted(ACTIVATIONS)}")
         check_number("noise_std", config_value(config, "noise_std", 0.01), minimum=0)
         check_number("dropout_prob", config_value(config, "dropout_prob", 0.5), minimum=0, maximum=1)
+        sparse = config_value(config, "sparse_input", False)
+        check("sparse_input", sparse, isinstance(sparse, bool), "must be True or False")
         latent = config_value(config, "latent_dimension", 128)
         check(
             "latent_dimension",
@@ -129,10 +132,62 @@ class BetaMultVAE(MultiVAE):
             return mu + epsilon * std
         return mu
 
-    def calculate_loss(self, interaction):
-        user = interaction[self.USER_ID]
+    def get_sparse_rating_matrix(self, user):
+        """The batch's rows of the user-item matrix as a sparse COO tensor (batch x n_items).
+
+        The same values as RecBole's ``get_rating_matrix``, without the dense batch x n_items
+        tensor: only the users' interactions (padding entries, item id 0, are left out).
+        """
+        items = self.history_item_id[user]
+        present = items > 0
+        rows = torch.arange(len(user), device=self.device).unsqueeze(1).expand_as(items)[present]
+        indices = torch.stack([rows, items[present]])
+        values = self.history_item_value[user][present]
+        return torch.sparse_coo_tensor(indices, values, (len(user), self.n_items)).coalesce()
+
+    def forward_sparse(self, rating_matrix, dropout_mask=None):
+        """``forward`` on a sparse rating matrix: normalisation and dropout act on the non-zeros,
+        and the first layer is a sparse-dense product.
+
+        ``dropout_mask`` (0/1 per non-zero, in the order of ``rating_matrix.indices()``) replaces
+        the random dropout, for comparing with the dense path on the same mask.
+        """
+        rows, cols = rating_matrix.indices()
+        values = rating_matrix.values()
+        norm = torch.zeros(rating_matrix.shape[0], device=values.device, dtype=values.dtype)
+        norm = norm.index_add_(0, rows, values * values).sqrt().clamp_min(1e-12)  # as F.normalize
+        values = values / norm[rows]
+        if dropout_mask is None:
+            values = F.dropout(values, self.drop_out, training=self.training)
+        elif self.training:
+            values = values * dropout_mask / (1 - self.drop_out)
+        h = torch.sparse_coo_tensor(rating_matrix.indices(), values, rating_matrix.shape, is_coalesced=True)
+
+        first = self.encoder[0]
+        h = torch.sparse.mm(h, first.weight.t()) + first.bias
+        h = self.encoder[1:](h)
+
+        half = int(self.lat_dim / 2)
+        mu, logvar = h[:, :half], h[:, half:]
+        z = self.reparameterize(mu, logvar)
+        return self.decoder(z), mu, logvar
+
+    def _encode_batch(self, user):
+        """Logits, mu, logvar and the reconstruction term -sum_i x_ui log softmax(z_u)_i of each user."""
+        if self.sparse_input:
+            rating_matrix = self.get_sparse_rating_matrix(user)
+            z, mu, logvar = self.forward_sparse(rating_matrix)
+            rows, cols = rating_matrix.indices()
+            picked = F.log_softmax(z, 1)[rows, cols] * rating_matrix.values()
+            recon = -torch.zeros(len(user), device=z.device, dtype=z.dtype).index_add_(0, rows, picked)
+            return z, mu, logvar, recon
         rating_matrix = self.get_rating_matrix(user)
         z, mu, logvar = self.forward(rating_matrix)
+        return z, mu, logvar, -(F.log_softmax(z, 1) * rating_matrix).sum(1)
+
+    def calculate_loss(self, interaction):
+        user = interaction[self.USER_ID]
+        z, mu, logvar, recon = self._encode_batch(user)
 
         # sum over latent dims of (1 + logvar - mu^2 - var): -2 * KL_u
         neg2_kl = torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
@@ -148,8 +203,20 @@ class BetaMultVAE(MultiVAE):
             self._beta_sum = self._beta_sum + beta * len(user)
         self._beta_rows += len(user)
 
-        ce_loss = -(F.log_softmax(z, 1) * rating_matrix).sum(1).mean()
-        return ce_loss, kl_loss
+        return recon.mean(), kl_loss
+
+    def full_sort_predict(self, interaction):
+        if not self.sparse_input:
+            return super().full_sort_predict(interaction)
+        scores, _, _ = self.forward_sparse(self.get_sparse_rating_matrix(interaction[self.USER_ID]))
+        return scores.view(-1)
+
+    def predict(self, interaction):
+        if not self.sparse_input:
+            return super().predict(interaction)
+        item = interaction[self.ITEM_ID]
+        scores, _, _ = self.forward_sparse(self.get_sparse_rating_matrix(interaction[self.USER_ID]))
+        return scores[torch.arange(len(item), device=self.device), item]
 
     def pop_mean_beta(self):
         """Mean beta over the batch rows trained on since the last call (None if none); resets."""
