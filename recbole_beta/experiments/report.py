@@ -63,8 +63,8 @@ def write_report(out_dir, spec=None, figures=True):
         reference = ok[0]["group"]
     sig = analysis.significance(out_dir, runs, reference) if ok else pd.DataFrame()
     buckets = analysis.activity_buckets(out_dir, runs, spec_dict.get("activity_quantiles", [0.25, 0.5, 0.75]))
-    metrics = [m for m in analysis.MAIN_METRICS if f"{m}_mean" in summary] or [
-        c[: -len("_mean")] for c in summary.columns if c.endswith("_mean") and "@" in c][:3]
+    # the main three first, then every other metric@k the config names
+    metrics = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean") and "@" in c]
 
     written = []
     for name, table in (("summary", summary), ("significance", sig), ("activity_buckets", buckets)):
@@ -85,7 +85,7 @@ def write_report(out_dir, spec=None, figures=True):
     if figures and ok:
         figure_dir = out_dir / "figures"
         colors = plots.label_colors(list(summary["label"]))  # one colour per method in every figure
-        paths = plots.plot_metric_bars(summary, figure_dir, metrics=tuple(metrics), colors=colors)
+        paths = plots.plot_metric_bars(summary, figure_dir, metrics=tuple(metrics[:3]), colors=colors)
         paths += plots.plot_training_curves([{**r, "label": r["group"]} for r in ok], figure_dir, colors=colors)
         if not buckets.empty:
             paths += plots.plot_activity_buckets(buckets, figure_dir, metric=metrics[0], colors=colors)
