@@ -1,0 +1,240 @@
+"""Epoch time, full-ranking evaluation time and memory of the plugin's models against RecBole's
+MultiVAE: same data, same config, one process, runs interleaved (A B C A B C ...).
+
+    python benchmarks/epoch_time.py --datasets ml-100k ml-20m@0.1 ml-20m@0.25 --reps 3
+    python benchmarks/epoch_time.py --datasets ml-20m --reps 2 --max-batches 20
+
+``ml-20m@f`` is synthetic data shaped like ML-20M after the Mult-VAE preprocessing (136,677 users
+x 20,108 items, 10M interactions, power-law popularity and activity) with users and items scaled
+by f and the density kept, made by ``recbole_beta.data.synthetic`` into benchmarks/data/.
+Figures are medians over the repetitions with min and max; ratios are taken per repetition
+against MultiVAE's measurement of the same round, then summarised.
+"""
+
+import argparse
+import gc
+import json
+import math
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recbole.data import create_dataset  # noqa: E402
+from recbole.utils import init_seed  # noqa: E402
+
+from recbole_beta.config import Config  # noqa: E402
+from recbole_beta.data.synthetic import PRESETS, Shape, generate  # noqa: E402
+from recbole_beta.quick_start import data_preparation  # noqa: E402
+from recbole_beta.registry import get_model, get_trainer  # noqa: E402
+
+DATA = ROOT / "benchmarks" / "data"
+
+#: name -> (model, extra config)
+VARIANTS = {
+    "MultiVAE": ("MultiVAE", {}),
+    "AnnealedBetaMultVAE": ("AnnealedBetaMultVAE", {}),
+    "ConstantBetaMultVAE": ("ConstantBetaMultVAE", {}),
+    "CyclicalBetaMultVAE": ("CyclicalBetaMultVAE", {}),
+    "ScaledBetaMultVAE": ("ScaledBetaMultVAE", {}),
+    "ControlledBetaMultVAE": ("ControlledBetaMultVAE", {}),
+    "Scaled x Cyclical": ("BetaMultVAE", {"beta_strategy": ["scaled", "cyclical"]}),
+    "Annealed, sparse input": ("AnnealedBetaMultVAE", {"sparse_input": True}),
+}
+
+
+def rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Highest resident memory seen while the block runs (sampled every 2 ms), minus at its start."""
+
+    def __enter__(self):
+        self.start = self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+        self.extra = self.peak - self.start
+
+
+def dataset_config(name):
+    """Config keys for a dataset name: ml-100k as shipped, or ml-20m@f made on first use."""
+    if name == "ml-100k":
+        return "ml-100k", {}
+    base, _, fraction = name.partition("@")
+    fraction = float(fraction or 1)
+    shape = PRESETS[base]
+    scaled = Shape(n_users=round(shape.n_users * fraction), n_items=round(shape.n_items * fraction),
+                   n_interactions=round(shape.n_interactions * fraction**2), min_user_inter=shape.min_user_inter,
+                   timestamps=False)
+    dataset = f"synthetic-{base}-{fraction:g}"
+    if not (DATA / dataset / f"{dataset}.inter").is_file():
+        print(f"generating {dataset}: {scaled.n_users:,} users x {scaled.n_items:,} items, "
+              f"{scaled.total():,} interactions", flush=True)
+        generate(DATA, dataset, scaled, seed=0)
+    return dataset, {"data_path": str(DATA), "load_col": {"inter": ["user_id", "item_id"]}}
+
+
+def layer_flops(model, batch):
+    """FLOPs of the Linear layers for ``batch`` training rows: forward 2BIO, backward 4BIO
+    (input and weight gradients), less the input gradient of the first layer."""
+    total = 0
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    for i, layer in enumerate(linears):
+        f = 2 * batch * layer.in_features * layer.out_features
+        total += f * (3 if i else 2)
+    return total
+
+
+def matmul_gflops(m, k, n, reps=5):
+    """Measured dense torch.mm throughput at the first layer's size."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * m * k * n / statistics.median(times) / 1e9
+
+
+def build(variant, dataset, extra_config, train_data):
+    model_name, variant_config = VARIANTS[variant]
+    config = Config(model=model_name, dataset=dataset,
+                    config_dict={**extra_config, **variant_config, "state": "ERROR", "show_progress": False})
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(model_name)(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
+    trainer.eval_collector.data_collect(train_data)
+    return model, trainer
+
+
+def limited(loader, max_batches):
+    if not max_batches:
+        return loader
+    return [batch for _, batch in zip(range(max_batches), loader)]
+
+
+def bench_dataset(name, variants, reps, max_batches, eval_users):
+    dataset, extra = dataset_config(name)
+    config = Config(model="MultiVAE", dataset=dataset, config_dict={**extra, "state": "ERROR"})
+    init_seed(config["seed"], config["reproducibility"])
+    start = time.perf_counter()
+    data = create_dataset(config)
+    train_data, valid_data, _ = data_preparation(config, data)
+    print(f"{name}: {data.user_num - 1:,} users x {data.item_num - 1:,} items, {data.inter_num:,} interactions "
+          f"(loaded in {time.perf_counter() - start:.0f} s)", flush=True)
+    built = {v: build(v, dataset, extra, train_data) for v in variants}
+    batches = math.ceil(train_data.sample_size / config["train_batch_size"])
+    timed_batches = min(batches, max_batches) if max_batches else batches
+
+    def train_once(variant):
+        model, trainer = built[variant]
+        loader = limited(train_data, max_batches)
+        gc.collect()
+        with PeakRSS() as mem:
+            start = time.perf_counter()
+            trainer._train_epoch(loader, 0)
+            seconds = time.perf_counter() - start
+        return seconds, mem.extra
+
+    def eval_once(variant):
+        model, trainer = built[variant]
+        start = time.perf_counter()
+        trainer.evaluate(valid_data, load_best_model=False)
+        return time.perf_counter() - start
+
+    for variant in variants:  # warm-up: allocator, threads, first-touch
+        model, trainer = built[variant]
+        trainer._train_epoch(limited(train_data, 2), 0)
+    results = {v: {"train": [], "memory": [], "eval": []} for v in variants}
+    for rep in range(reps):
+        for variant in variants:  # interleaved: A B C ... A B C ...
+            seconds, memory = train_once(variant)
+            results[variant]["train"].append(seconds)
+            results[variant]["memory"].append(memory)
+        for variant in variants:
+            if eval_users:
+                results[variant]["eval"].append(eval_once(variant))
+        print(f"  round {rep + 1}/{reps} done", flush=True)
+
+    model = built[variants[0]][0]
+    rows_timed = min(train_data.sample_size, timed_batches * config["train_batch_size"])
+    flops = layer_flops(model, rows_timed)
+    peak_mm = matmul_gflops(config["train_batch_size"], data.item_num, config["mlp_hidden_size"][0])
+    rows = []
+    reference = results.get("MultiVAE")
+    for variant in variants:
+        r = results[variant]
+        row = {"dataset": name, "variant": variant, "batches": timed_batches, "batches_per_epoch": batches,
+               "train_s": r["train"], "eval_s": r["eval"], "epoch_extra_rss_mb": [m / 2**20 for m in r["memory"]],
+               "train_gflops": flops / statistics.median(r["train"]) / 1e9, "matmul_gflops": peak_mm}
+        if reference:
+            row["train_ratio"] = [a / b for a, b in zip(r["train"], reference["train"])]
+            if r["eval"]:
+                row["eval_ratio"] = [a / b for a, b in zip(r["eval"], reference["eval"])]
+        rows.append(row)
+    return rows
+
+
+def summary(values, digits=2):
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
+
+
+def markdown(rows):
+    lines = ["| dataset | model | train s (batches) | x MultiVAE | eval s | x MultiVAE | extra RSS MiB | GFLOP/s (mm peak) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(
+            f"| {row['dataset']} | {row['variant']} | {summary(row['train_s'])} ({row['batches']}/{row['batches_per_epoch']}) "
+            f"| {summary(row.get('train_ratio', []), 3)} | {summary(row['eval_s'])} | {summary(row.get('eval_ratio', []), 3)} "
+            f"| {summary(row['epoch_extra_rss_mb'], 0)} | {row['train_gflops']:.1f} ({row['matmul_gflops']:.0f}) |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["ml-100k", "ml-20m@0.1"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--max-batches", type=int, default=0, help="time only the first N batches of an epoch")
+    parser.add_argument("--no-eval", action="store_true", help="skip the full-ranking evaluation timing")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
+    args = parser.parse_args()
+    sys.argv = sys.argv[:1]  # RecBole's Config would read the options above as config keys
+    if "MultiVAE" not in args.variants:
+        args.variants.insert(0, "MultiVAE")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs", flush=True)
+    rows = []
+    for name in args.datasets:
+        rows += bench_dataset(name, args.variants, args.reps, args.max_batches, not args.no_eval)
+    print()
+    print("medians [min, max] over the rounds; ratios per round against MultiVAE")
+    print(markdown(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
