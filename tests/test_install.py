@@ -17,6 +17,7 @@ assert properties_dir().resolve() == site / "recbole_beta" / "properties", prope
 config = Config(model="ScaledBetaMultVAE", dataset="ml-100k", config_dict={"state": "WARNING"})
 assert config["valid_metric"] == "NDCG@100" and config["gamma"] == 0.005, config
 assert config["topk"] == [20, 50, 100] and config["train_neg_sample_args"]["distribution"] == "none"
+assert (properties_dir() / "hyper" / "ScaledBetaMultVAE.hyper").is_file()
 print("installed-ok")
 """
 
