@@ -111,4 +111,8 @@ def run_sweep(spec, out_dir, progress=True):
                 failed += 1
                 bar.write(f"run {run.run_id} failed: {record['error'].splitlines()[0]}")
             bar.update(1)
+    try:
+        (out_dir / "checkpoints").rmdir()  # each run removed its own; leave no empty folder
+    except OSError:
+        pass
     return len(todo), failed
