@@ -5,7 +5,7 @@ import sys
 import pytest
 
 #: settings that keep an ml-100k run to seconds; everything else is the plugin's defaults
-FAST = {"epochs": 3, "show_progress": False, "state": "WARNING", "eval_batch_size": 4096}
+FAST = {"epochs": 3, "show_progress": False, "state": "WARNING"}
 
 
 @pytest.fixture(autouse=True)
