@@ -143,7 +143,15 @@ def bench_dataset(name, variants, reps, max_batches, eval_users):
     train_data, valid_data, _ = data_preparation(config, data)
     print(f"{name}: {data.user_num - 1:,} users x {data.item_num - 1:,} items, {data.inter_num:,} interactions "
           f"(loaded in {time.perf_counter() - start:.0f} s)", flush=True)
-    built = {v: build(v, dataset, extra, train_data) for v in variants}
+    built = {}
+    for variant in variants:
+        built[variant] = build(variant, dataset, extra, train_data)
+        first = built[variants[0]][0]
+        # every model of the family pads the users' histories into the same dense matrices
+        # (gigabytes on ml-20m): keep one copy for all, as separate runs would each hold one
+        built[variant][0].history_item_id = first.history_item_id
+        built[variant][0].history_item_value = first.history_item_value
+        gc.collect()
     batches = math.ceil(train_data.sample_size / config["train_batch_size"])
     timed_batches = min(batches, max_batches) if max_batches else batches
 
