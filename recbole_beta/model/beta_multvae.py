@@ -143,7 +143,8 @@ class BetaMultVAE(MultiVAE):
         rows = torch.arange(len(user), device=self.device).unsqueeze(1).expand_as(items)[present]
         indices = torch.stack([rows, items[present]])
         values = self.history_item_value[user][present]
-        return torch.sparse_coo_tensor(indices, values, (len(user), self.n_items)).coalesce()
+        # built from valid indices: skip the invariant check (and its warning)
+        return torch.sparse_coo_tensor(indices, values, (len(user), self.n_items), check_invariants=False).coalesce()
 
     def forward_sparse(self, rating_matrix, dropout_mask=None):
         """``forward`` on a sparse rating matrix: normalisation and dropout act on the non-zeros,
@@ -161,7 +162,9 @@ class BetaMultVAE(MultiVAE):
             values = F.dropout(values, self.drop_out, training=self.training)
         elif self.training:
             values = values * dropout_mask / (1 - self.drop_out)
-        h = torch.sparse_coo_tensor(rating_matrix.indices(), values, rating_matrix.shape, is_coalesced=True)
+        h = torch.sparse_coo_tensor(
+            rating_matrix.indices(), values, rating_matrix.shape, is_coalesced=True, check_invariants=False
+        )
 
         first = self.encoder[0]
         h = torch.sparse.mm(h, first.weight.t()) + first.bias
