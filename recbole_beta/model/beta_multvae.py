@@ -144,7 +144,8 @@ class BetaMultVAE(MultiVAE):
         indices = torch.stack([rows, items[present]])
         values = self.history_item_value[user][present]
         # built from valid indices: skip the invariant check (and its warning)
-        return torch.sparse_coo_tensor(indices, values, (len(user), self.n_items), check_invariants=False).coalesce()
+        matrix = torch.sparse_coo_tensor(indices, values, (len(user), self.n_items), check_invariants=False)
+        return matrix.coalesce()
 
     def forward_sparse(self, rating_matrix, dropout_mask=None):
         """``forward`` on a sparse rating matrix: normalisation and dropout act on the non-zeros,
