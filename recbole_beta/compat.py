@@ -8,7 +8,6 @@ Training and evaluation run through RecBole's own code. The checkpoint also carr
 number generator states, so a resumed run continues exactly as an uninterrupted one.
 """
 
-import enum
 import logging
 import os
 import random
@@ -20,23 +19,9 @@ from recbole.utils import init_logger as recbole_init_logger
 from recbole.utils import set_color
 
 from recbole_beta.errors import TrainingDivergedError
+from recbole_beta.files import atomic_write, plain
 
 _TAG = "__recbole_beta__"
-
-
-def plain(value):
-    """``value`` as plain data for a checkpoint: enums and devices become strings, numpy becomes Python."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(plain(v) for v in value)
-    if isinstance(value, np.generic):  # before float: np.float64 is a float subclass
-        return value.item()
-    if isinstance(value, (bool, int, float, str, type(None), torch.Tensor)):
-        return value
-    if isinstance(value, enum.Enum):
-        return str(value)
-    return str(value)
 
 
 def encode(value):
@@ -158,14 +143,6 @@ def load_checkpoint(path, device="cpu"):
     return checkpoint
 
 
-def atomic_torch_save(obj, path):
-    """Write to a temporary name, then rename: a crash never leaves a half-written checkpoint."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    # default pickle protocol: the weights-only unpickler rejects protocol 4 (RecBole's choice)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 class SafeCheckpointMixin:
     """Put before a RecBole ``Trainer`` subclass: safe checkpoints, exact resume, finite-loss check.
 
@@ -173,18 +150,18 @@ class SafeCheckpointMixin:
     evaluated epochs, the valid metrics.
     """
 
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.history = []
+        self._train_data = None  # whose shuffling generator a checkpoint captures
+        self._pending_rng = None  # generator states of a resumed checkpoint, restored by fit()
+
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self._train_data = train_data
-        if getattr(self, "_pending_rng", None) is not None:
+        if self._pending_rng is not None:
             restore_rng(self._pending_rng, train_data)
             self._pending_rng = None
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
-
-    @property
-    def history(self):
-        if not hasattr(self, "_history"):
-            self._history = []
-        return self._history
 
     def _history_entry(self, epoch_idx):
         if not self.history or self.history[-1]["epoch"] != epoch_idx:
@@ -195,10 +172,12 @@ class SafeCheckpointMixin:
         # called once per epoch, right after training: the place to record it
         entry = self._history_entry(epoch_idx)
         entry["train_time"] = e_time - s_time
-        parts = losses if isinstance(losses, tuple) else (losses,)
-        entry["train_loss"] = float(sum(parts))
-        for i, part in enumerate(parts if isinstance(losses, tuple) else ()):
-            entry[f"train_loss{i + 1}"] = float(part)
+        if isinstance(losses, tuple):
+            entry.update({f"train_loss{i + 1}": float(part) for i, part in enumerate(losses)})
+            losses_total = sum(losses)
+        else:
+            losses_total = losses
+        entry["train_loss"] = float(losses_total)
         return super()._generate_train_loss_output(epoch_idx, s_time, e_time, losses)
 
     def _valid_epoch(self, valid_data, show_progress=False):
@@ -236,9 +215,10 @@ class SafeCheckpointMixin:
             "state_dict": self.model.state_dict(),
             "other_parameter": encode(self.model.other_parameter()),
             **self._optimizer_states(),
-            "rng_state": capture_rng(getattr(self, "_train_data", None)),
+            "rng_state": capture_rng(self._train_data),
         }
-        atomic_torch_save(state, saved_model_file)
+        # default pickle protocol: the weights-only unpickler rejects protocol 4 (RecBole's choice)
+        atomic_write(saved_model_file, lambda f: torch.save(state, f), binary=True)
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 
@@ -276,7 +256,7 @@ class SafeCheckpointMixin:
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
         self.best_valid_result = checkpoint.get("best_valid_result") or None
-        self._history = list(checkpoint.get("history", []))
+        self.history = list(checkpoint.get("history", []))
         if checkpoint["config"]["model"].lower() != self.config["model"].lower():
             self.logger.warning(
                 "Architecture configuration given in config file is different from that of checkpoint. "

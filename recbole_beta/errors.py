@@ -43,14 +43,14 @@ def is_number(value):
 
 def check_number(key, value, *, minimum=None, maximum=None, min_open=False, integer=False):
     """Check that ``value`` is a number in the given range; return it as float (or int)."""
-    kind = "an integer" if integer else "a number"
     ok = is_number(value) and (not integer or float(value).is_integer())
-    parts = [kind]
+    bounds = []
     if minimum is not None:
-        parts.append(f"{'>' if min_open else '>='} {minimum}")
+        bounds.append(f"{'>' if min_open else '>='} {minimum}")
         ok = ok and (value > minimum if min_open else value >= minimum)
     if maximum is not None:
-        parts.append(f"<= {maximum}")
+        bounds.append(f"<= {maximum}")
         ok = ok and value <= maximum
-    check(key, value, ok, "must be " + " ".join(parts[:1]) + (" " + " and ".join(parts[1:]) if parts[1:] else ""))
+    kind = "an integer" if integer else "a number"
+    check(key, value, ok, " ".join(["must be", kind, " and ".join(bounds)]).strip())
     return int(value) if integer else float(value)

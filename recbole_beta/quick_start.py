@@ -4,7 +4,6 @@ It follows RecBole's ``run_recbole`` step for step (same seeding points, so a Re
 here gives RecBole's numbers), with the plugin's Config, model lookup, dataloaders and trainers.
 """
 
-import json
 import os
 import sys
 import time
@@ -18,7 +17,8 @@ from recbole.data.transform import construct_transform
 from recbole.data.utils import create_samplers, get_dataloader, load_split_dataloaders, save_split_dataloaders
 from recbole.utils import get_environment, get_flops, get_local_time, init_seed, set_color
 
-from recbole_beta.compat import init_logger, plain
+from recbole_beta.compat import init_logger
+from recbole_beta.files import plain, write_json
 from recbole_beta.config import Config
 from recbole_beta.errors import DatasetNotFoundError, check
 from recbole_beta.experiments.per_user import RecordingEvaluator, per_user_metrics, training_activity
@@ -110,11 +110,7 @@ def write_result(config, result):
         return None
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"{config['model']}-{config['dataset']}-{get_local_time()}.json")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(plain(result), f, indent=2)
-    os.replace(tmp, path)
-    return path
+    return write_json(path, result, indent=2)
 
 
 def run_recbole_beta(

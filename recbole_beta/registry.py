@@ -6,7 +6,6 @@ import importlib.util
 import pkgutil
 from functools import lru_cache
 
-import recbole.model
 from recbole.trainer import Trainer
 from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer

@@ -45,7 +45,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole.trainer import HyperTuning
 from recbole.utils import get_local_time
 
-from recbole_beta.compat import plain
+from recbole_beta.files import atomic_write, plain, write_text
 from recbole_beta.config import Config, properties_dir
 from recbole_beta.errors import ConfigError, RecBoleBetaError, TrainingDivergedError
 from recbole_beta.registry import get_model
@@ -354,15 +354,6 @@ def run_trial(model, dataset, config_file_list, fixed, params, trial_dir, write_
 # ------------------------------------------------------------------------------------------ results
 
 
-def _atomic_write(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def best_record(records, bigger=True):
     """The first trial with the best valid score among the trials that finished (None if none did)."""
     best = None
@@ -411,7 +402,7 @@ class TrialLog:
                     os.remove(r["checkpoint"])
                     r["checkpoint"] = None
         text = "".join(json.dumps(plain(r), sort_keys=False) + "\n" for r in self.records)
-        _atomic_write(self.jsonl, text)
+        write_text(self.jsonl, text)
         return record
 
     def finish(self, seconds):
@@ -439,7 +430,7 @@ class TrialLog:
                         bigger=self.bigger, metric=summary.get("valid_metric", "valid score"),
                         title=f"{summary.get('model')} on {summary.get('dataset')}: "
                               f"{summary.get('algo')} search ({summary.get('engine')})")
-        _atomic_write(os.path.join(self.output_dir, "best.json"), json.dumps(plain(summary), indent=2) + "\n")
+        write_text(os.path.join(self.output_dir, "best.json"), json.dumps(plain(summary), indent=2) + "\n")
         return summary
 
 
@@ -470,13 +461,12 @@ def write_csv(records, space, path):
         row.update({f"valid_{m}": (r.get("best_valid_result") or {}).get(m) for m in valid})
         row.update({f"test_{m}": (r.get("test_result") or {}).get(m) for m in test})
         rows.append({k: _cell(row.get(k)) for k in header})
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    def write(f):
         writer = csv.DictWriter(f, fieldnames=header)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
-    return path
+
+    return atomic_write(path, write)
 
 
 def _label(value):

@@ -1,7 +1,6 @@
 """Bad input fails before any training with one line naming the key, the value and what is allowed."""
 
 import math
-import os
 import sys
 
 import pytest
@@ -52,7 +51,7 @@ def test_bad_config_is_one_clear_line(monkeypatch, capsys, tmp_path, args, messa
 def test_missing_dataset_says_where_files_go(monkeypatch, capsys, tmp_path):
     code, err, _ = cli(monkeypatch, capsys, "--model=ScaledBetaMultVAE", "--dataset=ml-20m", f"--data_path={tmp_path}/data")
     assert code == 2
-    assert f"dataset='ml-20m' not found" in err
+    assert "dataset='ml-20m' not found" in err
     assert f"{tmp_path}/data/ml-20m/ml-20m.inter does not exist" in err
     assert "dataset/README.md" in err and "python -m recbole_beta.data convert" in err
     assert "\n" not in err

@@ -13,7 +13,7 @@ from recbole_beta.experiments import analysis
 from recbole_beta.experiments.cli import main
 from recbole_beta.experiments.report import write_report
 from recbole_beta.experiments.runner import run_sweep
-from recbole_beta.experiments.spec import SpecError, load_spec
+from recbole_beta.experiments.spec import load_spec
 from recbole_beta.quick_start import run_recbole_beta
 
 FAST = {"epochs": 2, "state": "WARNING"}

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from recbole_beta.config import Config
-from recbole_beta.model import BetaMultVAE, ScaledBetaMultVAE
+from recbole_beta.model import ScaledBetaMultVAE
 from recbole_beta.quick_start import prepare, run_recbole_beta
 
 

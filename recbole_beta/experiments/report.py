@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from recbole_beta.experiments import analysis, plots
-from recbole_beta.experiments.runner import write_json
+from recbole_beta.files import write_json
 
 
 def _pm(mean, std):
@@ -19,7 +19,7 @@ def _p(value):
 
 def markdown_tables(summary, sig, buckets, reference, metrics):
     """The results section: a metrics table, the tests against the reference, the buckets."""
-    lines = [f"| method | seeds | " + " | ".join(m.upper().replace("RECALL", "Recall").replace("NDCG", "NDCG")
+    lines = ["| method | seeds | " + " | ".join(m.upper().replace("RECALL", "Recall")
                                                  for m in metrics) + " | epochs | train s |",
              "|---|---|" + "---|" * len(metrics) + "---|---|"]
     for _, row in summary.iterrows():

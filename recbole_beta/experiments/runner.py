@@ -5,7 +5,6 @@ a run that fails is recorded with its error and the sweep goes on (it is retried
 """
 
 import json
-import os
 import shutil
 import time
 import traceback
@@ -14,32 +13,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from recbole_beta.compat import plain
+from recbole_beta.files import atomic_write, write_json
 from recbole_beta.quick_start import run_recbole_beta
 
 
-def atomic_write(path, write):
-    """Write through a temporary file in the same folder, then rename: never half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_json(path, data):
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(plain(data), f, indent=1)
-
-    atomic_write(path, write)
-
-
 def write_per_user(path, table):
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **{k: np.asarray(v) for k, v in table.items()})
-
-    atomic_write(path, write)
+    atomic_write(path, lambda f: np.savez_compressed(f, **{k: np.asarray(v) for k, v in table.items()}), binary=True)
 
 
 def run_paths(out_dir, run):
