@@ -9,6 +9,10 @@ x 20,108 items, 10M interactions, power-law popularity and activity) with users 
 by f and the density kept, made by ``recbole_beta.data.synthetic`` into benchmarks/data/.
 Figures are medians over the repetitions with min and max; ratios are taken per repetition
 against MultiVAE's measurement of the same round, then summarised.
+
+On a CUDA machine (RecBole's ``use_gpu``/``gpu_id`` pick the device) the timed regions end with
+``torch.cuda.synchronize()`` and memory is the CUDA allocator's peak over what was allocated
+before the epoch, not the host's resident set; ``--device cpu`` forces the CPU.
 """
 
 import argparse
@@ -55,10 +59,19 @@ def rss_bytes():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-class PeakRSS:
-    """Highest resident memory seen while the block runs (sampled every 2 ms), minus at its start."""
+class PeakMemory:
+    """Highest memory seen while the block runs, minus at its start: the process's resident set
+    (sampled every 2 ms) on the CPU, the CUDA allocator's own peak on a GPU."""
+
+    def __init__(self, device):
+        self.device = device
 
     def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+            return self
         self.start = self.peak = rss_bytes()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -70,6 +83,11 @@ class PeakRSS:
             self.peak = max(self.peak, rss_bytes())
 
     def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+            self.extra = self.peak - self.start
+            return
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, rss_bytes())
@@ -105,14 +123,22 @@ def layer_flops(model, batch):
     return total
 
 
-def matmul_gflops(m, k, n, reps=5):
+def synchronize(device):
+    """Wait for the device's queued work, so a timer read after it counts that work (CUDA runs async)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(m, k, n, device, reps=5):
     """Measured dense torch.mm throughput at the first layer's size."""
-    a, b = torch.randn(m, k), torch.randn(k, n)
+    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
     torch.mm(a, b)
     times = []
     for _ in range(reps):
+        synchronize(device)
         start = time.perf_counter()
         torch.mm(a, b)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return 2 * m * k * n / statistics.median(times) / 1e9
 
@@ -134,9 +160,11 @@ def limited(loader, max_batches):
     return [batch for _, batch in zip(range(max_batches), loader)]
 
 
-def bench_dataset(name, variants, reps, max_batches, eval_users):
+def bench_dataset(name, variants, reps, max_batches, eval_users, overrides):
     dataset, extra = dataset_config(name)
+    extra = {**extra, **overrides}
     config = Config(model="MultiVAE", dataset=dataset, config_dict={**extra, "state": "ERROR"})
+    device = config["device"]
     init_seed(config["seed"], config["reproducibility"])
     start = time.perf_counter()
     data = create_dataset(config)
@@ -159,16 +187,19 @@ def bench_dataset(name, variants, reps, max_batches, eval_users):
         model, trainer = built[variant]
         loader = limited(train_data, max_batches)
         gc.collect()
-        with PeakRSS() as mem:
+        with PeakMemory(device) as mem:
             start = time.perf_counter()
             trainer._train_epoch(loader, 0)
+            synchronize(device)
             seconds = time.perf_counter() - start
         return seconds, mem.extra
 
     def eval_once(variant):
         model, trainer = built[variant]
+        synchronize(device)
         start = time.perf_counter()
         trainer.evaluate(valid_data, load_best_model=False)
+        synchronize(device)
         return time.perf_counter() - start
 
     for variant in variants:  # warm-up: allocator, threads, first-touch
@@ -180,21 +211,24 @@ def bench_dataset(name, variants, reps, max_batches, eval_users):
             seconds, memory = train_once(variant)
             results[variant]["train"].append(seconds)
             results[variant]["memory"].append(memory)
+            print(f"    {variant}: train {seconds:.2f} s, extra memory {memory / 2**20:.0f} MiB", flush=True)
         for variant in variants:
             if eval_users:
                 results[variant]["eval"].append(eval_once(variant))
+                print(f"    {variant}: eval {results[variant]['eval'][-1]:.2f} s", flush=True)
         print(f"  round {rep + 1}/{reps} done", flush=True)
 
     model = built[variants[0]][0]
     rows_timed = min(train_data.sample_size, timed_batches * config["train_batch_size"])
     flops = layer_flops(model, rows_timed)
-    peak_mm = matmul_gflops(config["train_batch_size"], data.item_num, config["mlp_hidden_size"][0])
+    peak_mm = matmul_gflops(config["train_batch_size"], data.item_num, config["mlp_hidden_size"][0], device)
     rows = []
     reference = results.get("MultiVAE")
     for variant in variants:
         r = results[variant]
         row = {"dataset": name, "variant": variant, "batches": timed_batches, "batches_per_epoch": batches,
                "train_s": r["train"], "eval_s": r["eval"], "epoch_extra_rss_mb": [m / 2**20 for m in r["memory"]],
+               "memory": "CUDA" if device.type == "cuda" else "RSS",
                "train_gflops": flops / statistics.median(r["train"]) / 1e9, "matmul_gflops": peak_mm}
         if reference:
             row["train_ratio"] = [a / b for a, b in zip(r["train"], reference["train"])]
@@ -211,7 +245,9 @@ def summary(values, digits=2):
 
 
 def markdown(rows):
-    lines = ["| dataset | model | train s (batches) | x MultiVAE | eval s | x MultiVAE | extra RSS MiB | GFLOP/s (mm peak) |",
+    memory = rows[0]["memory"] if rows else "RSS"
+    lines = ["| dataset | model | train s (batches) | x MultiVAE | eval s | x MultiVAE "
+             f"| extra {memory} MiB | GFLOP/s (mm peak) |",
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(
@@ -228,15 +264,20 @@ def main():
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--max-batches", type=int, default=0, help="time only the first N batches of an epoch")
     parser.add_argument("--no-eval", action="store_true", help="skip the full-ranking evaluation timing")
+    parser.add_argument("--device", choices=["auto", "cpu"], default="auto",
+                        help="auto: CUDA where RecBole finds it (use_gpu, gpu_id), else the CPU")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # RecBole's Config would read the options above as config keys
     if "MultiVAE" not in args.variants:
         args.variants.insert(0, "MultiVAE")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs", flush=True)
+    if args.device == "auto" and torch.cuda.is_available():
+        print(f"CUDA: {torch.cuda.get_device_name()}", flush=True)
     rows = []
     for name in args.datasets:
-        rows += bench_dataset(name, args.variants, args.reps, args.max_batches, not args.no_eval)
+        overrides = {"use_gpu": False} if args.device == "cpu" else {}
+        rows += bench_dataset(name, args.variants, args.reps, args.max_batches, not args.no_eval, overrides)
     print()
     print("medians [min, max] over the rounds; ratios per round against MultiVAE")
     print(markdown(rows))

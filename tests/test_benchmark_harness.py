@@ -1,0 +1,83 @@
+"""The benchmark harness (benchmarks/epoch_time.py) measures what it says: every model trains and is
+evaluated on the same data, ratios are per round against MultiVAE, FLOPs are counted by hand.
+No timing is asserted here: the figures themselves belong to the benchmark's output."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def harness():
+    spec = importlib.util.spec_from_file_location("epoch_time", ROOT / "benchmarks" / "epoch_time.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_layer_flops_by_hand(harness):
+    # 1682 -> 600 -> 128 encoder, 64 -> 600 -> 1682 decoder: forward 2*B*in*out per layer,
+    # backward twice that, except no input gradient for the first layer (its input is data)
+    model = torch.nn.Sequential(torch.nn.Linear(1682, 600), torch.nn.Linear(600, 128),
+                                torch.nn.Linear(64, 600), torch.nn.Linear(600, 1682))
+    batch = 10
+    first = 2 * batch * 1682 * 600
+    rest = 2 * batch * (600 * 128 + 64 * 600 + 600 * 1682)
+    assert harness.layer_flops(model, batch) == 2 * first + 3 * rest
+
+
+@pytest.fixture(scope="module")
+def synthetic_tenth(harness, tmp_path_factory):
+    """ml-20m@0.1 made by the harness into a temporary folder (not the repo's benchmarks/data)."""
+    harness.DATA = tmp_path_factory.mktemp("bench-data")
+    return harness.dataset_config("ml-20m@0.1")
+
+
+def test_synthetic_shape_scaled_with_density_kept(harness, synthetic_tenth):
+    dataset, extra = synthetic_tenth
+    assert dataset == "synthetic-ml-20m-0.1"
+    assert extra["data_path"] == str(harness.DATA)
+    lines = (harness.DATA / dataset / f"{dataset}.inter").read_text().splitlines()
+    users = {line.split("\t")[0] for line in lines[1:]}
+    items = {line.split("\t")[1] for line in lines[1:]}
+    # 136,677 users x 20,108 items x 10M interactions: users and items x 0.1, interactions x 0.1^2
+    assert len(lines) - 1 == 100_000
+    assert len(users) == 13_668  # every user has at least 5 interactions
+    assert 0.9 * 2_011 <= len(items) <= 2_011
+
+
+def test_interleaved_rounds_on_ml100k(harness):
+    variants = ["MultiVAE", "ScaledBetaMultVAE", "Annealed, sparse input"]
+    rows = harness.bench_dataset("ml-100k", variants, reps=2, max_batches=0, eval_users=True,
+                                 overrides={"use_gpu": False})
+    assert [row["variant"] for row in rows] == variants
+    reference = rows[0]
+    for row in rows:
+        assert row["dataset"] == "ml-100k"
+        assert row["batches"] == row["batches_per_epoch"] == 1  # 944 user ids, batch 2048
+        assert len(row["train_s"]) == len(row["eval_s"]) == len(row["epoch_extra_rss_mb"]) == 2
+        assert all(t > 0 for t in row["train_s"] + row["eval_s"])
+        assert row["memory"] == "RSS"
+        # ratios pair each round with MultiVAE's measurement of the same round
+        assert row["train_ratio"] == [a / b for a, b in zip(row["train_s"], reference["train_s"])]
+        assert row["eval_ratio"] == [a / b for a, b in zip(row["eval_s"], reference["eval_s"])]
+    assert reference["train_ratio"] == [1.0, 1.0]
+    table = harness.markdown(rows)
+    assert table.count("\n") == len(rows) + 1
+    assert "| ml-100k | Annealed, sparse input |" in table
+    assert "extra RSS MiB" in table
+
+
+def test_max_batches_limits_the_timed_epoch(harness, synthetic_tenth):
+    rows = harness.bench_dataset("ml-20m@0.1", ["MultiVAE", "AnnealedBetaMultVAE"], reps=1, max_batches=2,
+                                 eval_users=False, overrides={"use_gpu": False})
+    assert [row["variant"] for row in rows] == ["MultiVAE", "AnnealedBetaMultVAE"]
+    for row in rows:
+        # 13,669 user ids (the padding id 0 included) in batches of 2048: 7 per epoch, 2 timed
+        assert (row["batches"], row["batches_per_epoch"]) == (2, 7)
+        assert len(row["train_s"]) == 1
+        assert row["eval_s"] == [] and "eval_ratio" not in row
