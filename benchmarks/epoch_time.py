@@ -59,6 +59,12 @@ def rss_bytes():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def synchronize(device):
+    """Wait for the device's queued work, so a timer read after it counts that work (CUDA runs async)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class PeakMemory:
     """Highest memory seen while the block runs, minus at its start: the process's resident set
     (sampled every 2 ms) on the CPU, the CUDA allocator's own peak on a GPU."""
@@ -68,7 +74,7 @@ class PeakMemory:
 
     def __enter__(self):
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start = torch.cuda.memory_allocated(self.device)
             return self
@@ -84,7 +90,7 @@ class PeakMemory:
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            synchronize(self.device)
             self.peak = torch.cuda.max_memory_allocated(self.device)
             self.extra = self.peak - self.start
             return
@@ -121,12 +127,6 @@ def layer_flops(model, batch):
         f = 2 * batch * layer.in_features * layer.out_features
         total += f * (3 if i else 2)
     return total
-
-
-def synchronize(device):
-    """Wait for the device's queued work, so a timer read after it counts that work (CUDA runs async)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def matmul_gflops(m, k, n, device, reps=5):
@@ -274,9 +274,9 @@ def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs", flush=True)
     if args.device == "auto" and torch.cuda.is_available():
         print(f"CUDA: {torch.cuda.get_device_name()}", flush=True)
+    overrides = {"use_gpu": False} if args.device == "cpu" else {}
     rows = []
     for name in args.datasets:
-        overrides = {"use_gpu": False} if args.device == "cpu" else {}
         rows += bench_dataset(name, args.variants, args.reps, args.max_batches, not args.no_eval, overrides)
     print()
     print("medians [min, max] over the rounds; ratios per round against MultiVAE")
