@@ -8,9 +8,15 @@ Training and evaluation run through RecBole's own code. The checkpoint also carr
 number generator states, so a resumed run continues exactly as an uninterrupted one.
 """
 
+import argparse
 import logging
 import os
+import pickle
 import random
+import sys
+import types
+import warnings
+import zipfile
 
 import numpy as np
 import scipy.sparse as sp
@@ -18,7 +24,7 @@ import torch
 from recbole.utils import init_logger as recbole_init_logger
 from recbole.utils import set_color
 
-from recbole_beta.errors import TrainingDivergedError
+from recbole_beta.errors import CheckpointError, TrainingDivergedError
 from recbole_beta.files import atomic_write, plain
 
 _TAG = "__recbole_beta__"
@@ -143,6 +149,280 @@ def load_checkpoint(path, device="cpu"):
     return checkpoint
 
 
+#: what every checkpoint holds, the plugin's and RecBole's
+_CHECKPOINT_KEYS = ("config", "epoch", "state_dict")
+
+#: globals a RecBole 1.2.1 checkpoint may hold besides classes of recbole and scipy.sparse
+#: (Config, its enums, the model class, sparse matrices): read by ``convert-checkpoint`` only
+_CONVERTIBLE = {
+    ("collections", "OrderedDict"),
+    ("torch", "device"),
+    ("torch", "Size"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("copyreg", "_reconstructor"),
+    ("_codecs", "encode"),
+    ("builtins", "object"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "slice"),
+    ("yaml.loader", "FullLoader"),
+    ("yaml.loader", "SafeLoader"),
+}
+_CONVERTIBLE_CLASS_MODULES = ("recbole.", "recbole_beta.", "scipy.sparse.")
+
+
+def _convertible(module, name):
+    """True for the globals ``convert-checkpoint`` reads: those of RecBole's checkpoints, nothing that runs."""
+    if (module, name) in _CONVERTIBLE:
+        return True
+    if module in ("torch", "torch.storage") and name.endswith("Storage"):
+        return True  # how a torch file names its tensors' storages (torch's loader maps these itself)
+    return "." not in name and module.startswith(_CONVERTIBLE_CLASS_MODULES)
+
+
+class _Stub:
+    """Stands for every object while a refused file is inspected: nothing it names is imported or called."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Stub()
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+
+class _GlobalsScanner(pickle.Unpickler):
+    """Lists the globals (``module.name``) a pickle would import, without importing or calling any."""
+
+    def __init__(self, file):
+        super().__init__(file)
+        self.found = []
+
+    def find_class(self, module, name):
+        if (module, name) not in self.found:
+            self.found.append((module, name))
+        return _Stub
+
+    def persistent_load(self, pid):
+        return None
+
+
+def pickled_globals(path):
+    """The globals a torch or pickle file would import when fully unpickled, as (module, name) pairs,
+    found without importing or running any of them."""
+    found = []
+
+    def scan(file, limit):
+        for _ in range(limit):  # torch's legacy format is several pickles in a row
+            scanner = _GlobalsScanner(file)
+            try:
+                scanner.load()
+            except Exception:
+                break
+            finally:
+                found.extend(g for g in scanner.found if g not in found)
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                for member in archive.namelist():
+                    if member.endswith("data.pkl"):
+                        with archive.open(member) as file:
+                            scan(file, 1)
+        else:
+            with open(path, "rb") as file:
+                scan(file, 5)
+    except (OSError, zipfile.BadZipFile):
+        pass
+    return found
+
+
+def _refusal(path):
+    """Why the safe loader refused ``path``, as one line, never advising to switch it off."""
+    found = pickled_globals(path)
+    foreign = [f"{module}.{name}" for module, name in found if not _convertible(module, name)]
+    if foreign:
+        return (
+            f"cannot resume from {path}: it would import and call {foreign[0]}, which no checkpoint holds "
+            "(a tampered file?); the safe loader refused it and nothing in it was run"
+        )
+    if any(module.startswith("recbole.") for module, _ in found):
+        return (
+            f"cannot resume from {path}: it holds pickled Python objects (RecBole's Config), as the checkpoints "
+            "RecBole 1.2.1 writes itself do, which the safe loader does not read; if you trust the file, convert "
+            f"it once with `python -m recbole_beta.compat convert-checkpoint {path} OUT.pth` and resume from OUT.pth"
+        )
+    return f"cannot resume from {path}: not a checkpoint (it holds Python objects the safe loader does not read)"
+
+
+def read_checkpoint(path, config=None, device="cpu"):
+    """:func:`load_checkpoint` for ``--resume``, with every failure as one :class:`CheckpointError` line
+    naming the file and why: missing, not a checkpoint, refused by the safe loader (a RecBole checkpoint,
+    or a tampered file), or, given ``config``, a checkpoint of another model or dataset."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"cannot resume from {path}: no such file")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"cannot resume from {path}: not a file (give a .pth checkpoint written by a run)")
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of RecBole's own files
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:
+        if isinstance(error, pickle.UnpicklingError) and pickled_globals(path):
+            raise CheckpointError(_refusal(path)) from None
+        raise CheckpointError(
+            f"cannot resume from {path}: not a checkpoint (torch cannot read it: an empty, truncated or other file)"
+        ) from None
+    if not isinstance(checkpoint, dict) or not all(key in checkpoint for key in _CHECKPOINT_KEYS):
+        raise CheckpointError(
+            f"cannot resume from {path}: not a checkpoint of a run (a torch file without {', '.join(_CHECKPOINT_KEYS)})"
+        )
+    if "optimizers" not in checkpoint:
+        raise CheckpointError(f"cannot resume from {path}: not a recbole-beta checkpoint (no optimizer states)")
+    if config is not None:
+        saved = checkpoint["config"]
+        here = (config["model"], config["dataset"])
+        there = (saved.get("model"), saved.get("dataset"))
+        if here[0].lower() != str(there[0]).lower() or here[1] != there[1]:
+            raise CheckpointError(
+                f"cannot resume from {path}: it is a checkpoint of {there[0]} on {there[1]}, "
+                f"not of {here[0]} on {here[1]}"
+            )
+    checkpoint["other_parameter"] = decode(checkpoint.get("other_parameter"))
+    return checkpoint
+
+
+class _ConvertUnpickler(pickle.Unpickler):
+    """Unpickles RecBole 1.2.1 checkpoints only: every global must be one such a checkpoint holds
+    (:func:`_convertible`), and a class named in recbole or scipy.sparse must be defined there."""
+
+    def find_class(self, module, name):
+        if not _convertible(module, name):
+            raise CheckpointError(f"{module}.{name}")
+        found = super().find_class(module, name)
+        if (module, name) not in _CONVERTIBLE and not (
+            isinstance(found, type) and found.__module__.startswith(_CONVERTIBLE_CLASS_MODULES)
+        ):
+            raise CheckpointError(f"{module}.{name}")
+        return found
+
+
+def _convert_pickle_module():
+    module = types.ModuleType("recbole_beta_convert_pickle")
+    module.Unpickler = _ConvertUnpickler
+    module.load = lambda file, **kwargs: _ConvertUnpickler(file, **kwargs).load()
+    return module
+
+
+def convert_checkpoint(source, target):
+    """Rewrite a checkpoint that RecBole 1.2.1 itself wrote in the plugin's safe format; return ``target``.
+
+    RecBole pickles its Config object into checkpoints, which torch's safe loader refuses. This reads
+    such a file with a full unpickler, which it is asked for explicitly (``python -m recbole_beta.compat
+    convert-checkpoint IN OUT``) and which accepts only the globals a RecBole checkpoint holds: a file
+    that would import anything else (``os.system``, say) is refused before anything in it runs.
+    RecBole's checkpoints hold no valid metrics and no random-generator states, so a run resumed from
+    the result continues from the weights and the optimizer, not bit for bit.
+    """
+    source, target = os.fspath(source), os.fspath(target)
+    if not os.path.isfile(source):
+        raise CheckpointError(f"cannot convert {source}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            safe = torch.load(source, map_location="cpu", weights_only=True)
+        if isinstance(safe, dict) and "optimizers" in safe:
+            raise CheckpointError(f"cannot convert {source}: already a recbole-beta checkpoint; resume from it as it is")
+    except CheckpointError:
+        raise
+    except Exception:
+        pass  # refused or unreadable: the restricted unpickler below says which
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            old = torch.load(source, map_location="cpu", weights_only=False, pickle_module=_convert_pickle_module())
+    except CheckpointError as refused:
+        raise CheckpointError(
+            f"cannot convert {source}: it would import {refused}, which a RecBole checkpoint never holds "
+            "(a tampered file?); refused, and nothing in it was run"
+        ) from None
+    except Exception:
+        raise CheckpointError(
+            f"cannot convert {source}: not a checkpoint RecBole wrote (torch cannot read it: an empty, truncated "
+            "or other file)"
+        ) from None
+    if not isinstance(old, dict) or not all(key in old for key in _CHECKPOINT_KEYS):
+        raise CheckpointError(f"cannot convert {source}: not a checkpoint RecBole wrote (no {', '.join(_CHECKPOINT_KEYS)})")
+    config = old["config"]
+    final = getattr(config, "final_config_dict", config)
+    if not isinstance(final, dict) or "model" not in final:
+        raise CheckpointError(f"cannot convert {source}: its config names no model")
+    state = {
+        "config": plain(dict(final)),
+        "config_overrides": plain(dict(getattr(config, "external_config_dict", {}) or {})),
+        "epoch": int(old["epoch"]),
+        "cur_step": int(old.get("cur_step", 0)),
+        "best_valid_score": float(old.get("best_valid_score", float("-inf"))),
+        "best_valid_result": {},
+        "history": [],
+        "state_dict": old["state_dict"],
+        "other_parameter": encode(old.get("other_parameter") or {}),
+        "optimizers": {"optimizer": old["optimizer"]} if old.get("optimizer") is not None else {},
+        "optimizer_aliases": {},
+        "converted_from": os.path.abspath(source),
+    }
+    atomic_write(target, lambda f: torch.save(state, f), binary=True)
+    load_checkpoint(target)  # what was written is plain data: the safe loader reads it
+    return target
+
+
+def main(argv=None):
+    """``python -m recbole_beta.compat convert-checkpoint IN OUT``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m recbole_beta.compat",
+        description="Checkpoints of RecBole 1.2.1 on today's stack.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    convert = commands.add_parser(
+        "convert-checkpoint",
+        help="rewrite a checkpoint RecBole 1.2.1 wrote (which torch's safe loader refuses) in the plugin's "
+        "safe format, for --resume; only for files you trust",
+    )
+    convert.add_argument("source", help="the RecBole checkpoint (.pth)")
+    convert.add_argument("target", help="where the converted checkpoint goes (.pth)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        convert_checkpoint(args.source, args.target)
+    except CheckpointError as error:
+        print(f"recbole-beta: {error}", file=sys.stderr)
+        return 2
+    state = load_checkpoint(args.target)
+    model, dataset = state["config"]["model"], state["config"]["dataset"]
+    print(f"wrote {args.target}: {model} on {dataset}, after epoch {state['epoch']}")
+    print(f"resume with: python run_recbole_beta.py --model={model} --dataset={dataset} --resume={args.target}")
+    return 0
+
+
 class SafeCheckpointMixin:
     """Put before a RecBole ``Trainer`` subclass: safe checkpoints, exact resume, finite-loss check.
 
@@ -155,9 +435,11 @@ class SafeCheckpointMixin:
         self.history = []
         self._train_data = None  # whose shuffling generator a checkpoint captures
         self._pending_rng = None  # generator states of a resumed checkpoint, restored by fit()
+        self._unsaved_valid_result = None  # the latest valid result, until a checkpoint holds it
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self._train_data = train_data
+        self._unsaved_valid_result = None
         if self._pending_rng is not None:
             restore_rng(self._pending_rng, train_data)
             self._pending_rng = None
@@ -182,6 +464,7 @@ class SafeCheckpointMixin:
 
     def _valid_epoch(self, valid_data, show_progress=False):
         valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        self._unsaved_valid_result = valid_result
         if self.history:
             self.history[-1]["valid_score"] = float(valid_score)
             self.history[-1]["valid"] = {k: float(v) for k, v in valid_result.items()}
@@ -204,13 +487,18 @@ class SafeCheckpointMixin:
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
             return
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        # RecBole's fit saves right after an evaluation that improved on the best, and only then sets
+        # best_valid_result to it: the evaluation just made is the best one this checkpoint holds
+        best_valid_result = self.best_valid_result
+        if self._unsaved_valid_result is not None:
+            best_valid_result, self._unsaved_valid_result = self._unsaved_valid_result, None
         state = {
             "config": plain(self.config.final_config_dict),
             "config_overrides": plain(self.config.external_config_dict),
             "epoch": epoch,
             "cur_step": self.cur_step,
             "best_valid_score": float(self.best_valid_score),
-            "best_valid_result": plain(dict(self.best_valid_result or {})),
+            "best_valid_result": plain(dict(best_valid_result or {})),
             "history": plain(self.history),
             "state_dict": self.model.state_dict(),
             "other_parameter": encode(self.model.other_parameter()),
@@ -251,19 +539,21 @@ class SafeCheckpointMixin:
     def resume_checkpoint(self, resume_file):
         resume_file = str(resume_file)
         self.saved_model_file = resume_file
-        checkpoint = load_checkpoint(resume_file, self.device)
+        checkpoint = read_checkpoint(resume_file, self.config, self.device)  # one-line CheckpointErrors
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
         self.best_valid_result = checkpoint.get("best_valid_result") or None
         self.history = list(checkpoint.get("history", []))
-        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
-            self.logger.warning(
-                "Architecture configuration given in config file is different from that of checkpoint. "
-                "This may yield an exception while state_dict is being loaded."
-            )
-        self._load_model_state(checkpoint)
-        self._load_optimizer_states(checkpoint)
+        try:
+            self._load_model_state(checkpoint)
+            self._load_optimizer_states(checkpoint)
+        except (RuntimeError, KeyError, ValueError) as error:
+            detail = " ".join(str(error).split())
+            raise CheckpointError(
+                f"cannot resume from {resume_file}: it does not fit this {self.config['model']} (another "
+                f"architecture or item count?): {detail[:300]}"
+            ) from None
         # restored when fit() starts, so nothing drawn in between shifts the streams
         self._pending_rng = checkpoint.get("rng_state")
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
@@ -274,3 +564,7 @@ class SafeCheckpointMixin:
             self._load_model_state(load_checkpoint(checkpoint_file, self.device))
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
         return super().evaluate(eval_data, load_best_model=False, model_file=model_file, show_progress=show_progress)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

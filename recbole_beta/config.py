@@ -5,12 +5,19 @@ Priority, lowest first: RecBole's properties < the plugin's ``properties/overall
 line; so users override the plugin exactly as they override RecBole.
 """
 
+import difflib
 import os
+from functools import lru_cache
 from pathlib import Path
 
+import yaml
 from recbole.config import Config as RecBoleConfig
 
-from recbole_beta.registry import get_model
+from recbole_beta.data.heldout import RECBOLE_MODELS as HELDOUT_RECBOLE_MODELS
+from recbole_beta.data.heldout import check_protocol_keys, is_strong
+from recbole_beta.errors import ConfigError
+from recbole_beta.registry import get_model, supports_heldout_users
+from recbole_beta import metrics  # noqa: F401  (registers TruncatedRecall with RecBole)
 
 
 def properties_dir():
@@ -22,6 +29,58 @@ def properties_dir():
     raise FileNotFoundError(f"recbole-beta's properties/ not found beside {here}; reinstall the package")
 
 
+#: keys read elsewhere than in a property file: run_recbole_beta.py's own arguments (RecBole's Config
+#: reads every --key=value), RecBole's DDP keys, and keys RecBole sets itself
+_OTHER_KEYS = (
+    "model", "dataset", "seed", "config_files", "local_rank", "download_url", "resume", "nproc", "world_size",
+    "ip", "port", "offset", "group_offset", "single_spec", "device",
+)
+
+
+@lru_cache(maxsize=None)
+def known_keys():
+    """Every config key RecBole or the plugin knows: the keys of all their property files (so a key
+    added to ``properties/overall.yaml`` or ``properties/model/*.yaml`` is known at once), RecBole's
+    argument lists, and :data:`_OTHER_KEYS`."""
+    import recbole
+    from recbole.utils import dataset_arguments, evaluation_arguments, general_arguments, training_arguments
+
+    keys = set(general_arguments + training_arguments + evaluation_arguments + dataset_arguments)
+    roots = [Path(recbole.__file__).resolve().parent / "properties", properties_dir()]
+    for root in roots:
+        for file in root.rglob("*.yaml"):
+            if file.name == "url.yaml":
+                continue
+            try:
+                content = yaml.safe_load(file.read_text(encoding="utf-8"))
+            except yaml.YAMLError:
+                continue
+            if isinstance(content, dict):
+                keys.update(content)
+    keys.update(_OTHER_KEYS)
+    return frozenset(keys)
+
+
+def closest_known_key(key):
+    """The known key nearest to ``key`` (difflib), or None."""
+    close = difflib.get_close_matches(key, sorted(known_keys()), n=1)
+    return close[0] if close else None
+
+
+def unknown_key_warnings(keys):
+    """One line for each of ``keys`` that neither RecBole nor the plugin knows (a typo changes nothing
+    silently otherwise), naming the closest known key. Such keys are still passed on, so a key that a
+    model or strategy of your own reads keeps working."""
+    lines = []
+    for key in keys:
+        if key in known_keys():
+            continue
+        close = closest_known_key(key)
+        hint = f" (did you mean {close!r}?)" if close else ""
+        lines.append(f"{key} is not a config key RecBole or the plugin knows{hint}; passed on as given")
+    return lines
+
+
 class Config(RecBoleConfig):
     """Config for every model the plugin runs, its own and RecBole's alike.
 
@@ -29,9 +88,27 @@ class Config(RecBoleConfig):
     data is read.
     """
 
-    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None):
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None, argv=None):
+        # argv: the command line's ``--key=value`` arguments; None reads sys.argv[1:] as RecBole does
+        self._argv = argv
         super().__init__(model, dataset, config_file_list, config_dict)
         self.validate()
+
+    def _load_cmd_line(self):
+        """RecBole's ``_load_cmd_line`` (recbole/config/configurator.py lines 165-193) on ``argv``,
+        so that a caller that is not the command line (a sweep, a search, a test) never has to
+        rewrite ``sys.argv``: only ``--key=value`` arguments count, others are ignored."""
+        if self._argv is None:
+            return super()._load_cmd_line()
+        given = {}
+        for arg in self._argv:
+            key, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+            if not key or not sep or "=" in value:
+                continue
+            if key in given and given[key] != value:
+                raise SyntaxError(f"There are duplicate commend arg '{arg}' with different value.")
+            given[key] = value
+        return self._convert_config_dict(given)
 
     def _get_model_and_dataset(self, model, dataset):
         if model is None:
@@ -47,8 +124,54 @@ class Config(RecBoleConfig):
             if file.is_file():
                 self._update_internal_config_dict(os.fspath(file))
 
+    def _init_device(self):
+        """RecBole's, except that DDP without CUDA runs on the CPU with the gloo backend.
+
+        RecBole 1.2.1 always starts DDP with nccl on ``cuda:local_rank``. Single-process runs and
+        DDP on CUDA (``use_gpu`` true, ``gpu_id`` set, a GPU present) go through RecBole's method
+        unchanged; the branch below is only taken for DDP when CUDA is not used.
+        """
+        import torch
+
+        config = self.final_config_dict
+        if "local_rank" not in config:
+            return super()._init_device()
+        # mirrors recbole/config/configurator.py lines 477-484: gpu_id as a string, CUDA_VISIBLE_DEVICES
+        # set before CUDA is first asked about
+        gpu_id = config["gpu_id"]
+        config["gpu_id"] = ",".join(map(str, gpu_id)) if isinstance(gpu_id, tuple) else str(gpu_id)
+        os.environ["CUDA_VISIBLE_DEVICES"] = config["gpu_id"]
+        if config["use_gpu"] and config["gpu_id"] and torch.cuda.is_available():
+            return super()._init_device()  # nccl on cuda:local_rank, as RecBole does
+        # mirrors lines 496-514 (the DDP branch) with gloo, the CPU device, and neither
+        # torch.cuda.set_device nor the check that gpu_id names nproc GPUs
+        torch.distributed.init_process_group(
+            backend="gloo",
+            rank=config["local_rank"] + config["offset"],
+            world_size=config["world_size"],
+            init_method=f"tcp://{config['ip']}:{config['port']}",
+        )
+        config["device"] = torch.device("cpu")
+        if "OMP_NUM_THREADS" not in os.environ:
+            # the node's ranks share its cores; torch's default (all of them in every process)
+            # oversubscribes them: on 2 cores, 2 ranks took 8x longer per epoch
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // (config["nproc"] or 1)))
+        config["single_spec"] = False
+        if config["local_rank"] != 0:
+            config["state"] = "error"
+            config["show_progress"] = False
+            config["verbose"] = False
+
     def validate(self):
-        """Check the model's own keys (raises ConfigError); models without ``validate_config`` pass."""
+        """Check the evaluation protocol's keys and the model's own (raises ConfigError); models
+        without ``validate_config`` pass their own."""
+        check_protocol_keys(self)
+        if is_strong(self) and not supports_heldout_users(self.model_class):
+            raise ConfigError(
+                "model", self["model"],
+                f"eval_protocol=strong runs the plugin's models and RecBole's {', '.join(HELDOUT_RECBOLE_MODELS)} "
+                "(models that score a user from the items it is given); use eval_protocol=weak for the others",
+            )
         validate = getattr(self.model_class, "validate_config", None)
         if validate is not None:
             validate(self)

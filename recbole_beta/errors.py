@@ -1,5 +1,7 @@
 """Errors the plugin raises for bad input: each renders as one line that names what to fix."""
 
+import math
+
 
 class RecBoleBetaError(Exception):
     """Base class: the CLI prints ``str(error)`` as one line, with no traceback."""
@@ -29,6 +31,11 @@ class TrainingDivergedError(RecBoleBetaError, ArithmeticError):
     """The training loss became NaN or infinite."""
 
 
+class CheckpointError(RecBoleBetaError, ValueError):
+    """A checkpoint to resume from (or to convert) cannot be used: missing, not a checkpoint,
+    refused by the safe loader, or of another model or dataset. The message names the file and why."""
+
+
 def check(key, value, ok, allowed):
     """Raise :class:`ConfigError` unless ``ok`` holds."""
     if not ok:
@@ -42,8 +49,9 @@ def is_number(value):
 
 
 def check_number(key, value, *, minimum=None, maximum=None, min_open=False, integer=False):
-    """Check that ``value`` is a number in the given range; return it as float (or int)."""
-    ok = is_number(value) and (not integer or float(value).is_integer())
+    """Check that ``value`` is a finite number in the given range; return it as float (or int)."""
+    infinite = isinstance(value, float) and not math.isfinite(value)  # --beta=1e999: RecBole reads inf
+    ok = is_number(value) and not infinite and (not integer or float(value).is_integer())
     bounds = []
     if minimum is not None:
         bounds.append(f"{'>' if min_open else '>='} {minimum}")
@@ -52,5 +60,7 @@ def check_number(key, value, *, minimum=None, maximum=None, min_open=False, inte
         bounds.append(f"<= {maximum}")
         ok = ok and value <= maximum
     kind = "an integer" if integer else "a number"
+    if infinite:
+        kind = "a finite " + kind.split()[-1]
     check(key, value, ok, " ".join(["must be", kind, " and ".join(bounds)]).strip())
     return int(value) if integer else float(value)

@@ -17,9 +17,10 @@ from recbole.data.transform import construct_transform
 from recbole.data.utils import create_samplers, get_dataloader, load_split_dataloaders, save_split_dataloaders
 from recbole.utils import get_environment, get_flops, get_local_time, init_seed, set_color
 
-from recbole_beta.compat import init_logger
+from recbole_beta.compat import init_logger, read_checkpoint
+from recbole_beta.data.heldout import HeldOutDataset, attach_fold_in, heldout_data_preparation, is_strong
 from recbole_beta.files import plain, write_json
-from recbole_beta.config import Config
+from recbole_beta.config import Config, unknown_key_warnings
 from recbole_beta.errors import DatasetNotFoundError, check
 from recbole_beta.experiments.per_user import RecordingEvaluator, per_user_metrics, training_activity
 from recbole_beta.registry import get_model, get_trainer, is_autoencoder
@@ -86,14 +87,21 @@ def prepare(config):
     """Dataset, dataloaders, model and trainer for a config, seeded as RecBole seeds them."""
     logger = getLogger()
     check_dataset(config)
-    dataset = create_dataset(config)
-    logger.info(dataset)
+    strong = is_strong(config)
+    dataset = HeldOutDataset(config) if strong else create_dataset(config)
     n_items = dataset.item_num - 1  # id 0 is padding
     check("topk", config["topk"], max(config["topk"]) <= n_items, f"every k must be <= the number of items ({n_items})")
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    if strong:  # the split happens in build(): log the dataset after it, with its user groups
+        train_data, valid_data, test_data = heldout_data_preparation(config, dataset, is_autoencoder(config.model_class))
+        logger.info(dataset)
+    else:
+        logger.info(dataset)
+        train_data, valid_data, test_data = data_preparation(config, dataset)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    if strong:
+        attach_fold_in(model, dataset)
     logger.info(model)
     transform = construct_transform(config)
     flops = get_flops(model, dataset, config["device"], logger, transform)
@@ -111,6 +119,13 @@ def write_result(config, result):
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"{config['model']}-{config['dataset']}-{get_local_time()}.json")
     return write_json(path, result, indent=2)
+
+
+def _from_rank_zero(value):
+    """Rank 0's ``value``, on every rank of a DDP run."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def run_recbole_beta(
@@ -141,13 +156,27 @@ def run_recbole_beta(
         train_seconds, result_file.
     """
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    if not config["single_spec"]:
+        # RecBole's ensure_dir (exists? then makedirs) fails on the rank that loses the race: make
+        # the folders its logger and trainer create first
+        for folder in (os.path.join("log", config["model"]), config["checkpoint_dir"]):
+            os.makedirs(folder, exist_ok=True)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
+    for warning in unknown_key_warnings(config.external_config_dict):  # a typo would change nothing silently
+        logger.warning(warning)
+    # what can fail without the data fails before RecBole's long config dump, so its line comes first
+    check_dataset(config)
+    if resume:
+        read_checkpoint(resume, config)  # CheckpointError: missing, not a checkpoint, refused, another run's
     logger.info(sys.argv)
     logger.info(config)
 
-    _, (train_data, valid_data, test_data), _, trainer = prepare(config)
+    dataset, (train_data, valid_data, test_data), _, trainer = prepare(config)
+    distributed = not config["single_spec"]
+    if distributed:  # the default name holds each process's start time: take rank 0's everywhere
+        trainer.saved_model_file = _from_rank_zero(trainer.saved_model_file)
     if resume:
         trainer.resume_checkpoint(resume)
 
@@ -156,6 +185,8 @@ def run_recbole_beta(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
     train_seconds = time.time() - start
+    if distributed:
+        dist.barrier()  # rank 0 has written its last checkpoint before any rank loads the best one
     if per_user:
         trainer.evaluator = RecordingEvaluator(config)
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
@@ -179,7 +210,8 @@ def run_recbole_beta(
     }
     result["result_file"] = write_result(config, result)
     if per_user:
-        activity = training_activity(train_data._dataset)
+        # what the model was given of each user: training rows, or a held-out user's fold-in
+        activity = training_activity(getattr(dataset, "seen_dataset", train_data._dataset))
         result["per_user"] = per_user_metrics(trainer.evaluator, test_data, activity)
     if result["result_file"]:
         logger.info(set_color("result file", "yellow") + f": {result['result_file']}")
@@ -193,12 +225,19 @@ def run_recbole_beta(
 
 def _run_rank(rank, model, dataset, config_file_list, kwargs):
     config_dict = dict(kwargs.get("config_dict") or {}, local_rank=rank)
-    run_recbole_beta(model, dataset, config_file_list, config_dict, kwargs.get("saved", True), queue=kwargs["queue"])
+    run_recbole_beta(
+        model, dataset, config_file_list, config_dict, kwargs.get("saved", True), resume=kwargs.get("resume"),
+        queue=kwargs["queue"],
+    )
 
 
 def run(model, dataset, config_file_list=None, config_dict=None, saved=True, resume=None,
         nproc=1, world_size=-1, ip="localhost", port="5678", group_offset=0):
-    """Single process, or RecBole's DDP (nccl, one process per GPU) when ``nproc`` > 1 or ``world_size`` > 0."""
+    """Single process, or RecBole's DDP when ``nproc`` > 1 or ``world_size`` > 0: one process per
+    GPU with nccl, or per share of the CPU cores with gloo when CUDA is not used (see Config).
+
+    Under DDP every rank resumes from ``resume``; the result is rank 0's (None on a node without it).
+    """
     if nproc == 1 and world_size <= 0:
         return run_recbole_beta(model, dataset, config_file_list, config_dict, saved=saved, resume=resume)
     import torch.multiprocessing as mp
@@ -209,7 +248,15 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, res
         {"world_size": world_size if world_size > 0 else nproc, "ip": ip, "port": port, "nproc": nproc,
          "offset": group_offset}
     )
-    kwargs = {"config_dict": config_dict, "queue": queue, "saved": saved}
-    mp.spawn(_run_rank, args=(model, dataset, config_file_list, kwargs), nprocs=nproc, join=True)
-    return None if queue.empty() else queue.get()
+    kwargs = {"config_dict": config_dict, "queue": queue, "saved": saved, "resume": resume}
+    ranks = mp.spawn(_run_rank, args=(model, dataset, config_file_list, kwargs), nprocs=nproc, join=False)
+    # read the result while the ranks run: rank 0 cannot exit before a result larger than the
+    # pipe's buffer (64 KB: a long history) is read, so reading it after join() would hang
+    result = None
+    while not ranks.join(timeout=0.2):
+        if result is None and not queue.empty():
+            result = queue.get()
+    if result is None and not queue.empty():
+        result = queue.get()
+    return result
 

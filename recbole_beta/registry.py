@@ -11,10 +11,11 @@ from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_beta.compat import SafeCheckpointMixin
+from recbole_beta.data.heldout import RECBOLE_MODELS as HELDOUT_RECBOLE_MODELS
 from recbole_beta.errors import UnknownModelError
-from recbole_beta.model import MODELS
+from recbole_beta.model import FIXED_RECBOLE_MODELS, MODELS
 from recbole_beta.model.beta_multvae import BetaMultVAE
-from recbole_beta.trainer import BetaTrainer
+from recbole_beta.trainer import BetaTrainer, CPUDistributed
 
 _RECBOLE_FAMILIES = (
     "general_recommender",
@@ -62,6 +63,8 @@ def get_model(name):
     """The model class called ``name``: a plugin model, else a RecBole built-in."""
     if name in MODELS:
         return MODELS[name]
+    if name in FIXED_RECBOLE_MODELS:
+        return FIXED_RECBOLE_MODELS[name]
     if isinstance(name, str) and name.lower() in recbole_model_modules():
         try:
             return recbole_get_model(name)
@@ -77,10 +80,11 @@ def get_model(name):
 
 @lru_cache(maxsize=None)
 def _safe(trainer_class):
-    """``trainer_class`` with checkpoints that torch >= 2.6 loads safely."""
+    """``trainer_class`` with checkpoints that torch >= 2.6 loads safely, and DDP on the CPU too."""
     if not issubclass(trainer_class, Trainer):
         return trainer_class  # e.g. the decision-tree trainers, which keep no torch checkpoint
-    return type(trainer_class.__name__, (SafeCheckpointMixin, trainer_class), {"__module__": __name__})
+    bases = (SafeCheckpointMixin, trainer_class, CPUDistributed)
+    return type(trainer_class.__name__, bases, {"__module__": __name__})
 
 
 def get_trainer(model_type, model_name):
@@ -94,3 +98,9 @@ def get_trainer(model_type, model_name):
 def is_autoencoder(model_class):
     """True for models trained one user row at a time (RecBole's AE dataloader)."""
     return issubclass(model_class, BetaMultVAE)
+
+
+def supports_heldout_users(model_class):
+    """True for the models ``eval_protocol: strong`` runs: ours, and RecBole's that score a user
+    from the items it is given (fold-in) rather than from a learned per-user embedding."""
+    return is_autoencoder(model_class) or model_class.__name__ in HELDOUT_RECBOLE_MODELS

@@ -1,12 +1,34 @@
 """Trainers: RecBole's own, with safe checkpoints, and for the plugin's models the beta in the log."""
 
 from recbole.trainer import Trainer
+from recbole.trainer.trainer import AbstractTrainer
 from recbole.utils import set_color
+from torch.nn.parallel import DistributedDataParallel
 
 from recbole_beta.compat import SafeCheckpointMixin
 
 
-class BetaTrainer(SafeCheckpointMixin, Trainer):
+class CPUDistributed(AbstractTrainer):
+    """RecBole's DDP wrapping of the model, which also works on the CPU (gloo).
+
+    RecBole's ``AbstractTrainer.__init__`` wraps the model as ``DistributedDataParallel(model,
+    device_ids=[local_rank])`` after converting BatchNorm to SyncBatchNorm: both only work on
+    GPUs. A trainer lists this class after RecBole's ``Trainer`` in its bases, so that
+    ``Trainer.__init__``'s ``super().__init__`` lands here (BetaTrainer, ``registry._safe``).
+    """
+
+    def __init__(self, config, model):
+        if config["single_spec"] or config["device"].type == "cuda":
+            super().__init__(config, model)  # RecBole's, unchanged
+            return
+        # mirrors recbole/trainer/trainer.py lines 58-64 without device_ids (they name a GPU) and
+        # without SyncBatchNorm (CUDA only; on the CPU BatchNorm statistics stay per rank)
+        self.config = config
+        self.model = model
+        self.distributed_model = DistributedDataParallel(model)
+
+
+class BetaTrainer(SafeCheckpointMixin, Trainer, CPUDistributed):
     """RecBole's Trainer for the BetaMultVAE family, which also reports the beta used each epoch.
 
     The mean beta over the epoch's training rows is appended to RecBole's per-epoch log line,

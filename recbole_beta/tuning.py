@@ -46,7 +46,7 @@ from recbole.trainer import HyperTuning
 from recbole.utils import get_local_time
 
 from recbole_beta.files import atomic_write, plain, write_text
-from recbole_beta.config import Config, properties_dir
+from recbole_beta.config import Config, known_keys, properties_dir, unknown_key_warnings
 from recbole_beta.errors import ConfigError, RecBoleBetaError, TrainingDivergedError
 from recbole_beta.registry import get_model
 
@@ -273,10 +273,8 @@ def read_params_file(path, known=None):
     Args:
         path: the file.
         known: the config keys that may be searched; None: every key RecBole or the plugin knows
-            (``recbole_beta.experiments.spec.known_keys``).
+            (``recbole_beta.config.known_keys``).
     """
-    from recbole_beta.experiments.spec import known_keys
-
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ParamsFileError(f"{path}: params file not found")
@@ -901,7 +899,6 @@ def prepare_search(model, dataset="ml-100k", params_file=None, algo="random", ma
     Raises :class:`ParamsFileError` / :class:`TuningError` (or the plugin's ConfigError, UnknownModelError,
     DatasetNotFoundError for the fixed settings), each one line.
     """
-    from recbole_beta.experiments.spec import known_keys
     from recbole_beta.quick_start import check_dataset
 
     if algo not in ALGOS:
@@ -945,12 +942,9 @@ def prepare_search(model, dataset="ml-100k", params_file=None, algo="random", ma
         fixed["data_path"] = os.path.abspath(os.path.dirname(base["data_path"]))
     # keys a config file or the fixed settings introduce (a strategy of your own, say) may be searched too
     known = known_keys() | set(base.final_config_dict)
-    for key in fixed:
-        if key not in known_keys():  # RecBole passes any key on; a typo would quietly change nothing
-            close = difflib.get_close_matches(key, sorted(known_keys()), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            print(f"recbole-beta: warning: {key} is not a config key RecBole or the plugin knows{hint}; "
-                  f"passed on as given", file=sys.stderr)
+    # RecBole passes any key on, so a typo (in the fixed keys or a config file) would quietly change nothing
+    for warning in unknown_key_warnings(base.external_config_dict):
+        print(f"recbole-beta: warning: {warning}", file=sys.stderr)  # each trial's log says it again
     space = read_params_file(params_file, known=known)
     for param in space.params:
         if param.name in fixed:

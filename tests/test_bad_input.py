@@ -36,6 +36,25 @@ CASES = [
     (["--model=BetaMultVAE", "--latent_dimension=7"], "latent_dimension=7 is not allowed: must be an even integer"),
     (["--model=CyclicalBetaMultVAE", "--beta_strategy=annealed"], "CyclicalBetaMultVAE always uses 'cyclical'"),
     (["--model=BetaMultVAE", "--beta_strategy=['annealed','cyclical']"], "at most one schedule"),
+    # every other key of the README's configuration table
+    (["--model=ConstantBetaMultVAE", "--beta=-0.5"], "beta=-0.5 is not allowed: must be a number >= 0"),
+    (["--model=ConstantBetaMultVAE", "--beta=1e999"], "beta=inf is not allowed: must be a finite number >= 0"),
+    (["--model=BetaMultVAE", "--dropout_prob=1.5"], "dropout_prob=1.5 is not allowed: must be a number >= 0 and <= 1"),
+    (["--model=BetaMultVAE", "--dropout_prob=-0.1"], "dropout_prob=-0.1 is not allowed: must be a number >= 0 and <= 1"),
+    (["--model=BetaMultVAE", "--noise_std=-1"], "noise_std=-1 is not allowed: must be a number >= 0"),
+    (["--model=BetaMultVAE", "--noise_std=1e999"], "noise_std=inf is not allowed: must be a finite number >= 0"),
+    (["--model=BetaMultVAE", "--mlp_hidden_size=[600,-1]"], "mlp_hidden_size=[600, -1] is not allowed: must be a list of positive integers"),
+    (["--model=BetaMultVAE", "--mlp_hidden_size=600"], "mlp_hidden_size=600 is not allowed: must be a list of positive integers"),
+    (["--model=BetaMultVAE", "--mlp_hidden_size=[True]"], "mlp_hidden_size=[True] is not allowed: must be a list of positive integers"),
+    (["--model=BetaMultVAE", "--sparse_input=yes"], "sparse_input='yes' is not allowed: must be True or False"),
+    (["--model=BetaMultVAE", "--sparse_input=1"], "sparse_input=1 is not allowed: must be True or False"),
+    (["--model=ScaledBetaMultVAE", "--normalize_activity=1"], "normalize_activity=1 is not allowed: must be True or False"),
+    (["--model=ControlledBetaMultVAE", "--kl_target=-1"], "kl_target=-1 is not allowed: must be a number >= 0"),
+    (["--model=ControlledBetaMultVAE", "--kl_target=1e999"], "kl_target=inf is not allowed: must be a finite number >= 0"),
+    (["--model=ControlledBetaMultVAE", "--kp=-0.01"], "kp=-0.01 is not allowed: must be a number >= 0"),
+    (["--model=ControlledBetaMultVAE", "--ki=-0.0001"], "ki=-0.0001 is not allowed: must be a number >= 0"),
+    (["--model=CyclicalBetaMultVAE", "--cycle_length=-1"], "cycle_length=-1 is not allowed: must be an integer >= 0"),
+    (["--model=CyclicalBetaMultVAE", "--cycle_length=2.5"], "cycle_length=2.5 is not allowed: must be an integer >= 0"),
 ]
 
 
@@ -48,6 +67,21 @@ def test_bad_config_is_one_clear_line(monkeypatch, capsys, tmp_path, args, messa
     assert not (tmp_path / "saved").exists()  # nothing trained
 
 
+@pytest.mark.parametrize("args,message", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_bad_values_fail_before_any_data_is_read(monkeypatch, capsys, tmp_path, args, message):
+    """Validation happens as the config is built: with the dataset's files missing and RecBole's loader
+    made to fail, each bad value still gives its own line, not the missing dataset's."""
+    import recbole_beta.quick_start as quick_start
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the dataset was read before the config was validated")
+
+    monkeypatch.setattr(quick_start, "create_dataset", no_data)
+    code, err, _ = cli(monkeypatch, capsys, *args, "--dataset=nowhere", f"--data_path={tmp_path}/no-data")
+    assert code == 2
+    assert message in err and "not found" not in err
+
+
 def test_missing_dataset_says_where_files_go(monkeypatch, capsys, tmp_path):
     code, err, _ = cli(monkeypatch, capsys, "--model=ScaledBetaMultVAE", "--dataset=ml-20m", f"--data_path={tmp_path}/data")
     assert code == 2
@@ -55,6 +89,18 @@ def test_missing_dataset_says_where_files_go(monkeypatch, capsys, tmp_path):
     assert f"{tmp_path}/data/ml-20m/ml-20m.inter does not exist" in err
     assert "dataset/README.md" in err and "python -m recbole_beta.data convert" in err
     assert "\n" not in err
+
+
+def test_missing_dataset_fails_before_the_config_dump(monkeypatch, capsys, tmp_path):
+    """The one useful line is the first thing a user reads: RecBole's config dump (logged at INFO) never
+    comes before it, on the console or in the log file."""
+    argv = ["--model=ScaledBetaMultVAE", "--dataset=ml-20m", f"--data_path={tmp_path}/data", "--state=INFO"]
+    monkeypatch.setattr(sys, "argv", ["run_recbole_beta.py", *argv])
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "dataset='ml-20m' not found" in captured.err
+    for text in (captured.out, captured.err, *(f.read_text() for f in (tmp_path / "log").rglob("*.log"))):
+        assert "General Hyper Parameters" not in text and "Training Hyper Parameters" not in text
 
 
 class ExplodingBeta(BetaStrategy):

@@ -70,7 +70,7 @@ def test_sweep_writes_every_run_and_the_tables(sweep):
     report = (out / "report.md").read_text()
     assert "| Scaled | 2 |" in report and "Paired tests against AnnealedBetaMultVAE" in report
     assert json.loads((out / "summary.json").read_text())["failed"] == []
-    for stem in ("metrics", "training_curves", "activity_buckets", "beta_schedules"):
+    for stem in ("metrics", "paired_differences", "training_curves", "activity_buckets", "beta_schedules"):
         assert (out / "figures" / f"{stem}.png").stat().st_size > 0 and (out / "figures" / f"{stem}.svg").is_file()
         assert f"figures/{stem}.png" in report
 
@@ -92,6 +92,11 @@ def test_significance_is_scipys_paired_tests_over_users(sweep):
     assert row["p_wilcoxon"] == pytest.approx(stats.wilcoxon(pop, ref.loc[pop.index]).pvalue)
     assert row["mean_diff"] == pytest.approx((pop - ref.loc[pop.index]).mean())
     assert -1 <= row["r_rb"] <= 1
+    ci = stats.ttest_rel(pop, ref.loc[pop.index]).confidence_interval(0.95)
+    assert (row["ci_low"], row["ci_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    # Benjamini-Hochberg over every comparison in the table, each test on its own
+    np.testing.assert_allclose(sig["p_t_adj"], stats.false_discovery_control(sig["p_t"]))
+    np.testing.assert_allclose(sig["p_wilcoxon_adj"], stats.false_discovery_control(sig["p_wilcoxon"]))
 
 
 def test_paired_tests_by_hand():
@@ -101,7 +106,13 @@ def test_paired_tests_by_hand():
     assert result["mean_diff"] == pytest.approx(0.15)
     assert result["d_z"] == pytest.approx(0.15 / np.std(diff, ddof=1))
     assert result["r_rb"] == pytest.approx(1.0)
-    assert analysis.paired_tests(a, a)["p_t"] == 1.0
+    half = stats.t.ppf(0.975, df=3) * np.std(diff, ddof=1) / np.sqrt(4)
+    assert (result["ci_low"], result["ci_high"]) == (pytest.approx(0.15 - half), pytest.approx(0.15 + half))
+    same = analysis.paired_tests(a, a)
+    assert same["p_t"] == 1.0 and (same["ci_low"], same["ci_high"]) == (0.0, 0.0)
+    # every difference the same: no spread, the interval is the point
+    shifted = analysis.paired_tests(a + 0.01, a)
+    assert shifted["ci_low"] == pytest.approx(0.01) and shifted["ci_high"] == pytest.approx(0.01)
 
 
 def test_activity_buckets_partition_the_users(sweep):
@@ -191,3 +202,166 @@ def test_ablation_command_needs_a_grid(tmp_path, capsys):
     path.write_text(yaml.safe_dump(spec_dict()))
     assert main(["ablation", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "needs a 'grid' or 'cells'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# Analysis and report on sweep folders written by hand (no training): any per-user metric, confidence
+# intervals and adjusted p-values, buckets of nearly constant activity, the protocol's activity.
+
+MAIN = ("ndcg@100", "recall@20", "recall@50")
+
+
+def fake_sweep(out, activity, labels=("Ref", "A", "B"), seeds=(1, 2), metrics=MAIN, protocol=None):
+    """Run records and per-user tables as run_sweep writes them; metrics random, A a little better."""
+    rng = np.random.default_rng(0)
+    activity = np.asarray(activity)
+    (out / "runs").mkdir(parents=True)
+    for index, label in enumerate(labels):
+        for seed in seeds:
+            table = {"user_id": np.arange(1, len(activity) + 1), "activity": activity}
+            for metric in metrics:
+                table[metric] = np.clip(rng.uniform(0, 0.8, len(activity)) + 0.02 * (label == "A"), 0, 1)
+            run_id = f"{label}__seed{seed}"
+            np.savez_compressed(out / "runs" / f"{run_id}.per_user.npz", **table)
+            config = {"epochs": 1, **({"eval_protocol": protocol} if protocol else {})}
+            record = {"run_id": run_id, "index": index, "label": label, "group": label, "model": "Pop", "seed": seed,
+                      "cell": {}, "config": config, "dataset": "fake", "status": "ok", "best_valid_score": 0.1,
+                      "best_valid_result": {}, "test_result": {m: float(table[m].mean()) for m in metrics},
+                      "history": [{"epoch": 0, "train_loss": 1.0}], "train_seconds": 1.0, "wall_seconds": 1.0}
+            (out / "runs" / f"{run_id}.json").write_text(json.dumps(record))
+    spec = {"name": "fake", "dataset": "fake", "seeds": list(seeds), "config": {}, "config_files": [],
+            "models": [{"label": label, "model": "Pop", "config": {}} for label in labels], "cells": [{}],
+            "reference": labels[0], "activity_quantiles": [0.25, 0.5, 0.75]}
+    (out / "spec.json").write_text(json.dumps(spec))
+    return analysis.load_runs(out)
+
+
+def test_significance_covers_every_per_user_metric(tmp_path):
+    metrics = (*MAIN, "truncatedrecall@20", "truncatedrecall@50", "mrr@10")
+    runs = fake_sweep(tmp_path, np.arange(5, 305), metrics=metrics)
+    sig = analysis.significance(tmp_path, runs, "Ref")
+    # the main metrics and the paper's Recall by default; others when asked for
+    assert list(dict.fromkeys(sig["metric"])) == [*MAIN, "truncatedrecall@20", "truncatedrecall@50"]
+    assert set(analysis.significance(tmp_path, runs, "Ref", metrics=["mrr@10"])["metric"]) == {"mrr@10"}
+    with pytest.raises(ValueError, match="hit@5"):  # not dropped without a word
+        analysis.significance(tmp_path, runs, "Ref", metrics=["ndcg@100", "hit@5"])
+    buckets = analysis.activity_buckets(tmp_path, runs)
+    assert {"truncatedrecall@20", "truncatedrecall@50", "mrr@10"} <= set(buckets.columns)
+    write_report(tmp_path, figures=False)
+    assert "| A | truncatedrecall@50 | 300 |" in (tmp_path / "report.md").read_text()
+
+
+def test_significance_on_metrics_other_than_the_main_ones(tmp_path):
+    runs = fake_sweep(tmp_path, np.arange(5, 105), metrics=("ndcg@10", "hit@10"))
+    sig = analysis.significance(tmp_path, runs, "Ref")
+    assert set(sig["metric"]) == {"ndcg@10", "hit@10"} and len(sig) == 4
+
+
+def test_confidence_intervals_and_adjusted_p_values_in_the_report(tmp_path):
+    runs = fake_sweep(tmp_path, np.arange(5, 405))
+    write_report(tmp_path, figures=True)
+    sig = pd.read_csv(tmp_path / "significance.csv")
+    assert len(sig) == 6  # 2 methods x 3 metrics
+    np.testing.assert_allclose(sig["p_t_adj"], stats.false_discovery_control(sig["p_t"]))
+    np.testing.assert_allclose(sig["p_wilcoxon_adj"], stats.false_discovery_control(sig["p_wilcoxon"]))
+    assert (sig["p_t_adj"] >= sig["p_t"]).all() and (sig["p_wilcoxon_adj"] >= sig["p_wilcoxon"]).all()
+    assert ((sig["ci_low"] <= sig["mean_diff"]) & (sig["mean_diff"] <= sig["ci_high"])).all()
+
+    def user_means(label):
+        tables = [analysis.load_per_user(tmp_path, r).set_index("user_id") for r in runs if r["label"] == label]
+        return pd.concat(tables).groupby(level=0)["recall@20"].mean()
+
+    ci = stats.ttest_rel(user_means("A"), user_means("Ref")).confidence_interval(0.95)
+    row = sig[(sig["label"] == "A") & (sig["metric"] == "recall@20")].iloc[0]
+    assert (row["ci_low"], row["ci_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+
+    report = (tmp_path / "report.md").read_text()
+    assert "| method | metric | users | Δ | 95% CI of Δ | p_t | p_t (BH) | d_z | p_W | p_W (BH) | r |" in report
+    assert f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]" in report
+    assert "Benjamini-Hochberg" in report
+    assert "over the 6 comparisons of this table (2 methods x 3 metrics, each against Ref)" in report
+    for suffix in ("png", "svg"):
+        assert (tmp_path / "figures" / f"paired_differences.{suffix}").stat().st_size > 0
+    assert "figures/paired_differences.png" in report
+
+
+def nearly_constant(n_low=0):
+    """1,875 users who kept their 50 most-played items, 2 with 51, and n_low lighter users (10 to 49)."""
+    low = np.linspace(10, 49, n_low).round() if n_low else np.array([])
+    return np.concatenate([np.full(1875, 50), [51, 51], low]).astype(int)
+
+
+def test_buckets_of_nearly_constant_activity_hold_enough_users(tmp_path):
+    runs = fake_sweep(tmp_path, nearly_constant(), labels=("Ref", "A"))
+    buckets = analysis.activity_buckets(tmp_path, runs)
+    sizes = buckets.drop_duplicates("bucket_index")["n_users"]
+    assert sizes.sum() == 1877 and sizes.min() >= 94  # 5% of the users: no bucket of 2
+    assert list(buckets["bucket"].unique()) == ["[50, 51]"]
+    stats_ = analysis.activity_summary(tmp_path, runs)
+    assert stats_["barely_varies"] and stats_["iqr_over_median"] == 0 and stats_["cv"] < 0.01
+    write_report(tmp_path, figures=True)
+    report = (tmp_path / "report.md").read_text()
+    assert "Activity barely varies" in report and "per-user scaled beta is then nearly a constant" in report
+    assert "| [50, 51] (1877 users) |" in report
+
+
+def test_a_tied_quantile_gets_a_bucket_of_its_own(tmp_path):
+    runs = fake_sweep(tmp_path, nearly_constant(n_low=120), labels=("Ref", "A"))
+    buckets = analysis.activity_buckets(tmp_path, runs).drop_duplicates("bucket_index")
+    # the lighter users are not lost in the mass at 50; the 2 users at 51 join it
+    assert list(zip(buckets["bucket"], buckets["n_users"])) == [("[10, 49]", 120), ("[50, 51]", 1877)]
+
+
+def test_buckets_of_varied_activity_are_the_quantiles(tmp_path):
+    activity = np.random.default_rng(1).integers(16, 500, 800)
+    runs = fake_sweep(tmp_path, activity, labels=("Ref", "A"))
+    buckets = analysis.activity_buckets(tmp_path, runs).drop_duplicates("bucket_index")
+    assert len(buckets) == 4 and (buckets["n_users"] - 200).abs().max() <= 3
+    assert not analysis.activity_summary(tmp_path, runs)["barely_varies"]
+
+
+@pytest.mark.parametrize("protocol,measure", [(None, "training interactions |x_u|"),
+                                              ("weak", "training interactions |x_u|"),
+                                              ("strong", "fold-in size |x_u|")])
+def test_activity_is_named_after_the_protocol(tmp_path, protocol, measure):
+    runs = fake_sweep(tmp_path, np.arange(5, 305), labels=("Ref", "A"), protocol=protocol)
+    buckets = analysis.activity_buckets(tmp_path, runs)
+    assert set(buckets["activity_measure"]) == {measure}
+    write_report(tmp_path, figures=False)
+    assert f"## ndcg@100 by {measure}" in (tmp_path / "report.md").read_text()
+    other = {"training interactions |x_u|", "fold-in size |x_u|"} - {measure}
+    assert other.pop() not in (tmp_path / "report.md").read_text()
+
+
+# --------------------------------------------------------------------------------------------------
+# A failed run is retried when the sweep runs again, and its ok record replaces the failed one.
+
+
+def test_a_failed_run_is_retried_and_replaced_when_it_succeeds(tmp_path):
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("topk: [5000]\n")  # more than ml-100k's items: the run fails after loading the data
+    spec = load_spec(spec_dict(seeds=[2020], reference=None, models=["Pop"], config_files=[str(settings)]))
+    out = tmp_path / "out"
+    assert run_sweep(spec, out, progress=False) == (1, 1)
+    (failed,) = analysis.load_runs(out)
+    assert failed["status"] == "failed" and "topk=[5000] is not allowed" in failed["error"]
+
+    settings.write_text("topk: [10, 20, 50, 100]\n")  # the environment fixed, the spec the same
+    assert run_sweep(spec, out, progress=False) == (1, 0)
+    (record,) = analysis.load_runs(out)
+    assert record["run_id"] == failed["run_id"] and record["status"] == "ok" and "error" not in record
+    assert (out / "runs" / f"{record['run_id']}.per_user.npz").is_file()
+    assert run_sweep(spec, out, progress=False) == (0, 0)  # finished now: skipped
+
+
+def test_a_failed_run_fixed_in_the_spec_leaves_no_stale_failure(tmp_path):
+    broken = load_spec(spec_dict(seeds=[2020], reference=None,
+                                 models=[{"model": "Pop", "label": "Pop", "config": {"topk": [5000]}}]))
+    assert run_sweep(broken, tmp_path, progress=False) == (1, 1)
+    fixed = load_spec(spec_dict(seeds=[2020], reference=None, models=[{"model": "Pop", "label": "Pop"}]))
+    assert run_sweep(fixed, tmp_path, progress=False) == (1, 0)
+    (record,) = analysis.load_runs(tmp_path)  # the failure of the old settings is gone
+    assert record["status"] == "ok" and record["run_id"] == fixed.runs()[0].run_id
+    write_report(tmp_path, fixed, figures=False)
+    report = (tmp_path / "report.md").read_text()
+    assert "1 runs finished, 0 failed" in report and "## Failed runs" not in report

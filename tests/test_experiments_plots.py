@@ -3,6 +3,7 @@
 import functools
 import math
 
+import matplotlib
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
@@ -202,3 +203,61 @@ def test_colors_and_empty_inputs(tmp_path):
     assert_figure(paths, tmp_path / "b", "activity_buckets")
     paths = plots.plot_training_curves([], tmp_path / "c", colors=colors)
     assert_figure(paths, tmp_path / "c", "training_curves")
+
+
+def svg_text(paths):
+    """The SVG of a figure saved with svg.fonttype none: its labels are text to look for."""
+    return paths[1].read_text()
+
+
+def significance_frame():
+    rows = []
+    for label, shift in (("MultVAE-cyclical", 0.0004), ("MultVAE-scaled", 0.003), ("Pop", -0.2), ("EASE", 0.01)):
+        for j, metric in enumerate(("ndcg@100", "recall@20", "recall@50", "truncatedrecall@50")):
+            diff = shift + 0.0005 * j
+            rows.append({"label": label, "reference": "MultVAE-annealed", "metric": metric, "n_users": 943,
+                         "n_seeds": 3, "mean_diff": diff, "ci_low": diff - 0.002, "ci_high": diff + 0.002,
+                         "p_t": 0.01, "p_t_adj": 0.04 if label != "MultVAE-cyclical" else 0.3})
+    return pd.DataFrame(rows)
+
+
+def test_plot_paired_differences(tmp_path):
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        paths = plots.plot_paired_differences(significance_frame(), tmp_path)
+    assert_figure(paths, tmp_path, "paired_differences")
+    text = svg_text(paths)
+    assert "MultVAE-annealed" in text and "truncatedrecall@50" in text
+    # Pop's -0.2 is far off the scale of the others: drawn at the edge with its value, so the
+    # differences of 0.001 stay readable
+    assert "off scale: -0.2000 [-0.2020, -0.1980]" in text
+    ax_limits = plots.difference_limits(significance_frame().query("metric == 'ndcg@100'"))
+    assert ax_limits[0] > -0.05 and ax_limits[1] > 0.012
+    # two methods: the one far off does not squash the other's interval to a dot
+    two = pd.DataFrame({"mean_diff": [0.0002, 0.074], "ci_low": [-0.0002, 0.068], "ci_high": [0.0005, 0.081]})
+    low, high = plots.difference_limits(two)
+    assert -0.001 < low < -0.0002 and 0.0005 < high < 0.001
+
+
+def test_plot_paired_differences_one_user_and_empty(tmp_path):
+    frame = significance_frame().iloc[:2].assign(ci_low=math.nan, ci_high=math.nan)
+    assert_figure(plots.plot_paired_differences(frame, tmp_path / "a"), tmp_path / "a", "paired_differences")
+    empty = pd.DataFrame(columns=["label", "reference", "metric", "mean_diff", "ci_low", "ci_high"])
+    assert_figure(plots.plot_paired_differences(empty, tmp_path / "b"), tmp_path / "b", "paired_differences")
+
+
+@pytest.mark.parametrize("measure", [None, "fold-in size |x_u|"])
+def test_activity_axis_names_the_measure(tmp_path, measure):
+    rows = [{"label": label, "bucket": "[1, 27]", "bucket_index": 0, "n_users": 100, "ndcg@100": 0.3}
+            for label in ("a", "b")]
+    frame = pd.DataFrame(rows)
+    if measure:
+        frame["activity_measure"] = measure
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        paths = plots.plot_activity_buckets(frame, tmp_path)
+    assert (measure or "training interactions |x_u|") in svg_text(paths)
+
+
+def test_same_data_same_svg(tmp_path):
+    a = plots.plot_metric_bars(summary_frame(), tmp_path / "a")
+    b = plots.plot_metric_bars(summary_frame(), tmp_path / "b")
+    assert a[1].read_bytes() == b[1].read_bytes()

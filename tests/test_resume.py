@@ -58,6 +58,26 @@ def test_resume_reproduces_the_uninterrupted_run(model, fast):
     assert resumed["test_result"] == whole["test_result"]
 
 
+def test_resumed_run_that_never_improves_reports_the_checkpoints_best(fast):
+    """RecBole's fit writes the checkpoint before it sets best_valid_result, so the checkpoint must
+    hold the result of the evaluation it saves: else a run resumed from it that never improves
+    again reports the best before it (or none) beside the right score."""
+    config = {**fast, "epochs": 4, "learning_rate": 0.03}  # the best epoch comes before the last
+    whole = run_recbole_beta("BetaMultVAE", "ml-100k", config_dict=dict(config))
+    scores = [h["valid_score"] for h in whole["history"]]
+    best = scores.index(max(scores))
+    assert 0 < best < len(scores) - 1  # improves once, then never again: the case under test
+    state = load_checkpoint(whole["checkpoint"])
+    assert state["epoch"] == best
+    assert state["best_valid_result"] == whole["history"][best]["valid"] == dict(whole["best_valid_result"])
+
+    resumed = run_recbole_beta("BetaMultVAE", "ml-100k", config_dict=dict(config), resume=whole["checkpoint"])
+    assert [h["epoch"] for h in resumed["history"]] == list(range(len(scores)))  # it trained on, no better
+    assert resumed["best_valid_score"] == whole["best_valid_score"]
+    assert resumed["best_valid_result"] == whole["best_valid_result"]
+    assert resumed["test_result"] == whole["test_result"]
+
+
 @pytest.mark.parametrize("model", ["MultiVAE", "RecVAE", "EASE", "ItemKNN", "Pop", "BPR"])
 def test_recbole_trainers_fit_evaluate_and_resume_with_safe_checkpoints(model, fast):
     """RecBole's Trainer, RecVAETrainer and TraditionalTrainer (EASE and ItemKNN keep numpy and

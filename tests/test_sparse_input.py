@@ -93,3 +93,45 @@ def test_trains_end_to_end_to_metrics_like_the_dense_path(fast):
     for metric in ("ndcg@100", "recall@20"):
         assert sparse["test_result"][metric] == pytest.approx(dense["test_result"][metric], abs=0.03)
     assert sparse["test_result"]["ndcg@100"] > 0.2
+
+
+def test_duplicate_rows_give_the_dense_values_loss_and_scores(tmp_path):
+    """RecBole keeps duplicate (user, item) rows unless rm_dup_inter is set, and its dense rating
+    matrix holds 1 for such an item; the sparse path must see the same data, not a coalesced 2."""
+    from recbole.data import create_dataset
+
+    from conftest import write_tiny_dataset
+    from recbole_beta.model import BetaMultVAE
+
+    keys = write_tiny_dataset(tmp_path, "dups")
+    inter = tmp_path / "dups" / "dups.inter"
+    inter.write_text(inter.read_text() + "u1\ti1\nu1\ti1\nu2\ti3\nu4\ti6\n")  # u1 has i1 three times
+    config = Config(model=BetaMultVAE, dataset="dups", config_dict={
+        **keys, "state": "WARNING", "sparse_input": True, "beta_strategy": ["scaled", "annealed"], "gamma": 0.01,
+        "total_anneal_steps": 0, "mlp_hidden_size": [8], "latent_dimension": 6, "dropout_prob": 0.5,
+    })
+    train, _, _ = create_dataset(config).build()
+    torch.manual_seed(0)
+    model = BetaMultVAE(config, train)
+    user = torch.arange(0, 5)  # the padding user 0 and the four users
+    u1, i1 = train.token2id("user_id", "u1"), train.token2id("item_id", "i1")
+    assert (model.history_item_id[u1] == i1).sum() == 3  # RecBole kept the duplicate rows
+
+    model.train()
+    mask = (torch.rand(len(user), model.n_items, generator=torch.Generator().manual_seed(3)) > model.drop_out).float()
+    torch.manual_seed(5)
+    dense = dense_loss(model, user, mask)
+    torch.manual_seed(5)
+    sparse = sparse_loss(model, user, mask)
+    assert sparse[0].item() == pytest.approx(dense[0].item(), rel=1e-6)
+    assert sparse[1].item() == pytest.approx(dense[1].item(), rel=1e-6)
+
+    model.eval()
+    with torch.no_grad():
+        sparse_scores = model.full_sort_predict({"user_id": user})
+        model.sparse_input = False
+        dense_scores = model.full_sort_predict({"user_id": user})
+    assert torch.allclose(sparse_scores, dense_scores, rtol=1e-6, atol=1e-6)
+    dense_x = model.get_rating_matrix(user)
+    assert dense_x.max() == 1  # RecBole's dense matrix: 1 for a duplicated item too
+    assert torch.equal(model.get_sparse_rating_matrix(user).to_dense(), dense_x)

@@ -6,6 +6,7 @@ Bad input ends with one ``error: ...`` line on stderr and exit status 2, no trac
 import argparse
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from recbole_beta.data.convert import (
     DEFAULT_CHUNKSIZE,
@@ -17,6 +18,7 @@ from recbole_beta.data.convert import (
     generic_layout,
 )
 from recbole_beta.data.synthetic import PRESETS, Shape, SyntheticDataError, generate
+from recbole_beta.data.vae_cf import import_vae_cf
 from recbole_beta.errors import RecBoleBetaError
 
 _SEP_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "space": " ", "pipe": "|"}
@@ -84,7 +86,7 @@ def build_parser():
         prog="python -m recbole_beta.data",
         description="Make RecBole atomic .inter files: convert raw MovieLens/CSV ratings, "
                     "or generate power-law synthetic data for scale tests.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{convert,synthetic}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{convert,synthetic,export}")
 
     c = sub.add_parser(
         "convert", help="raw ratings (MovieLens or any CSV/TSV) -> RecBole atomic .inter",
@@ -94,9 +96,12 @@ def build_parser():
     c.add_argument("input", help="the raw file (u.data, ratings.dat, ratings.csv, any CSV/TSV) "
                                  "or an extracted MovieLens directory")
     c.add_argument("--format", "-f", default="auto",
-                   choices=["auto", *FORMATS, "csv"],
+                   choices=["auto", *FORMATS, "csv", "vae_cf"],
                    help="input format; auto (default) tells MovieLens files by name: u.data, "
-                        "ratings.dat, ratings.csv. csv = generic delimited file, see below")
+                        "ratings.dat, ratings.csv. csv = generic delimited file, see below. "
+                        "vae_cf = the folder the Mult-VAE reference code's preprocessing writes "
+                        "(train.csv, validation_tr/te.csv, test_tr/te.csv, unique_sid.txt): its split is "
+                        "kept, for --eval_protocol=strong")
     c.add_argument("--out", "-o", default="dataset",
                    help="output root, RecBole's data_path (default: dataset)")
     c.add_argument("--name", "-n",
@@ -156,7 +161,50 @@ def build_parser():
     s.add_argument("--out", "-o", default="dataset", help="output root (default: dataset)")
     s.add_argument("--name", "-n", help="dataset name (default: <preset>-synthetic or synthetic)")
     s.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
+
+    e = sub.add_parser(
+        "export", help="write an eval_protocol=strong split in the reference code's vae_cf layout",
+        description="Split a dataset as `run_recbole_beta.py --eval_protocol=strong` does and write "
+                    "the split as the Mult-VAE reference code's preprocessing would: train.csv, "
+                    "validation_tr.csv, validation_te.csv, test_tr.csv, test_te.csv (uid,sid) and "
+                    "unique_sid.txt, so other tools evaluate on exactly the same users and targets. "
+                    "Any --key=value sets a config key (heldout_users, heldout_ratio, split_seed, "
+                    "data_path, val_interval, ...), as for run_recbole_beta.py.",
+        epilog="example:\n  python -m recbole_beta.data export --dataset ml-100k --heldout_users=69 "
+               "--out vae_cf/ml-100k\n", formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default: ml-100k)")
+    e.add_argument("--config_files", default=None, help="YAML config files, separated by spaces")
+    e.add_argument("--out", "-o", required=True, help="the folder to write")
     return parser
+
+
+def _config_overrides(extra):
+    """``--key=value`` arguments as a config dict (RecBole's Config converts the values)."""
+    overrides = {}
+    for arg in extra:
+        key, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if not key or not sep:
+            raise ConversionError(f"unrecognised argument {arg!r}: config keys are given as --key=value")
+        overrides[key] = value
+    return overrides
+
+
+def run_export(args, extra):
+    """The export sub-command: a strong-protocol split written in the vae_cf layout."""
+    from recbole_beta.config import Config  # RecBole's machinery only for this sub-command
+    from recbole_beta.data.heldout import HeldOutDataset
+    from recbole_beta.data.vae_cf import export_vae_cf
+
+    config_dict = {**_config_overrides(extra), "eval_protocol": "strong", "state": "WARNING"}
+    files = args.config_files.split() if args.config_files else None
+    config = Config(model="Pop", dataset=args.dataset, config_file_list=files, config_dict=config_dict,
+                    argv=[])
+    dataset = HeldOutDataset(config)
+    dataset.build()
+    out = export_vae_cf(dataset, args.out)
+    groups = dataset.protocol_users
+    print(f"{args.dataset}: {len(groups['train'])} training, {len(groups['valid'])} validation, "
+          f"{len(groups['test'])} test users, {dataset.item_num - 1} items -> {out}/")
 
 
 def _filters(args):
@@ -169,6 +217,19 @@ def _filters(args):
 
 def run_convert(args):
     """The convert sub-command."""
+    if args.format == "vae_cf":
+        options = {"--sep": args.sep, "--user-col": args.user_col, "--item-col": args.item_col,
+                   "--rating-col": args.rating_col, "--time-col": args.time_col,
+                   "--no-header": args.no_header or None, "--min-rating": args.min_rating,
+                   "--min-user-inter": args.min_user_inter, "--min-item-inter": args.min_item_inter,
+                   "--k-core": args.k_core or None, "--multvae": args.multvae or None}
+        given = [k for k, v in options.items() if v is not None]
+        if given:
+            raise ConversionError(f"{', '.join(given)}: not with --format vae_cf, whose files are "
+                                  f"already preprocessed and split")
+        import_vae_cf(args.input, args.out, args.name or Path(args.input).resolve().name,
+                      log=None if args.quiet else print)
+        return
     generic = {"--sep": args.sep, "--user-col": args.user_col, "--item-col": args.item_col,
                "--rating-col": args.rating_col, "--time-col": args.time_col,
                "--no-header": args.no_header or None}
@@ -217,9 +278,15 @@ def run_synthetic(args):
 
 def main(argv=None):
     """Entry point; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "export":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        {"convert": run_convert, "synthetic": run_synthetic}[args.command](args)
+        if args.command == "export":
+            run_export(args, extra)
+        else:
+            {"convert": run_convert, "synthetic": run_synthetic}[args.command](args)
     except RecBoleBetaError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -2,14 +2,32 @@
 metrics per user-activity bucket."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-#: the metrics every table shows first (others the config names follow)
-MAIN_METRICS = ("ndcg@100", "recall@20", "recall@50")
+#: the metrics every table shows first (others the config names follow), and the ones the paired
+#: tests run on by default, those of them the per-user tables hold: RecBole's NDCG and Recall, and
+#: the paper's Recall (TruncatedRecall; RecBole lower-cases metric names)
+MAIN_METRICS = ("ndcg@100", "recall@20", "recall@50", "truncatedrecall@20", "truncatedrecall@50")
+
+#: the columns of a per-user table that are not metrics
+USER_COLUMNS = ("user_id", "activity")
+
+#: the confidence level of the intervals of the mean per-user difference
+CONFIDENCE = 0.95
+
+#: activity "barely varies" when its IQR / median or its coefficient of variation is below this
+FLAT_ACTIVITY = 0.1
+
+#: the smallest bucket of users: this many, or this share of the users if that is more
+MIN_BUCKET_USERS, MIN_BUCKET_SHARE = 10, 0.05
+
+#: what a user's activity |x_u| counts under each evaluation protocol
+ACTIVITY_MEASURE = {"weak": "training interactions |x_u|", "strong": "fold-in size |x_u|"}
 
 
 def load_runs(out_dir):
@@ -21,6 +39,22 @@ def load_runs(out_dir):
 def load_per_user(out_dir, record):
     with np.load(Path(out_dir) / "runs" / f"{record['run_id']}.per_user.npz") as data:
         return pd.DataFrame({k: data[k] for k in data.files})
+
+
+def _ordered(names):
+    """Metric names, the main ones first, the others in the order given."""
+    names = list(dict.fromkeys(names))
+    return [m for m in MAIN_METRICS if m in names] + [m for m in names if m not in MAIN_METRICS]
+
+
+def per_user_metric_names(out_dir, runs):
+    """The per-user metric columns any ok run's table holds, the main ones first."""
+    names = []
+    for record in runs:
+        if record["status"] == "ok":
+            with np.load(Path(out_dir) / "runs" / f"{record['run_id']}.per_user.npz") as data:
+                names += [k for k in data.files if k not in USER_COLUMNS]
+    return _ordered(names)
 
 
 def metric_names(runs):
@@ -53,8 +87,8 @@ def summarize(runs):
 
 
 def _user_means(out_dir, members, metrics):
-    """Per-user metrics averaged over the seeds given, indexed by user id."""
-    tables = [load_per_user(out_dir, r).set_index("user_id")[list(metrics)] for r in members]
+    """Per-user metrics averaged over the seeds given, indexed by user id (NaN: a table lacks it)."""
+    tables = [load_per_user(out_dir, r).set_index("user_id").reindex(columns=list(metrics)) for r in members]
     return pd.concat(tables).groupby(level=0).mean()
 
 
@@ -62,15 +96,25 @@ def paired_tests(a, b):
     """Paired t-test and Wilcoxon signed-rank test of a - b over users (scipy.stats).
 
     Effect sizes: Cohen's d_z (mean difference / std of the differences) and the matched-pairs
-    rank-biserial correlation r = (W+ - W-) / (W+ + W-), in [-1, 1].
+    rank-biserial correlation r = (W+ - W-) / (W+ + W-), in [-1, 1]. ``ci_low``, ``ci_high``: the
+    t-based confidence interval (:data:`CONFIDENCE`) of the mean difference, from the paired t-test;
+    NaN with fewer than 2 users, the point itself when every difference is the same.
     """
     diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    out = {"n_users": int(len(diff)), "mean_diff": float(diff.mean()) if len(diff) else float("nan")}
+    mean = float(diff.mean()) if len(diff) else float("nan")
+    out = {"n_users": int(len(diff)), "mean_diff": mean, "ci_low": float("nan"), "ci_high": float("nan")}
     nonzero = diff[diff != 0]
     if len(nonzero) == 0:
+        if len(diff):
+            out.update(ci_low=0.0, ci_high=0.0)
         return {**out, "t": 0.0, "p_t": 1.0, "d_z": 0.0, "W": 0.0, "p_wilcoxon": 1.0, "r_rb": 0.0}
     t = stats.ttest_rel(a, b)
-    sd = diff.std(ddof=1)
+    sd = diff.std(ddof=1) if len(diff) > 1 else float("nan")
+    if len(diff) > 1 and np.ptp(diff) <= 1e-12 * max(1.0, abs(mean)):  # one value: no spread
+        out.update(ci_low=mean, ci_high=mean)
+    elif len(diff) > 1:
+        ci = t.confidence_interval(CONFIDENCE)
+        out.update(ci_low=float(ci.low), ci_high=float(ci.high))
     w = stats.wilcoxon(a, b, zero_method="wilcox")
     ranks = stats.rankdata(np.abs(nonzero))
     w_plus, w_minus = ranks[nonzero > 0].sum(), ranks[nonzero < 0].sum()
@@ -85,17 +129,39 @@ def paired_tests(a, b):
     }
 
 
-def significance(out_dir, runs, reference, metrics=MAIN_METRICS):
+def adjust_pvalues(pvalues):
+    """Benjamini-Hochberg adjusted p-values (``scipy.stats.false_discovery_control``) of a family of
+    tests; a NaN p-value stays NaN and is not counted in the family."""
+    p = np.asarray(pvalues, dtype=float)
+    adjusted = np.full(p.shape, np.nan)
+    finite = np.isfinite(p)
+    if finite.any():
+        adjusted[finite] = stats.false_discovery_control(p[finite], method="bh")
+    return adjusted
+
+
+def significance(out_dir, runs, reference, metrics=None):
     """Each group against the reference label, per metric, on the seeds both ran.
 
-    Per-user metrics are first averaged over those seeds, so each user is one pair.
+    Per-user metrics are first averaged over those seeds, so each user is one pair. ``metrics``:
+    by default those of :data:`MAIN_METRICS` the per-user tables hold (every per-user metric if they
+    hold none of them); a metric asked for that no table holds is an error, not left out.
+
+    ``p_t_adj`` and ``p_wilcoxon_adj`` are adjusted (Benjamini-Hochberg) over the family of every
+    comparison in the table, i.e. every method x metric against the reference, each test on its own.
     """
     ok = [r for r in runs if r["status"] == "ok"]
     groups = list(dict.fromkeys(r["group"] for r in ok))
     ref_runs = [r for r in ok if r["group"] == reference]
     if not ref_runs:
         return pd.DataFrame()
-    metrics = [m for m in metrics if m in metric_names(ok)]
+    available = per_user_metric_names(out_dir, ok)
+    if metrics is None:
+        metrics = [m for m in MAIN_METRICS if m in available] or available
+    else:
+        missing = [m for m in metrics if m not in available]
+        if missing:
+            raise ValueError(f"no per-user {', '.join(missing)} in the runs' tables; they hold {', '.join(available)}")
     rows = []
     for group in groups:
         if group == reference:
@@ -106,42 +172,143 @@ def significance(out_dir, runs, reference, metrics=MAIN_METRICS):
             continue
         ours = _user_means(out_dir, [r for r in members if r["seed"] in seeds], metrics)
         theirs = _user_means(out_dir, [r for r in ref_runs if r["seed"] in seeds], metrics)
-        users = ours.index.intersection(theirs.index)
         for metric in metrics:
-            test = paired_tests(ours.loc[users, metric].to_numpy(), theirs.loc[users, metric].to_numpy())
+            pairs = pd.concat([ours[metric], theirs[metric]], axis=1, join="inner").dropna()
+            if pairs.empty:  # a metric one side's tables lack
+                continue
+            test = paired_tests(pairs.iloc[:, 0].to_numpy(), pairs.iloc[:, 1].to_numpy())
             rows.append({"label": group, "reference": reference, "metric": metric, "n_seeds": len(seeds), **test})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table.insert(table.columns.get_loc("p_t") + 1, "p_t_adj", adjust_pvalues(table["p_t"]))
+        table.insert(table.columns.get_loc("p_wilcoxon") + 1, "p_wilcoxon_adj", adjust_pvalues(table["p_wilcoxon"]))
+    return table
 
 
-def bucket_edges(out_dir, runs, quantiles):
-    """Activity values at the given quantiles over every evaluated user of every run."""
-    activity = np.concatenate([load_per_user(out_dir, r)["activity"].to_numpy() for r in runs if r["status"] == "ok"])
-    return np.unique(np.quantile(activity, quantiles, method="lower")).tolist(), activity
+def eval_protocol(record):
+    """A run's evaluation protocol: the one it ran with, else its config's, else weak (the default)."""
+    return record.get("eval_protocol") or (record.get("config") or {}).get("eval_protocol") or "weak"
 
 
-def activity_buckets(out_dir, runs, quantiles=(0.25, 0.5, 0.75)):
-    """Test metrics per bucket of training activity |x_u|, per group (mean over users and seeds).
+def activity_measure(runs):
+    """What the activity |x_u| of the ok runs' users counts: training interactions under the weak
+    protocol, a held-out user's fold-in size under the strong one."""
+    protocols = list(dict.fromkeys(eval_protocol(r) for r in runs if r["status"] == "ok")) or ["weak"]
+    names = [ACTIVITY_MEASURE.get(p, f"activity |x_u| ({p} protocol)") for p in protocols]
+    return names[0] if len(names) == 1 else " or ".join(f"{n} ({p})" for n, p in zip(names, protocols))
 
-    Buckets are cut at the quantiles of |x_u| over the evaluated users: (-inf, q1], (q1, q2], ...
+
+def min_bucket_users(n_users):
+    """The fewest users a bucket may hold: :data:`MIN_BUCKET_USERS`, or :data:`MIN_BUCKET_SHARE` of them."""
+    return max(MIN_BUCKET_USERS, math.ceil(MIN_BUCKET_SHARE * n_users))
+
+
+def activity_bins(activity, quantiles=(0.25, 0.5, 0.75), min_users=None, n_runs=1):
+    """Bucket edges for ``pd.cut`` (right-closed, outer edges -inf and inf) over activity values.
+
+    The edges are the quantiles ``pd.qcut`` cuts at. Where several quantiles fall on one value (many
+    users with the same activity), that value becomes a bucket of its own instead of collapsing the
+    others into it; then every bucket under ``min_users`` users (default :func:`min_bucket_users`)
+    is merged into its smaller neighbour, so each holds enough users to mean something. ``activity``
+    holds every user of ``n_runs`` runs, so a bucket holds its count / ``n_runs`` users.
+    """
+    activity = pd.Series(np.asarray(activity, dtype=float))
+    if activity.empty:
+        return np.array([-np.inf, np.inf])
+    edges = activity.quantile([0.0, *quantiles, 1.0]).to_numpy()
+    values = np.unique(activity)
+    inner = set(edges[1:-1].tolist())
+    tied, counts = np.unique(edges, return_counts=True)
+    for value in tied[counts > 1]:
+        inner.add(value)  # (.., value]
+        below = values[values < value]
+        if len(below):
+            inner.add((below[-1] + value) / 2)
+    bins = np.array([-np.inf, *sorted(e for e in inner if values[0] <= e < values[-1]), np.inf])
+    n_users = len(activity) / n_runs
+    min_users = min_bucket_users(n_users) if min_users is None else min_users
+    while len(bins) > 2:
+        index = pd.cut(activity, bins, labels=False)
+        sizes = np.bincount(index, minlength=len(bins) - 1) / n_runs
+        i = int(np.argmin(sizes))
+        if sizes[i] >= min_users:
+            break
+        if i == 0:
+            merge = 1  # into the bucket above
+        elif i == len(sizes) - 1:
+            merge = i  # into the bucket below
+        else:
+            merge = i if sizes[i - 1] <= sizes[i + 1] else i + 1
+        bins = np.delete(bins, merge)
+    return bins
+
+
+def _bucket_names(activity, bins):
+    """``[lowest, highest]`` activity in each bucket."""
+    activity = np.asarray(activity, dtype=float)
+    index = pd.cut(activity, bins, labels=False)
+    names = []
+    for i in range(len(bins) - 1):
+        members = activity[index == i]
+        names.append(f"[{members.min():g}, {members.max():g}]" if len(members) else f"({bins[i]:g}, {bins[i + 1]:g}]")
+    return names
+
+
+def _activity_rows(out_dir, ok):
+    return pd.concat([load_per_user(out_dir, r)[["user_id", "activity"]] for r in ok], ignore_index=True)
+
+
+def activity_summary(out_dir, runs):
+    """How much activity varies over the ok runs' evaluated users.
+
+    ``barely_varies`` when the IQR / median or the coefficient of variation (std / mean) is below
+    :data:`FLAT_ACTIVITY`: a per-user scaled beta (gamma |x_u| / mean) is then nearly a constant.
+    """
+    ok = [r for r in runs if r["status"] == "ok"]
+    if not ok:
+        return {}
+    rows = _activity_rows(out_dir, ok)
+    activity = rows["activity"].astype(float)
+    q25, median, q75 = activity.quantile([0.25, 0.5, 0.75])
+    mean = activity.mean()
+    cv = float(activity.std(ddof=0) / mean) if mean > 0 else float("nan")
+    iqr_over_median = float((q75 - q25) / median) if median > 0 else float("nan")
+    return {
+        "measure": activity_measure(ok),
+        "n_users": int(rows["user_id"].nunique()),
+        "min_bucket_users": min_bucket_users(len(rows) / len(ok)),
+        "min": float(activity.min()), "q25": float(q25), "median": float(median), "q75": float(q75),
+        "max": float(activity.max()), "mean": float(mean), "cv": cv, "iqr_over_median": iqr_over_median,
+        "barely_varies": bool(cv < FLAT_ACTIVITY or iqr_over_median < FLAT_ACTIVITY),
+    }
+
+
+def activity_buckets(out_dir, runs, quantiles=(0.25, 0.5, 0.75), min_users=None):
+    """Test metrics per bucket of user activity |x_u|, per group (mean over users and seeds).
+
+    |x_u| is the training interactions under the weak protocol, the fold-in size under the strong
+    one (column ``activity_measure``). Buckets are cut by :func:`activity_bins` over every evaluated
+    user of every ok run: at the quantiles, a tied value its own bucket, none under ``min_users``.
     """
     ok = [r for r in runs if r["status"] == "ok"]
     if not ok:
         return pd.DataFrame()
-    edges, activity = bucket_edges(out_dir, ok, quantiles)
-    bounds = [int(activity.min()) - 1] + [int(e) for e in edges] + [int(activity.max())]
-    labels = [f"[{lo + 1}, {hi}]" for lo, hi in zip(bounds[:-1], bounds[1:])]
-    metrics = metric_names(ok)
+    tables = {r["run_id"]: load_per_user(out_dir, r) for r in ok}
+    activity = pd.concat([t["activity"] for t in tables.values()], ignore_index=True).to_numpy()
+    bins = activity_bins(activity, quantiles, min_users, n_runs=len(ok))
+    names = _bucket_names(activity, bins)
+    measure = activity_measure(ok)
+    metrics = _ordered(c for t in tables.values() for c in t.columns if c not in USER_COLUMNS)
     rows = []
     for group in dict.fromkeys(r["group"] for r in ok):
-        tables = [load_per_user(out_dir, r) for r in ok if r["group"] == group]
-        table = pd.concat(tables)
-        index = np.searchsorted(np.asarray(edges), table["activity"].to_numpy(), side="left")
-        n_seeds = len(tables)
-        for i, label in enumerate(labels):
+        members = [tables[r["run_id"]] for r in ok if r["group"] == group]
+        table = pd.concat(members, ignore_index=True)
+        index = pd.cut(table["activity"].astype(float), bins, labels=False).to_numpy()
+        for i, name in enumerate(names):
             part = table[index == i]
             if part.empty:
                 continue
-            rows.append({"label": group, "bucket": label, "bucket_index": i,
-                         "n_users": int(round(len(part) / n_seeds)),
-                         **{m: float(part[m].mean()) for m in metrics}})
+            rows.append({"label": group, "bucket": name, "bucket_index": i,
+                         "n_users": int(round(len(part) / len(members))), "activity_measure": measure,
+                         **{m: float(part[m].mean()) if m in part else float("nan") for m in metrics}})
     return pd.DataFrame(rows)

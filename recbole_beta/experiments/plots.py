@@ -1,4 +1,5 @@
-"""Figures for the beta study: the strategies' schedules, training curves, test metrics, activity buckets.
+"""Figures for the beta study: the strategies' schedules, training curves, test metrics, paired
+differences from the reference method, activity buckets.
 
 Every ``plot_*`` function writes ``<out_dir>/<stem>.png`` (150 dpi) and ``<out_dir>/<stem>.svg`` and
 returns those two paths. Figures are built with :class:`matplotlib.figure.Figure` rather than pyplot,
@@ -26,6 +27,7 @@ __all__ = [
     "plot_beta_schedules",
     "plot_training_curves",
     "plot_metric_bars",
+    "plot_paired_differences",
     "plot_activity_buckets",
 ]
 
@@ -72,8 +74,9 @@ def _save(fig, out_dir, stem):
     out_dir.mkdir(parents=True, exist_ok=True)
     png, svg = out_dir / f"{stem}.png", out_dir / f"{stem}.svg"
     fig.savefig(png, dpi=DPI)
-    # no date in the SVG, so re-plotting the same data gives the same file
-    fig.savefig(svg, metadata={"Date": None})
+    # no date and no random ids in the SVG, so re-plotting the same data gives the same file
+    with matplotlib.rc_context({"svg.hashsalt": stem}):
+        fig.savefig(svg, metadata={"Date": None})
     return [png, svg]
 
 
@@ -448,18 +451,135 @@ def plot_metric_bars(summary, out_dir, metrics=("ndcg@100", "recall@20", "recall
     return _save(fig, out_dir, "metrics")
 
 
+# ------------------------------------------------------------------------------------- paired differences
+
+#: reaches (an interval's largest distance from 0) further apart than this factor start a new scale
+OFF_SCALE = 5.0
+
+
+def _interval(sig):
+    """(low, high) of each row: its confidence interval, the point where it has none."""
+    mean = pd.to_numeric(sig["mean_diff"], errors="coerce").to_numpy(dtype=float)
+    low = pd.to_numeric(sig.get("ci_low", pd.Series(np.nan, index=sig.index)), errors="coerce").to_numpy(dtype=float)
+    high = pd.to_numeric(sig.get("ci_high", pd.Series(np.nan, index=sig.index)), errors="coerce").to_numpy(dtype=float)
+    return np.where(np.isfinite(low), low, mean), np.where(np.isfinite(high), high, mean)
+
+
+def difference_limits(sig, off_scale=OFF_SCALE):
+    """x-limits of one panel of :func:`plot_paired_differences`: 0 and every interval on the common scale.
+
+    An interval's reach is its largest distance from 0. The reaches stay on the scale up to
+    ``off_scale`` times their median, and, smallest first, up to the first jump by more than
+    ``off_scale`` times once at least half of them are in; the ones beyond (e.g. Pop against a VAE,
+    0.2 from 0 where the others are 0.005) are left off, so differences of 0.001 stay readable.
+    """
+    low, high = _interval(sig)
+    reach = np.maximum(np.abs(low), np.abs(high))
+    finite = np.isfinite(reach)
+    if not finite.any():
+        return -1e-3, 1e-3
+    ordered = np.sort(reach[finite])
+    limit = ordered[-1]
+    if np.median(ordered) > 0:
+        limit = min(limit, off_scale * np.median(ordered))
+    for i in range(max(0, math.ceil(len(ordered) / 2) - 1), len(ordered) - 1):
+        if ordered[i] > 0 and ordered[i + 1] > off_scale * ordered[i]:
+            limit = min(limit, ordered[i])
+            break
+    keep = finite & (reach <= limit)
+    lo, hi = min(0.0, low[keep].min()), max(0.0, high[keep].max())
+    margin = 0.08 * (hi - lo) if hi > lo else 1e-3
+    return lo - margin, hi + margin
+
+
+def plot_paired_differences(sig, out_dir, colors=None, confidence=0.95):
+    """Each method's mean per-user difference from the reference, with its confidence interval, per
+    metric (file stem ``paired_differences``).
+
+    A point with error bars around a line at 0, one row per method, one panel per metric: the bars of
+    :func:`plot_metric_bars` start at 0 and hide differences of 0.001, which this shows. A filled
+    point: the Benjamini-Hochberg adjusted p of the paired t-test (``p_t_adj``) is below 0.05. An
+    interval far off the panel's scale (see :func:`difference_limits`) is drawn as an arrow at the
+    edge with its numbers.
+
+    Args:
+        sig: the significance table (:func:`recbole_beta.experiments.analysis.significance`): columns
+            ``label``, ``reference``, ``metric``, ``mean_diff``, ``ci_low``, ``ci_high`` (NaN: no
+            interval) and optionally ``p_t_adj``.
+        out_dir: folder to write into (created if missing).
+        colors: optional label -> colour mapping; by default :func:`label_colors` of the table.
+        confidence: the level of the intervals, for the axis label.
+
+    Returns:
+        the paths written: ``[png, svg]``.
+    """
+    sig = pd.DataFrame(sig)
+    if sig.empty or "metric" not in sig or "mean_diff" not in sig:
+        fig = Figure(figsize=(6, 3), layout="constrained")
+        _no_data(fig.add_subplot(), "no paired tests")
+        return _save(fig, out_dir, "paired_differences")
+    sig = sig.assign(label=sig["label"].astype(str)).reset_index(drop=True)
+    labels = list(dict.fromkeys(sig["label"]))
+    metrics = list(dict.fromkeys(sig["metric"]))
+    colors = colors or label_colors(labels)
+    reference = str(sig["reference"].iloc[0]) if "reference" in sig else "the reference"
+    n_cols = min(3, len(metrics))
+    n_rows = math.ceil(len(metrics) / n_cols)
+    fig = Figure(figsize=(3.8 * n_cols + 1.6, n_rows * (0.42 * len(labels) + 1.3) + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(n_rows, n_cols, sharey=True, squeeze=False)).ravel()
+    y_of = {label: i for i, label in enumerate(labels)}
+    for ax, metric in zip(axes, metrics):
+        part = sig[sig["metric"] == metric]
+        lo_lim, hi_lim = difference_limits(part)
+        low, high = _interval(part)
+        ax.axvline(0.0, color="0.3", linewidth=1)
+        for (_, row), lo, hi in zip(part.iterrows(), low, high):
+            y, color, mean = y_of[row["label"]], colors.get(row["label"]), float(row["mean_diff"])
+            filled = _finite(row.get("p_t_adj")) is not None and row["p_t_adj"] < 0.05
+            face = color if filled else "white"
+            if not np.isfinite(mean):
+                continue
+            if lo_lim <= lo and hi <= hi_lim:
+                err = None if lo == hi else [[mean - lo], [hi - mean]]
+                ax.errorbar(mean, y, xerr=err, fmt="o", color=color, markerfacecolor=face, markersize=6,
+                            capsize=3, elinewidth=1.5)
+                continue
+            # off the scale: an arrow at the edge it lies beyond, with the numbers
+            left = mean < 0
+            x = lo_lim + 0.02 * (hi_lim - lo_lim) if left else hi_lim - 0.02 * (hi_lim - lo_lim)
+            ax.plot(x, y, marker="<" if left else ">", color=color, markerfacecolor=face, markersize=8)
+            ax.annotate(f"off scale: {mean:+.4f} [{lo:+.4f}, {hi:+.4f}]", (x, y), xytext=(6 if left else -6, 7),
+                        textcoords="offset points", ha="left" if left else "right", fontsize=7, color="0.25")
+        ax.set_xlim(lo_lim, hi_lim)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.set_title(metric, fontsize=10)
+        ax.set_xlabel(f"Δ (method - {reference}), {confidence:.0%} CI", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_axisbelow(True)
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
+    axes[0].set_yticks(range(len(labels)), labels)
+    axes[0].set_ylim(len(labels) - 0.5, -0.5)  # the table's order, top to bottom
+    fig.suptitle(f"Mean per-user difference from {reference} with its {confidence:.0%} confidence interval "
+                 "(filled: Benjamini-Hochberg adjusted p_t < 0.05)", fontsize=10)
+    return _save(fig, out_dir, "paired_differences")
+
+
 # ---------------------------------------------------------------------------------------- activity buckets
 
 
-def plot_activity_buckets(buckets, out_dir, metric="ndcg@100", colors=None):
+def plot_activity_buckets(buckets, out_dir, metric="ndcg@100", colors=None, activity_measure=None):
     """A metric per user-activity bucket, one bar per label (file stem ``activity_buckets``).
 
     Args:
         buckets: long DataFrame with columns ``label``, ``bucket`` (its name, e.g. ``"[1, 27]"``),
-            ``bucket_index`` (the order of the buckets), ``n_users`` and one column per metric.
+            ``bucket_index`` (the order of the buckets), ``n_users``, one column per metric and
+            optionally ``activity_measure`` (what |x_u| counts, for the axis).
         out_dir: folder to write into (created if missing).
         metric: the metric column to draw.
         colors: optional label -> colour mapping; by default :func:`label_colors` of the buckets.
+        activity_measure: what |x_u| counts; by default the frame's ``activity_measure``, else
+            ``"training interactions |x_u|"`` (the weak protocol's).
 
     Returns:
         the paths written: ``[png, svg]``.
@@ -472,6 +592,9 @@ def plot_activity_buckets(buckets, out_dir, metric="ndcg@100", colors=None):
         ax.set_ylabel(metric)
         return _save(fig, out_dir, "activity_buckets")
 
+    if activity_measure is None:
+        measures = buckets["activity_measure"].dropna().unique() if "activity_measure" in buckets else []
+        activity_measure = str(measures[0]) if len(measures) else "training interactions |x_u|"
     buckets = buckets.assign(label=buckets["label"].astype(str))
     labels = sorted(buckets["label"].unique())
     colors = colors or label_colors(labels)
@@ -485,7 +608,7 @@ def plot_activity_buckets(buckets, out_dir, metric="ndcg@100", colors=None):
     table = table.reindex(index=order.index, columns=labels)
     values = {label: table[label].to_numpy() for label in labels}
     _grouped_bars(ax, ticks, labels, values, None, colors)
-    ax.set_xlabel("user activity bucket (training interactions)")
+    ax.set_xlabel(f"user activity bucket: {activity_measure}")
     ax.set_ylabel(metric)
     ax.set_ylim(bottom=0)
     ax.set_title(f"Test {metric} per user-activity bucket", fontsize=10)

@@ -14,11 +14,41 @@ def _pm(mean, std):
 
 
 def _p(value):
+    if pd.isna(value):
+        return "–"
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
-def markdown_tables(summary, sig, buckets, reference, metrics):
-    """The results section: a metrics table, the tests against the reference, the buckets."""
+def _ci(low, high):
+    return "–" if pd.isna(low) or pd.isna(high) else f"[{low:+.4f}, {high:+.4f}]"
+
+
+def _activity_text(activity, quantiles):
+    """What the bucket section says about activity: its spread, a warning when it barely varies, the cuts."""
+    if not activity:
+        return []
+    measure = activity["measure"]
+    lines = [f"{measure[0].upper() + measure[1:]} over {activity['n_users']} users: median {activity['median']:g} "
+             f"(IQR {activity['q25']:g} to {activity['q75']:g}), range {activity['min']:g} to {activity['max']:g}; "
+             f"IQR / median = {activity['iqr_over_median']:.3f}, coefficient of variation = {activity['cv']:.3f}.", ""]
+    if activity["barely_varies"]:
+        lines += [f"**Activity barely varies** here (IQR / median or coefficient of variation under "
+                  f"{analysis.FLAT_ACTIVITY:g}): a per-user scaled beta is then nearly a constant (gamma |x_u| / mean "
+                  "is about gamma for most users), so the scaled strategy is close to a constant beta here, and "
+                  "the buckets below have little range of activity to show.", ""]
+    quantile_text = ", ".join(f"{q:g}" for q in quantiles)
+    lines += [f"Buckets are cut at the quantiles {quantile_text} of |x_u|; a value that several quantiles fall on is "
+              f"a bucket of its own, and a bucket under {activity['min_bucket_users']} users is merged into its "
+              "smaller neighbour.", ""]
+    return lines
+
+
+def markdown_tables(summary, sig, buckets, reference, metrics, activity=None, quantiles=(0.25, 0.5, 0.75)):
+    """The results section: a metrics table, the tests against the reference, the buckets.
+
+    ``activity``: :func:`recbole_beta.experiments.analysis.activity_summary` of the runs, for what the
+    bucket section says about |x_u|.
+    """
     lines = ["| method | seeds | " + " | ".join(m.upper().replace("RECALL", "Recall")
                                                  for m in metrics) + " | epochs | train s |",
              "|---|---|" + "---|" * len(metrics) + "---|---|"]
@@ -28,21 +58,32 @@ def markdown_tables(summary, sig, buckets, reference, metrics):
                      + f" | {row['epochs_mean']:.0f} | {row['train_seconds_mean']:.1f} |")
     out = ["## Test metrics (mean ± std over seeds)", "", *lines, ""]
     if not sig.empty:
+        confidence = f"{analysis.CONFIDENCE:.0%}"
+        n_methods, n_metrics = sig["label"].nunique(), sig["metric"].nunique()
         out += [f"## Paired tests against {reference} (per user, averaged over shared seeds)", "",
-                "Δ is the mean per-user difference (method - reference); p_t from the paired t-test, "
-                "p_W from the Wilcoxon signed-rank test (scipy.stats); d_z = Δ / sd of the differences; "
-                "r = matched-pairs rank-biserial correlation.", "",
-                "| method | metric | users | Δ | p_t | d_z | p_W | r |", "|---|---|---|---|---|---|---|---|"]
+                f"Δ is the mean per-user difference (method - reference), with its {confidence} confidence interval "
+                "from the paired t-test; p_t from the paired t-test, p_W from the Wilcoxon signed-rank test "
+                "(scipy.stats); d_z = Δ / sd of the differences; r = matched-pairs rank-biserial correlation.", "",
+                "p_t (BH) and p_W (BH) are adjusted for multiple comparisons with the Benjamini-Hochberg procedure "
+                f"(scipy.stats.false_discovery_control) over the {len(sig)} comparisons of this table "
+                f"({n_methods} methods x {n_metrics} metrics, each against {reference}); the t-tests and the "
+                "Wilcoxon tests are adjusted each as one family.", "",
+                f"| method | metric | users | Δ | {confidence} CI of Δ | p_t | p_t (BH) | d_z | p_W | p_W (BH) | r |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for _, row in sig.iterrows():
             out.append(f"| {row['label']} | {row['metric']} | {row['n_users']} | {row['mean_diff']:+.4f} | "
-                       f"{_p(row['p_t'])} | {row['d_z']:+.3f} | {_p(row['p_wilcoxon'])} | {row['r_rb']:+.3f} |")
+                       f"{_ci(row['ci_low'], row['ci_high'])} | {_p(row['p_t'])} | {_p(row['p_t_adj'])} | "
+                       f"{row['d_z']:+.3f} | {_p(row['p_wilcoxon'])} | {_p(row['p_wilcoxon_adj'])} | "
+                       f"{row['r_rb']:+.3f} |")
         out.append("")
     if not buckets.empty:
-        metric = metrics[0]
+        metric = next((m for m in metrics if m in buckets), metrics[0])
         table = buckets.pivot(index="label", columns="bucket_index", values=metric)
         names = buckets.drop_duplicates("bucket_index").set_index("bucket_index")
         header = [f"{names.loc[i, 'bucket']} ({names.loc[i, 'n_users']} users)" for i in table.columns]
-        out += [f"## {metric} by training activity |x_u| (users bucketed at activity quantiles)", "",
+        measure = (activity or {}).get("measure") or buckets["activity_measure"].iloc[0]
+        out += [f"## {metric} by {measure} (users bucketed at activity quantiles)", "",
+                *_activity_text(activity, quantiles),
                 "| method | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
         for label, row in table.reindex(summary["label"]).iterrows():
             out.append(f"| {label} | " + " | ".join(f"{v:.4f}" for v in row) + " |")
@@ -62,8 +103,10 @@ def write_report(out_dir, spec=None, figures=True):
     if reference is None and ok:
         reference = ok[0]["group"]
     sig = analysis.significance(out_dir, runs, reference) if ok else pd.DataFrame()
-    buckets = analysis.activity_buckets(out_dir, runs, spec_dict.get("activity_quantiles", [0.25, 0.5, 0.75]))
-    # the main three first, then every other metric@k the config names
+    quantiles = spec_dict.get("activity_quantiles", [0.25, 0.5, 0.75])
+    buckets = analysis.activity_buckets(out_dir, runs, quantiles)
+    activity = analysis.activity_summary(out_dir, runs)
+    # the main ones first, then every other metric@k the config names
     metrics = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean") and "@" in c]
 
     written = []
@@ -72,23 +115,28 @@ def write_report(out_dir, spec=None, figures=True):
         written.append(out_dir / f"{name}.csv")
     write_json(out_dir / "summary.json", {"spec": spec_dict, "summary": summary.to_dict("records"),
                                           "significance": sig.to_dict("records"),
-                                          "activity_buckets": buckets.to_dict("records"),
+                                          "activity_buckets": buckets.to_dict("records"), "activity": activity,
                                           "failed": [{"run_id": r["run_id"], "error": r["error"]} for r in failed]})
     written.append(out_dir / "summary.json")
 
     body = [f"# {spec_dict.get('name', 'sweep')}: {spec_dict['dataset']}", "",
             f"{len(ok)} runs finished, {len(failed)} failed; seeds {spec_dict['seeds']}.", ""]
     if ok:
-        body.append(markdown_tables(summary, sig, buckets, reference, metrics))
+        body.append(markdown_tables(summary, sig, buckets, reference, metrics, activity, quantiles))
     if failed:
         body += ["## Failed runs", ""] + [f"- `{r['run_id']}`: {r['error'].splitlines()[0]}" for r in failed] + [""]
     if figures and ok:
         figure_dir = out_dir / "figures"
         colors = plots.label_colors(list(summary["label"]))  # one colour per method in every figure
-        paths = plots.plot_metric_bars(summary, figure_dir, metrics=tuple(metrics[:3]), colors=colors)
+        main = [m for m in metrics if m in analysis.MAIN_METRICS] or metrics[:3]
+        paths = plots.plot_metric_bars(summary, figure_dir, metrics=tuple(main), colors=colors)
+        if not sig.empty:  # the differences the bars cannot show
+            paths += plots.plot_paired_differences(sig, figure_dir, colors=colors, confidence=analysis.CONFIDENCE)
         paths += plots.plot_training_curves([{**r, "label": r["group"]} for r in ok], figure_dir, colors=colors)
         if not buckets.empty:
-            paths += plots.plot_activity_buckets(buckets, figure_dir, metric=metrics[0], colors=colors)
+            metric = next((m for m in metrics if m in buckets), metrics[0])
+            paths += plots.plot_activity_buckets(buckets, figure_dir, metric=metric, colors=colors,
+                                                 activity_measure=activity.get("measure"))
         # the strategies' shapes over an illustrative 400 steps; the beta each run really used is in
         # the training curves
         paths += plots.plot_beta_schedules(figure_dir)

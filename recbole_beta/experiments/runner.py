@@ -1,7 +1,9 @@
 """Run a sweep: every run of a spec, each written to disk the moment it ends.
 
 Finished runs are skipped when the sweep is run again, so an interrupted sweep loses nothing;
-a run that fails is recorded with its error and the sweep goes on (it is retried next time).
+a run that fails is recorded with its error and the sweep goes on. It is retried next time, and
+its record replaced; a failed record of a run the spec now configures differently (same label,
+cell and seed, another config) is dropped, so a fixed spec leaves no stale failure behind.
 """
 
 import json
@@ -58,6 +60,8 @@ def execute(run, spec, out_dir, index=0):
         shutil.rmtree(checkpoints, ignore_errors=True)  # the per-user table holds what the report needs
     record.update(
         status="ok",
+        # what |x_u| in the per-user table counts depends on it (the config files may set it)
+        eval_protocol=(result.get("config") or {}).get("eval_protocol") or config.get("eval_protocol") or "weak",
         best_valid_score=result["best_valid_score"],
         best_valid_result=dict(result["best_valid_result"] or {}),
         test_result=dict(result["test_result"]),
@@ -68,12 +72,35 @@ def execute(run, spec, out_dir, index=0):
     return record, result["per_user"]
 
 
+def _run_key(label, cell, seed):
+    return label, json.dumps(cell or {}, sort_keys=True, default=str), seed
+
+
+def drop_superseded_failures(out_dir, runs):
+    """Remove failed records of runs that ``runs`` now configure differently: the same label, cell and
+    seed under another run id (the spec was fixed). Return the paths removed."""
+    ids = {run.run_id for run in runs}
+    keys = {_run_key(run.label, run.cell, run.seed) for run in runs}
+    removed = []
+    for path in sorted((Path(out_dir) / "runs").glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if (record.get("status") != "ok" and record.get("run_id") not in ids
+                and _run_key(record.get("label"), record.get("cell"), record.get("seed")) in keys):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 def run_sweep(spec, out_dir, progress=True):
-    """Run what is not yet finished; return (number run now, number failed now)."""
+    """Run what is not yet finished (failed runs included); return (number run now, number failed now)."""
     out_dir = Path(out_dir)
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "spec.json", spec.to_dict())
     runs = spec.runs()
+    drop_superseded_failures(out_dir, runs)
     todo = [(i, run) for i, run in enumerate(runs) if not is_finished(out_dir, run)]
     failed = 0
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=spec.name, unit="run", disable=not progress,

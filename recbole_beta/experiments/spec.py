@@ -18,19 +18,17 @@ a list of cells of config keys, each run for every model and seed::
       latent_dimension: [64, 128]
 """
 
-import difflib
 import hashlib
 import itertools
 import json
 import os
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import yaml
 
-from recbole_beta.config import properties_dir
+from recbole_beta.config import closest_known_key, known_keys
 from recbole_beta.errors import ConfigError, RecBoleBetaError
 from recbole_beta.registry import get_model
 
@@ -39,33 +37,11 @@ class SpecError(RecBoleBetaError, ValueError):
     """A sweep spec that cannot run; the message is one line naming the problem."""
 
 
-@lru_cache(maxsize=None)
-def known_keys():
-    """Every config key RecBole or the plugin knows: the keys of all their property files."""
-    import recbole
-    from recbole.utils import dataset_arguments, evaluation_arguments, general_arguments, training_arguments
-
-    keys = set(general_arguments + training_arguments + evaluation_arguments + dataset_arguments)
-    roots = [Path(recbole.__file__).resolve().parent / "properties", properties_dir()]
-    for root in roots:
-        for file in root.rglob("*.yaml"):
-            if file.name == "url.yaml":
-                continue
-            try:
-                content = yaml.safe_load(file.read_text(encoding="utf-8"))
-            except yaml.YAMLError:
-                continue
-            if isinstance(content, dict):
-                keys.update(content)
-    keys.update({"model", "dataset", "seed", "config_files", "local_rank", "download_url"})
-    return frozenset(keys)
-
-
 def check_keys(keys, where):
     for key in keys:
         if key not in known_keys():
-            close = difflib.get_close_matches(key, sorted(known_keys()), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            close = closest_known_key(key)
+            hint = f"; did you mean {close!r}?" if close else ""
             raise SpecError(f"{where}: unknown config key {key!r}{hint}")
 
 

@@ -67,9 +67,16 @@ class BetaMultVAE(MultiVAE):
         # would reshuffle its interactions and move the random stream away from MultiVAE's.)
         activity = (self.history_item_id > 0).sum(dim=1).float()
         self.register_buffer("user_activity", activity, persistent=False)
+        # what a strategy reads comes from the users trained on: every user id (the padding id 0
+        # included, as RecBole's UserDataLoader walks them), or the training users alone under
+        # eval_protocol=strong, whose dataset names them (recbole_beta.data.heldout)
+        trained = getattr(dataset, "train_user_ids", None)
+        n_trained = dataset.user_num if trained is None else len(trained)
+        trained_activity = activity if trained is None else activity[torch.as_tensor(trained, dtype=torch.long)]
+        active = trained_activity[trained_activity > 0]
         context = StrategyContext(
-            total_steps=config["epochs"] * steps_per_epoch(config, dataset.user_num),
-            mean_activity=activity[activity > 0].mean().item() if (activity > 0).any() else 1.0,
+            total_steps=config["epochs"] * steps_per_epoch(config, n_trained),
+            mean_activity=active.mean().item() if len(active) else 1.0,
         )
         self.beta_strategy = self.build_beta_strategy(config, context)
         self._beta_sum, self._beta_rows = 0.0, 0
@@ -112,7 +119,7 @@ class BetaMultVAE(MultiVAE):
         check(
             "mlp_hidden_size",
             hidden,
-            isinstance(hidden, list) and all(isinstance(h, int) and h > 0 for h in hidden),
+            isinstance(hidden, list) and all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden),
             "must be a list of positive integers, e.g. [600] or [600, 200] ([] for no hidden layer)",
         )
         cls.build_beta_strategy(config, StrategyContext())
@@ -143,9 +150,19 @@ class BetaMultVAE(MultiVAE):
         rows = torch.arange(len(user), device=self.device).unsqueeze(1).expand_as(items)[present]
         indices = torch.stack([rows, items[present]])
         values = self.history_item_value[user][present]
+        shape = (len(user), self.n_items)
         # built from valid indices: skip the invariant check (and its warning)
-        matrix = torch.sparse_coo_tensor(indices, values, (len(user), self.n_items), check_invariants=False)
-        return matrix.coalesce()
+        matrix = torch.sparse_coo_tensor(indices, values, shape, check_invariants=False).coalesce()
+        if matrix._nnz() == len(values):
+            return matrix
+        # A user with the same item twice (RecBole keeps duplicate rows unless rm_dup_inter is set):
+        # coalesce() sums the duplicates, while RecBole's dense get_rating_matrix writes them with
+        # index_put_, which keeps one of the values (1 for implicit feedback). So each entry is the
+        # sum over its count: the value itself whenever the duplicates agree, always for implicit data.
+        counts = torch.sparse_coo_tensor(indices, torch.ones_like(values), shape, check_invariants=False).coalesce()
+        return torch.sparse_coo_tensor(
+            matrix.indices(), matrix.values() / counts.values(), shape, is_coalesced=True, check_invariants=False
+        )
 
     def forward_sparse(self, rating_matrix, dropout_mask=None):
         """``forward`` on a sparse rating matrix: normalisation and dropout act on the non-zeros,
@@ -196,7 +213,17 @@ class BetaMultVAE(MultiVAE):
         # sum over latent dims of (1 + logvar - mu^2 - var): -2 * KL_u
         neg2_kl = torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
         strategy = self.beta_strategy
-        strategy.step(kl=(-0.5 * neg2_kl.detach().mean()).item() if strategy.needs_kl else None)
+        kl = None
+        if strategy.needs_kl:
+            kl = -0.5 * neg2_kl.detach().mean()
+            distributed = torch.distributed
+            if distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1:
+                # under DDP every rank steps on the KL averaged over ranks (their batches have the
+                # same size), so all follow one beta trajectory
+                distributed.all_reduce(kl)
+                kl = kl / distributed.get_world_size()
+            kl = kl.item()
+        strategy.step(kl=kl)
         beta = strategy.weights(self.user_activity[user])
         if torch.is_tensor(beta):
             kl_loss = -0.5 * torch.mean(neg2_kl * beta)

@@ -1,0 +1,281 @@
+"""Liang et al.'s (WWW 2018) evaluation protocol: held-out users with fold-in ("strong generalization").
+
+``eval_protocol: strong`` splits users, not interactions: H validation users, H test users, the
+rest training users. The item set is what training users interacted with. Each held-out user
+with at least 5 interactions gives ``int(heldout_ratio * n)`` of them, drawn at random, as
+targets; the rest are the fold-in the model encodes at evaluation. Training sees training users
+only. RecBole's own loaders, samplers and full-ranking evaluation do the rest:
+
+- the split returns RecBole's three datasets: (training users' rows + held-out users' fold-in
+  rows, validation targets, test targets). RecBole's sampler then masks exactly the fold-in items
+  of a held-out user at evaluation (its "history"), and its evaluator scores the targets;
+- training iterates training users only (:class:`HeldOutUserDataLoader` for the autoencoders,
+  a training-users-only dataset for EASE and Pop).
+
+The draws follow the reference preprocessing (dawenl/vae_cf): users in ascending id order are
+permuted with ``RandomState(split_seed)``; then, for the validation users and again for the test
+users, the generator is seeded afresh and each user (ascending id, rows in file order) draws
+its targets with ``choice(n, int(ratio * n), replace=False)``. A dataset whose ``.inter`` file has
+a ``protocol_role`` column (written by ``python -m recbole_beta.data convert --format vae_cf``)
+is not drawn at all: its rows keep the roles the file gives.
+"""
+
+import os
+
+import numpy as np
+import pandas as pd
+import torch
+from recbole.data.dataloader import UserDataLoader
+from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
+from recbole.data.dataset import Dataset
+from recbole.data.interaction import Interaction
+from recbole.data.utils import create_samplers, get_dataloader
+
+from recbole_beta.errors import ConfigError, check, check_number, is_number
+
+PROTOCOLS = ("weak", "strong")
+
+#: the column of a pre-split dataset (e.g. one imported from the reference code's files)
+ROLE_FIELD = "protocol_role"
+TRAIN, VALID_IN, VALID_TARGET, TEST_IN, TEST_TARGET = range(5)
+ROLES = ("train", "valid_in", "valid_target", "test_in", "test_target")
+_DROPPED = -1  # a held-out user's interaction with an item no training user has
+
+#: the reference code gives targets only to held-out users with at least this many interactions
+MIN_INTERACTIONS_FOR_TARGETS = 5
+
+#: RecBole's models that run under the protocol (the plugin's own models all do)
+RECBOLE_MODELS = ("MultiVAE", "MultiDAE", "RecVAE", "EASE", "Pop")
+
+
+def is_strong(config):
+    return config["eval_protocol"] == "strong"
+
+
+def check_protocol_keys(config):
+    """Validate ``eval_protocol`` and its keys (raises ConfigError); the data is not read."""
+    protocol = config["eval_protocol"]
+    if protocol not in PROTOCOLS:
+        import difflib
+
+        close = difflib.get_close_matches(str(protocol), PROTOCOLS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError("eval_protocol", protocol, f"must be one of {', '.join(PROTOCOLS)}{hint}")
+    if protocol != "strong":
+        return
+    heldout = config["heldout_users"]
+    check(
+        "heldout_users",
+        heldout,
+        not isinstance(heldout, bool)
+        and (
+            (isinstance(heldout, int) and heldout >= 1)
+            or (isinstance(heldout, float) and 0 < heldout < 0.5)
+        ),
+        "must be an integer >= 1 (users in each of validation and test) or a fraction of all users in (0, 0.5)",
+    )
+    ratio = config["heldout_ratio"]
+    check("heldout_ratio", ratio, is_number(ratio) and 0 < ratio < 1, "must be a number > 0 and < 1")
+    check_number("split_seed", config["split_seed"], integer=True, minimum=0)
+    mode = (config["eval_args"] or {}).get("mode")
+    check(
+        "eval_args",
+        config["eval_args"],
+        mode == "full" or (isinstance(mode, dict) and set(mode.values()) == {"full"}),
+        "eval_protocol=strong ranks every item: eval_args.mode must be 'full'",
+    )
+    check(
+        "benchmark_filename",
+        config["benchmark_filename"],
+        not config["benchmark_filename"],
+        "eval_protocol=strong splits one .inter file (a pre-split one carries a protocol_role column); "
+        "unset benchmark_filename",
+    )
+
+
+def n_heldout(heldout_users, n_users):
+    """Users in each of validation and test, from the key's integer or fraction."""
+    h = int(heldout_users * n_users) if isinstance(heldout_users, float) else int(heldout_users)
+    if h < 1 or 2 * h >= n_users:
+        raise ConfigError(
+            "heldout_users",
+            heldout_users,
+            f"gives {h} validation and {h} test users of {n_users}: need at least 1 each and "
+            f"some training users (2 x heldout_users < {n_users})",
+        )
+    return h
+
+
+def _ascending(tokens):
+    """Unique user tokens in ascending order: numerically when every token is an integer."""
+    unique = pd.unique(tokens)
+    try:
+        order = np.argsort(np.asarray(unique, dtype=np.int64), kind="stable")
+    except (TypeError, ValueError, OverflowError):
+        order = np.argsort(np.asarray(unique, dtype=str), kind="stable")
+    return unique[order]
+
+
+def draw_roles(users, items, heldout_users, heldout_ratio, split_seed):
+    """The role (TRAIN, VALID_IN, ...; -1 dropped) of every interaction, drawn as the reference code draws.
+
+    ``users`` and ``items`` hold one raw token per interaction, in file order.
+    """
+    users, items = np.asarray(users), np.asarray(items)
+    ordered = _ascending(users)
+    h = n_heldout(heldout_users, len(ordered))
+    permuted = ordered[np.random.RandomState(split_seed).permutation(len(ordered))]
+    n_train = len(permuted) - 2 * h
+    group_of = pd.Series(np.repeat([TRAIN, VALID_IN, TEST_IN], [n_train, h, h]), index=permuted)
+    user_group = group_of.reindex(users).to_numpy()
+
+    roles = np.full(len(users), _DROPPED, dtype=np.int8)
+    roles[user_group == TRAIN] = TRAIN
+    train_items = pd.unique(items[user_group == TRAIN])
+    kept = np.isin(items, train_items)
+    rank = pd.Series(np.arange(len(ordered)), index=ordered).reindex(users).to_numpy()
+    for fold_in, target in ((VALID_IN, VALID_TARGET), (TEST_IN, TEST_TARGET)):
+        rows = np.flatnonzero((user_group == fold_in) & kept)
+        rows = rows[np.argsort(rank[rows], kind="stable")]  # by user id, file order within a user
+        roles[rows] = fold_in
+        rng = np.random.RandomState(split_seed)  # the reference seeds each split afresh
+        starts = np.flatnonzero(np.r_[True, rank[rows][1:] != rank[rows][:-1]])
+        for start, end in zip(starts, np.r_[starts[1:], len(rows)]):
+            n = end - start
+            if n >= MIN_INTERACTIONS_FOR_TARGETS:
+                picked = rng.choice(n, size=int(heldout_ratio * n), replace=False)
+                roles[rows[start + picked]] = target
+    return roles
+
+
+def _has_role_column(config):
+    """True if the dataset's .inter file has a ``protocol_role`` column (its header says)."""
+    path = os.path.join(config["data_path"], f"{config['dataset']}.inter")
+    if not os.path.isfile(path):
+        return False
+    with open(path, encoding=config["encoding"] or "utf-8") as f:
+        header = f.readline().rstrip("\n").split(config["field_separator"] or "\t")
+    return any(column.split(":")[0] == ROLE_FIELD for column in header)
+
+
+class HeldOutDataset(Dataset):
+    """RecBole's Dataset, split into training and held-out users (see the module's docstring).
+
+    The roles are settled on the raw data, before RecBole maps tokens to ids, so the item ids
+    cover the training users' items only, as the protocol's item set does.
+    """
+
+    def __init__(self, config):
+        # RecBole loads only the columns load_col names (user_id and item_id by default): a
+        # pre-split file's roles must be loaded too
+        load_col = config["load_col"]
+        inter_cols = load_col.get("inter") if isinstance(load_col, dict) else None
+        if inter_cols is not None and ROLE_FIELD not in inter_cols and _has_role_column(config):
+            config["load_col"] = {**load_col, "inter": [*inter_cols, ROLE_FIELD]}
+        super().__init__(config)
+
+    def _data_filtering(self):
+        super()._data_filtering()
+        inter = self.inter_feat
+        if ROLE_FIELD in inter:
+            roles = self._given_roles(inter[ROLE_FIELD])
+            self._del_col(inter, ROLE_FIELD)
+            self._rest_fields = np.setdiff1d(self._rest_fields, [ROLE_FIELD])  # nothing left to remap
+            self.logger.info(f"eval_protocol=strong: the split is the one in the {ROLE_FIELD} column")
+        else:
+            roles = draw_roles(
+                inter[self.uid_field].to_numpy(),
+                inter[self.iid_field].to_numpy(),
+                self.config["heldout_users"],
+                self.config["heldout_ratio"],
+                self.config["split_seed"],
+            )
+        keep = roles != _DROPPED
+        self.inter_feat = inter[keep]
+        if self.item_feat is not None:  # items only held-out users had are not in the item set
+            train_items = self.inter_feat[self.iid_field][roles[keep] == TRAIN]
+            self.item_feat = self.item_feat[self.item_feat[self.iid_field].isin(train_items)]
+        self._reset_index()
+        self._roles = roles[keep]
+
+    def _given_roles(self, column):
+        codes = pd.Series({name: code for code, name in enumerate(ROLES)})
+        roles = codes.reindex(column.astype(str)).to_numpy()
+        bad = np.isnan(roles)
+        if bad.any():
+            raise ConfigError(
+                ROLE_FIELD, column[bad].iloc[0], f"the {self.dataset_name}.inter column must hold one of {', '.join(ROLES)}"
+            )
+        roles = roles.astype(np.int8)
+        items = self.inter_feat[self.iid_field].to_numpy()
+        train_items = pd.unique(items[roles == TRAIN])
+        return np.where((roles == TRAIN) | np.isin(items, train_items), roles, _DROPPED).astype(np.int8)
+
+    def build(self):
+        """RecBole's three datasets: (training rows + fold-in rows, validation targets, test targets)."""
+        self._change_feat_format()
+        roles = torch.as_tensor(self._roles)
+        if len(roles) != len(self.inter_feat):
+            raise RuntimeError(f"{len(roles)} roles for {len(self.inter_feat)} interactions")
+        uid = self.inter_feat[self.uid_field]
+        self.protocol_users = {
+            name: torch.unique(uid[roles == role]).numpy()
+            for name, role in (("train", TRAIN), ("valid", VALID_IN), ("test", TEST_IN))
+        }
+        self.train_user_ids = self.protocol_users["train"]  # read by the plugin's models
+        seen = (roles == TRAIN) | (roles == VALID_IN) | (roles == TEST_IN)
+        built = [self.copy(self.inter_feat[mask]) for mask in (seen, roles == VALID_TARGET, roles == TEST_TARGET)]
+        self.seen_dataset = built[0]
+        self.training_dataset = self.copy(self.inter_feat[roles == TRAIN])
+        return built
+
+    def __str__(self):
+        text = super().__str__()
+        users = getattr(self, "protocol_users", None)
+        if users is None:
+            return text
+        return text + (
+            f"\nThe number of training / validation / test users (eval_protocol=strong): "
+            f"{len(users['train'])} / {len(users['valid'])} / {len(users['test'])}"
+        )
+
+
+class HeldOutUserDataLoader(UserDataLoader):
+    """RecBole's UserDataLoader over the training users only (held-out users never form a batch)."""
+
+    def __init__(self, config, dataset, sampler, users, shuffle=True):
+        # mirrors UserDataLoader.__init__, with the user list given instead of every user id
+        self.logger = dataset.logger
+        self.uid_field = dataset.uid_field
+        self.user_list = Interaction({self.uid_field: torch.as_tensor(np.asarray(users), dtype=torch.long)})
+        self.sample_size = len(self.user_list)
+        AbstractDataLoader.__init__(self, config, dataset, sampler, shuffle=True)
+
+
+def heldout_data_preparation(config, dataset, user_rows):
+    """Train, valid and test dataloaders under ``eval_protocol: strong``.
+
+    ``user_rows``: the model trains on whole user rows (RecBole's autoencoders and the plugin's
+    models); else it trains on interactions (EASE, Pop), from training users only.
+    """
+    built = dataset.build()
+    samplers = create_samplers(config, dataset, built)
+    train_loader = get_dataloader(config, "train")
+    if user_rows or issubclass(train_loader, UserDataLoader):
+        train_data = HeldOutUserDataLoader(config, built[0], samplers[0], dataset.protocol_users["train"])
+    else:
+        train_data = train_loader(config, dataset.training_dataset, samplers[0], shuffle=config["shuffle"])
+    valid_data = get_dataloader(config, "valid")(config, built[1], samplers[1], shuffle=False)
+    test_data = get_dataloader(config, "test")(config, built[2], samplers[2], shuffle=False)
+    return train_data, valid_data, test_data
+
+
+def attach_fold_in(model, dataset):
+    """Give a model fitted on training users the held-out users' fold-in rows to score from.
+
+    The autoencoders read every user's row from the dataset they were built on, which holds the
+    fold-in already; EASE keeps its own user-item matrix, built from training users only.
+    """
+    if type(model).__name__ == "EASE":
+        model.interaction_matrix = dataset.seen_dataset.inter_matrix(form="csr").astype(np.float32)
+    return model
