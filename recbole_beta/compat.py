@@ -162,6 +162,7 @@ _CONVERTIBLE = {
     ("torch._utils", "_rebuild_parameter"),
     ("numpy", "dtype"),
     ("numpy", "ndarray"),
+    ("numpy", "matrix"),  # EASE's item similarity
     ("numpy.core.multiarray", "scalar"),
     ("numpy.core.multiarray", "_reconstruct"),
     ("copyreg", "_reconstructor"),

@@ -242,6 +242,13 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, res
         return run_recbole_beta(model, dataset, config_file_list, config_dict, saved=saved, resume=resume)
     import torch.multiprocessing as mp
 
+    # what fails in one line in a single process fails so here too, before any rank starts (in a
+    # rank it would come back as the launcher's traceback)
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    check_dataset(config)
+    if resume:
+        read_checkpoint(resume, config)
+
     queue = mp.get_context("spawn").SimpleQueue()
     config_dict = dict(config_dict or {})
     config_dict.update(

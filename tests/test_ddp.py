@@ -20,6 +20,7 @@ from torch.utils.data import BatchSampler, DistributedSampler
 from recbole_beta import quick_start
 from recbole_beta.compat import load_checkpoint
 from recbole_beta.config import Config
+from recbole_beta.errors import CheckpointError, ConfigError, DatasetNotFoundError
 from recbole_beta.model.beta_multvae import BetaMultVAE, steps_per_epoch
 from recbole_beta.quick_start import prepare
 
@@ -29,10 +30,10 @@ SMALL = {
     "topk": [10], "valid_metric": "NDCG@10",
 }
 STEPS_PER_EPOCH = 4
-#: a controller whose beta moves (the KL is above its target), with gains large enough that the
+#: a controller whose beta moves (the KL soon passes its target), with gains large enough that the
 #: ranks' own batch KLs would send them apart
 CONTROL = {"kl_target": 0.05, "kp": 0.05, "ki": 0.02, "beta_max": 1.0}
-#: every strategy, and products through which the KL reaches the controller
+#: every strategy, and a product through which the KL reaches the controller
 STRATEGIES = {
     "constant": {"beta_strategy": "constant", "beta": 0.3},
     "annealed": {"beta_strategy": "annealed", "anneal_cap": 0.5, "total_anneal_steps": 10},
@@ -41,7 +42,8 @@ STRATEGIES = {
     "controlled": {"beta_strategy": "controlled", **CONTROL},
     "scaled_x_controlled": {"beta_strategy": ["scaled", "controlled"], "gamma": 0.01, **CONTROL},
 }
-#: what a spawned rank reads: where to write its trace, and (for several runs in one spawn) which
+#: what a spawned rank reads: where to write its trace (dir, name), and the ports of the runs when
+#: one spawn makes several (ports)
 _ENV = "RECBOLE_BETA_TEST_DDP"
 _trace = {}
 
@@ -192,6 +194,18 @@ def test_a_result_larger_than_the_pipe_comes_back(monkeypatch):
     thread.join(timeout=120)
     assert not thread.is_alive(), "run() hangs: rank 0 cannot exit before its result is read"
     assert len(box["result"]["history"]) == 300
+
+
+@pytest.mark.parametrize("config_dict,resume,error", [
+    ({"beta_strategy": "constant", "beta": -1}, None, ConfigError),
+    ({"dataset": "no-such-data"}, None, DatasetNotFoundError),
+    ({}, "missing.pth", CheckpointError),
+])
+def test_bad_input_fails_in_one_line_before_any_rank_starts(monkeypatch, config_dict, resume, error):
+    monkeypatch.setattr(quick_start, "_run_rank", None)  # spawning ranks would fail otherwise
+    with pytest.raises(error):
+        quick_start.run("BetaMultVAE", None if "dataset" in config_dict else "ml-100k", config_dict=config_dict,
+                        resume=resume, nproc=2, port=free_ports()[0])
 
 
 @pytest.mark.parametrize("use_gpu,cuda,backend,device", [

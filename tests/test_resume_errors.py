@@ -63,7 +63,7 @@ def recbole_checkpoint(workdir):
 
     config = Config(model="MultiVAE", dataset="ml-100k", config_dict={
         "epochs": 1, "train_neg_sample_args": None, "state": "WARNING", "show_progress": False,
-        "checkpoint_dir": str(workdir / "recbole-saved"),
+        "checkpoint_dir": str(workdir / "recbole-saved"), "eval_batch_size": 1 << 22,
     })
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
