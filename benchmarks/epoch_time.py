@@ -145,7 +145,7 @@ def matmul_gflops(m, k, n, device, reps=5):
 
 def build(variant, dataset, extra_config, train_data):
     model_name, variant_config = VARIANTS[variant]
-    config = Config(model=model_name, dataset=dataset,
+    config = Config(model=model_name, dataset=dataset, argv=[],
                     config_dict={**extra_config, **variant_config, "state": "ERROR", "show_progress": False})
     init_seed(config["seed"], config["reproducibility"])
     model = get_model(model_name)(config, train_data._dataset).to(config["device"])
@@ -163,7 +163,7 @@ def limited(loader, max_batches):
 def bench_dataset(name, variants, reps, max_batches, eval_users, overrides):
     dataset, extra = dataset_config(name)
     extra = {**extra, **overrides}
-    config = Config(model="MultiVAE", dataset=dataset, config_dict={**extra, "state": "ERROR"})
+    config = Config(model="MultiVAE", dataset=dataset, argv=[], config_dict={**extra, "state": "ERROR"})
     device = config["device"]
     init_seed(config["seed"], config["reproducibility"])
     start = time.perf_counter()

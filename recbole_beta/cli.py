@@ -34,7 +34,7 @@ def main(argv=None):
     try:
         result = run(
             args.model, args.dataset, config_file_list=config_files, resume=args.resume, nproc=args.nproc,
-            world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset,
+            world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset, argv=argv,
         )
     except TrainingDivergedError as error:
         print(f"recbole-beta: {error}", file=sys.stderr)

@@ -5,7 +5,6 @@ here gives RecBole's numbers), with the plugin's Config, model lookup, dataloade
 """
 
 import os
-import sys
 import time
 from logging import getLogger
 
@@ -137,6 +136,7 @@ def run_recbole_beta(
     resume=None,
     queue=None,
     per_user=False,
+    argv=(),
 ):
     """Train and test one model (the plugin's or RecBole's) on one dataset.
 
@@ -150,12 +150,15 @@ def run_recbole_beta(
         queue: for multi-process runs, where rank 0 puts its result.
         per_user (bool): also return ``per_user``, the test metrics of each user (with the
             user's training activity), from RecBole's metric classes on the evaluator's top-k lists.
+        argv (list of str): command-line arguments whose ``--key=value`` items override everything
+            (the CLI passes its own); by default none, whatever ``sys.argv`` holds.
 
     Returns:
         dict: best_valid_score, best_valid_result, test_result, history (per epoch), checkpoint,
         train_seconds, result_file.
     """
-    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict,
+                    argv=list(argv))
     if not config["single_spec"]:
         # RecBole's ensure_dir (exists? then makedirs) fails on the rank that loses the race: make
         # the folders its logger and trainer create first
@@ -170,7 +173,7 @@ def run_recbole_beta(
     check_dataset(config)
     if resume:
         read_checkpoint(resume, config)  # CheckpointError: missing, not a checkpoint, refused, another run's
-    logger.info(sys.argv)
+    logger.info(list(argv))
     logger.info(config)
 
     dataset, (train_data, valid_data, test_data), _, trainer = prepare(config)
@@ -227,24 +230,25 @@ def _run_rank(rank, model, dataset, config_file_list, kwargs):
     config_dict = dict(kwargs.get("config_dict") or {}, local_rank=rank)
     run_recbole_beta(
         model, dataset, config_file_list, config_dict, kwargs.get("saved", True), resume=kwargs.get("resume"),
-        queue=kwargs["queue"],
+        queue=kwargs["queue"], argv=kwargs.get("argv", ()),
     )
 
 
 def run(model, dataset, config_file_list=None, config_dict=None, saved=True, resume=None,
-        nproc=1, world_size=-1, ip="localhost", port="5678", group_offset=0):
+        nproc=1, world_size=-1, ip="localhost", port="5678", group_offset=0, argv=()):
     """Single process, or RecBole's DDP when ``nproc`` > 1 or ``world_size`` > 0: one process per
     GPU with nccl, or per share of the CPU cores with gloo when CUDA is not used (see Config).
 
     Under DDP every rank resumes from ``resume``; the result is rank 0's (None on a node without it).
     """
     if nproc == 1 and world_size <= 0:
-        return run_recbole_beta(model, dataset, config_file_list, config_dict, saved=saved, resume=resume)
+        return run_recbole_beta(model, dataset, config_file_list, config_dict, saved=saved, resume=resume, argv=argv)
     import torch.multiprocessing as mp
 
     # what fails in one line in a single process fails so here too, before any rank starts (in a
     # rank it would come back as the launcher's traceback)
-    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict,
+                    argv=list(argv))
     check_dataset(config)
     if resume:
         read_checkpoint(resume, config)
@@ -255,7 +259,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, res
         {"world_size": world_size if world_size > 0 else nproc, "ip": ip, "port": port, "nproc": nproc,
          "offset": group_offset}
     )
-    kwargs = {"config_dict": config_dict, "queue": queue, "saved": saved, "resume": resume}
+    kwargs = {"config_dict": config_dict, "queue": queue, "saved": saved, "resume": resume, "argv": list(argv)}
     ranks = mp.spawn(_run_rank, args=(model, dataset, config_file_list, kwargs), nprocs=nproc, join=False)
     # read the result while the ranks run: rank 0 cannot exit before a result larger than the
     # pipe's buffer (64 KB: a long history) is read, so reading it after join() would hang

@@ -686,8 +686,6 @@ def _ray_trainable(config, model=None, dataset=None, config_file_list=None, fixe
     # to this trial ('' when none: the CPU), so that concurrent trials do not all land on GPU 0
     fixed = {**(fixed or {}), "gpu_id": ",".join(str(i) for i in ray.get_gpu_ids())}
 
-    # RecBole's Config reads --key=value from sys.argv: not the Ray worker's own arguments
-    sys.argv = ["run_hyper.py"]
     trial_dir = os.path.abspath(session.get_trial_dir())
     os.makedirs(trial_dir, exist_ok=True)
     os.chdir(trial_dir)  # RecBole writes log/ and log_tensorboard/ into the working directory
@@ -854,18 +852,6 @@ def _kept_environment(name):
             os.environ[name] = before
 
 
-@contextmanager
-def _bare_argv():
-    """RecBole's Config reads ``--key=value`` from sys.argv, above config dicts: during a search it would
-    override the searched values, so trials see no command line (fixed keys come through ``fixed``)."""
-    saved = sys.argv
-    sys.argv = saved[:1] or ["run_hyper.py"]
-    try:
-        yield
-    finally:
-        sys.argv = saved
-
-
 def _check_values(space, base, model_class):
     """Every value the space can reach at its ends, checked by the model as a config is built."""
     validate = getattr(model_class, "validate_config", None)
@@ -935,7 +921,8 @@ def prepare_search(model, dataset="ml-100k", params_file=None, algo="random", ma
             raise TuningError(f"config file {file} not found")
 
     with _kept_environment("CUDA_VISIBLE_DEVICES"):  # RecBole's Config sets it; a local Ray would inherit it
-        base = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=dict(fixed))
+        base = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=dict(fixed),
+                      argv=[])
     check_dataset(base)
     if not os.path.isabs(base["data_path"]):
         # Ray trials work in their own folders: a data_path relative to here is made absolute
@@ -1015,37 +1002,36 @@ def run_search(model, dataset="ml-100k", params_file=None, algo="random", max_ev
         verbose (int): ray: Tune's console output (0 silent, 1 status updates).
     """
     start = time.time()
-    with _bare_argv():
-        ctx = prepare_search(model, dataset, params_file, algo, max_evals, early_stop, config_file_list, fixed,
-                             engine, cpus, ray_address, cpus_per_trial, gpus_per_trial, keep_checkpoints)
-        output_dir = os.path.abspath(output_dir or os.path.join("hyper", f"{ctx['model']}-{ctx['dataset']}-"
-                                                                           f"{get_local_time()}"))
-        if os.path.exists(os.path.join(output_dir, "trials.jsonl")):
-            raise TuningError(f"{output_dir} already holds a search (trials.jsonl): choose another --output_dir")
-        os.makedirs(output_dir, exist_ok=True)
-        summary = {
-            "model": ctx["model"],
-            "dataset": ctx["dataset"],
-            "engine": engine,
-            "algo": algo,
-            "params_file": os.path.abspath(ctx["space"].file),
-            "space": ctx["space"].to_dict()["params"],
-            "valid_metric": ctx["valid_metric"],
-            "valid_score_bigger": ctx["bigger"],
-            "max_evals": ctx["max_evals"],
-            "early_stop": ctx["early_stop"],
-            "seed": seed,
-            "config_files": ctx["config_file_list"],
-            "fixed": plain(ctx["fixed"]),
-        }
-        ctx.update(seed=seed, verbose=verbose, log=TrialLog(output_dir, ctx["space"], summary, ctx["bigger"],
-                                                            ctx["keep_checkpoints"]))
-        if engine == "hyperopt":
-            _search_hyperopt(ctx)
-        else:
-            _search_ray(ctx)
-        log = ctx["log"]
-        best = log.finish(time.time() - start)
+    ctx = prepare_search(model, dataset, params_file, algo, max_evals, early_stop, config_file_list, fixed,
+                         engine, cpus, ray_address, cpus_per_trial, gpus_per_trial, keep_checkpoints)
+    output_dir = os.path.abspath(output_dir or os.path.join("hyper", f"{ctx['model']}-{ctx['dataset']}-"
+                                                                       f"{get_local_time()}"))
+    if os.path.exists(os.path.join(output_dir, "trials.jsonl")):
+        raise TuningError(f"{output_dir} already holds a search (trials.jsonl): choose another --output_dir")
+    os.makedirs(output_dir, exist_ok=True)
+    summary = {
+        "model": ctx["model"],
+        "dataset": ctx["dataset"],
+        "engine": engine,
+        "algo": algo,
+        "params_file": os.path.abspath(ctx["space"].file),
+        "space": ctx["space"].to_dict()["params"],
+        "valid_metric": ctx["valid_metric"],
+        "valid_score_bigger": ctx["bigger"],
+        "max_evals": ctx["max_evals"],
+        "early_stop": ctx["early_stop"],
+        "seed": seed,
+        "config_files": ctx["config_file_list"],
+        "fixed": plain(ctx["fixed"]),
+    }
+    ctx.update(seed=seed, verbose=verbose, log=TrialLog(output_dir, ctx["space"], summary, ctx["bigger"],
+                                                        ctx["keep_checkpoints"]))
+    if engine == "hyperopt":
+        _search_hyperopt(ctx)
+    else:
+        _search_ray(ctx)
+    log = ctx["log"]
+    best = log.finish(time.time() - start)
     if not log.records:
         raise TuningError(f"no trial ran (results in {output_dir})")
     if best.get("trial") is None:

@@ -2,6 +2,7 @@
 the run, naming the closest known key; a key of the user's own still works; the known keys come from the
 property files, so every key of properties/ is known."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import yaml
 import recbole_beta
 from recbole_beta.beta import STRATEGIES, BetaStrategy, register_strategy
 from recbole_beta.cli import main
-from recbole_beta.config import known_keys, properties_dir, unknown_key_warnings
+from recbole_beta.config import Config, known_keys, properties_dir, unknown_key_warnings
 from recbole_beta.quick_start import run_recbole_beta
 
 TYPO = "cycle_shap is not a config key RecBole or the plugin knows (did you mean 'cycle_shape'?)"
@@ -95,3 +96,21 @@ def test_run_hyper_warns_about_typos_in_fixed_keys_and_config_files(capsys, tmp_
     err = capsys.readouterr().err
     assert "warning: lerning_rate is not a config key RecBole or the plugin knows (did you mean 'learning_rate'?)" in err
     assert "warning: gama is not a config key RecBole or the plugin knows (did you mean 'gamma'?)" in err
+
+
+def test_config_reads_the_argv_it_is_given_not_sys_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["some_tool.py", "--gamma=0.9", "--epochs=7"])
+    given = Config(model="ScaledBetaMultVAE", dataset="ml-100k", argv=["--gamma=0.5", "--out", "x"])
+    assert given["gamma"] == 0.5 and given["epochs"] != 7  # only the given argv, and only --key=value
+    nothing = Config(model="ScaledBetaMultVAE", dataset="ml-100k", argv=[])
+    assert nothing["gamma"] != 0.9
+    legacy = Config(model="ScaledBetaMultVAE", dataset="ml-100k")  # argv=None: RecBole's own reading
+    assert legacy["gamma"] == 0.9 and legacy["epochs"] == 7
+
+
+def test_no_module_assigns_sys_argv():
+    """Callers that are not a command line pass argv to Config; nobody rewrites the process's."""
+    root = Path(recbole_beta.__file__).parent
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if re.search(r"^\s*sys\.argv\s*=", p.read_text(encoding="utf-8"), re.M)]
+    assert offenders == []

@@ -30,8 +30,6 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    # RecBole's Config reads --key=value from sys.argv: a sweep's settings come from its spec only
-    sys.argv = sys.argv[:1]
     from recbole_beta import compat
     from recbole_beta.experiments.report import write_report
     from recbole_beta.experiments.runner import run_sweep

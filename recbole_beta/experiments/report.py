@@ -4,7 +4,9 @@ import json
 from pathlib import Path
 
 import pandas as pd
+from recbole.evaluator import register
 
+from recbole_beta import metrics as _plugin_metrics  # noqa: F401  (TruncatedRecall's name)
 from recbole_beta.experiments import analysis, plots
 from recbole_beta.files import write_json
 
@@ -43,14 +45,20 @@ def _activity_text(activity, quantiles):
     return lines
 
 
+def metric_label(metric):
+    """``truncatedrecall@20`` as its class is named: ``TruncatedRecall@20`` (RecBole lower-cases results)."""
+    name, sep, k = metric.partition("@")
+    cls = register.metrics_dict.get(name)
+    return f"{cls.__name__ if cls else name}{sep}{k}"
+
+
 def markdown_tables(summary, sig, buckets, reference, metrics, activity=None, quantiles=(0.25, 0.5, 0.75)):
     """The results section: a metrics table, the tests against the reference, the buckets.
 
     ``activity``: :func:`recbole_beta.experiments.analysis.activity_summary` of the runs, for what the
     bucket section says about |x_u|.
     """
-    lines = ["| method | seeds | " + " | ".join(m.upper().replace("RECALL", "Recall")
-                                                 for m in metrics) + " | epochs | train s |",
+    lines = ["| method | seeds | " + " | ".join(metric_label(m) for m in metrics) + " | epochs | train s |",
              "|---|---|" + "---|" * len(metrics) + "---|---|"]
     for _, row in summary.iterrows():
         cells = [_pm(row[f"{m}_mean"], row[f"{m}_std"]) for m in metrics]
