@@ -8,7 +8,7 @@ The space defaults to properties/hyper/<model>.hyper; any other --key=value fixe
 every trial, as with run_recbole_beta.py. See docs/tuning.md.
 """
 
-from recbole_beta.tuning import main
+from recbole_beta.tuning.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from recbole_beta.errors import RecBoleBetaError, TrainingDivergedError
+from recbole_beta.errors import RecBoleBetaError, fail
 
 
 def build_parser():
@@ -36,12 +36,8 @@ def main(argv=None):
             args.model, args.dataset, config_file_list=config_files, resume=args.resume, nproc=args.nproc,
             world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset, argv=argv,
         )
-    except TrainingDivergedError as error:
-        print(f"recbole-beta: {error}", file=sys.stderr)
-        return 1
     except RecBoleBetaError as error:
-        print(f"recbole-beta: {error}", file=sys.stderr)
-        return 2
+        return fail(error)  # 1 when the loss diverged, 2 for bad input
     if result is not None:
         print(f"best valid: {dict(result['best_valid_result'] or {})}")
         print(f"test result: {dict(result['test_result'] or {})}")

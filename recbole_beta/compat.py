@@ -1,18 +1,20 @@
-"""RecBole 1.2.1 on today's stack: checkpoints that torch >= 2.6 loads with ``weights_only=True``.
+"""RecBole 1.2.1 on today's stack: checkpoints that torch >= 2.6 loads with ``weights_only=True``, and
+RecBole's logger once per run.
 
 RecBole pickles its Config object (and models' numpy/scipy attributes) into checkpoints and
 reads them back with a bare ``torch.load``, which torch >= 2.6 refuses. :class:`SafeCheckpointMixin`
 replaces only the saving and loading, for any RecBole ``Trainer`` subclass: checkpoints hold plain
 data (the config as a dict, numpy/scipy values as tensors) and are read with the safe loader.
-Training and evaluation run through RecBole's own code. The checkpoint also carries the random
-number generator states, so a resumed run continues exactly as an uninterrupted one.
+Training and evaluation run through RecBole's own code. Checkpoints RecBole 1.2.1 wrote itself are
+checked and, on request, converted (``python -m recbole_beta.compat convert-checkpoint IN OUT``).
+What the plugin's trainers add to a checkpoint (history, random generators) is theirs: see
+``recbole_beta.trainer``.
 """
 
 import argparse
 import logging
 import os
 import pickle
-import random
 import sys
 import types
 import warnings
@@ -24,7 +26,7 @@ import torch
 from recbole.utils import init_logger as recbole_init_logger
 from recbole.utils import set_color
 
-from recbole_beta.errors import CheckpointError, TrainingDivergedError
+from recbole_beta.errors import CheckpointError, fail
 from recbole_beta.files import atomic_write, plain
 
 _TAG = "__recbole_beta__"
@@ -68,47 +70,6 @@ def decode(value):
     if isinstance(value, (list, tuple)):
         return type(value)(decode(v) for v in value)
     return value
-
-
-def capture_rng(train_data=None):
-    """The states of every generator a training epoch draws from, as tensors and ints."""
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    if train_data is not None and getattr(train_data, "generator", None) is not None:
-        # RecBole's dataloaders shuffle with a generator of their own
-        state["loader"] = train_data.generator.get_state()
-    return state
-
-
-def restore_rng(state, train_data=None):
-    torch.set_rng_state(state["torch"])
-    np_state = state["numpy"]
-    np.random.set_state(
-        (
-            "MT19937",
-            np_state["keys"].numpy().astype(np.uint32),
-            np_state["pos"],
-            np_state["has_gauss"],
-            np_state["cached_gaussian"],
-        )
-    )
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if "loader" in state and train_data is not None:
-        train_data.generator.set_state(state["loader"])
 
 
 _run_handlers = []
@@ -415,8 +376,7 @@ def main(argv=None):
     try:
         convert_checkpoint(args.source, args.target)
     except CheckpointError as error:
-        print(f"recbole-beta: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     state = load_checkpoint(args.target)
     model, dataset = state["config"]["model"], state["config"]["dataset"]
     print(f"wrote {args.target}: {model} on {dataset}, after epoch {state['epoch']}")
@@ -425,88 +385,35 @@ def main(argv=None):
 
 
 class SafeCheckpointMixin:
-    """Put before a RecBole ``Trainer`` subclass: safe checkpoints, exact resume, finite-loss check.
+    """Put before a RecBole ``Trainer`` subclass: checkpoints that torch's safe loader reads.
 
-    Also keeps ``history``: one dict per epoch with the training losses, the time it took and, on
-    evaluated epochs, the valid metrics.
+    Saving, resuming and loading the best model for the test are RecBole's, with the state as plain
+    data and read with ``weights_only=True``; every optimizer of the trainer is saved (RecVAETrainer
+    has two). A subclass adds keys of its own in ``_checkpoint_state`` and reads them from what
+    ``resume_checkpoint`` returns.
     """
 
-    def __init__(self, config, model):
-        super().__init__(config, model)
-        self.history = []
-        self._train_data = None  # whose shuffling generator a checkpoint captures
-        self._pending_rng = None  # generator states of a resumed checkpoint, restored by fit()
-        self._unsaved_valid_result = None  # the latest valid result, until a checkpoint holds it
-
-    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        self._train_data = train_data
-        self._unsaved_valid_result = None
-        if self._pending_rng is not None:
-            restore_rng(self._pending_rng, train_data)
-            self._pending_rng = None
-        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
-
-    def _history_entry(self, epoch_idx):
-        if not self.history or self.history[-1]["epoch"] != epoch_idx:
-            self.history.append({"epoch": epoch_idx})
-        return self.history[-1]
-
-    def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
-        # called once per epoch, right after training: the place to record it
-        entry = self._history_entry(epoch_idx)
-        entry["train_time"] = e_time - s_time
-        if isinstance(losses, tuple):
-            entry.update({f"train_loss{i + 1}": float(part) for i, part in enumerate(losses)})
-            losses_total = sum(losses)
-        else:
-            losses_total = losses
-        entry["train_loss"] = float(losses_total)
-        return super()._generate_train_loss_output(epoch_idx, s_time, e_time, losses)
-
-    def _valid_epoch(self, valid_data, show_progress=False):
-        valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
-        self._unsaved_valid_result = valid_result
-        if self.history:
-            self.history[-1]["valid_score"] = float(valid_score)
-            self.history[-1]["valid"] = {k: float(v) for k, v in valid_result.items()}
-        return valid_score, valid_result
-
-    def _check_nan(self, loss):
-        if not torch.isfinite(loss):
-            kept = (
-                f"the last good checkpoint {self.saved_model_file} is kept"
-                if os.path.exists(self.saved_model_file)
-                else "no checkpoint had been saved yet"
-            )
-            epoch = self.history[-1]["epoch"] + 1 if self.history else self.start_epoch
-            raise TrainingDivergedError(
-                f"training loss became {loss.item()} in epoch {epoch}; stopped, {kept}. "
-                "Lower learning_rate or the beta keys, or set clip_grad_norm"
-            )
-
-    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
-            return
-        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
-        # RecBole's fit saves right after an evaluation that improved on the best, and only then sets
-        # best_valid_result to it: the evaluation just made is the best one this checkpoint holds
-        best_valid_result = self.best_valid_result
-        if self._unsaved_valid_result is not None:
-            best_valid_result, self._unsaved_valid_result = self._unsaved_valid_result, None
-        state = {
+    def _checkpoint_state(self, epoch):
+        """What a checkpoint holds: RecBole's keys (recbole/trainer/trainer.py lines 299-307) as plain data."""
+        return {
             "config": plain(self.config.final_config_dict),
             "config_overrides": plain(self.config.external_config_dict),
             "epoch": epoch,
             "cur_step": self.cur_step,
             "best_valid_score": float(self.best_valid_score),
-            "best_valid_result": plain(dict(best_valid_result or {})),
-            "history": plain(self.history),
             "state_dict": self.model.state_dict(),
             "other_parameter": encode(self.model.other_parameter()),
             **self._optimizer_states(),
-            "rng_state": capture_rng(self._train_data),
         }
-        # default pickle protocol: the weights-only unpickler rejects protocol 4 (RecBole's choice)
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        # mirrors RecBole's Trainer._save_checkpoint (recbole/trainer/trainer.py lines 296-312); changed: the
+        # state (_checkpoint_state), and torch.save's default pickle protocol (the weights-only unpickler
+        # rejects protocol 4, RecBole's choice) into a file written atomically
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = self._checkpoint_state(epoch)
         atomic_write(saved_model_file, lambda f: torch.save(state, f), binary=True)
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
@@ -538,14 +445,16 @@ class SafeCheckpointMixin:
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
 
     def resume_checkpoint(self, resume_file):
+        """RecBole's ``resume_checkpoint``, returning the checkpoint read (for what a subclass keeps in it)."""
+        # mirrors recbole/trainer/trainer.py lines 321-342; changed: the file is read with the safe loader and
+        # checked (read_checkpoint: one-line CheckpointErrors, another model or dataset among them, where
+        # RecBole warns), every optimizer is restored, and weights that do not fit fail in one line too
         resume_file = str(resume_file)
         self.saved_model_file = resume_file
-        checkpoint = read_checkpoint(resume_file, self.config, self.device)  # one-line CheckpointErrors
+        checkpoint = read_checkpoint(resume_file, self.config, self.device)
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
-        self.best_valid_result = checkpoint.get("best_valid_result") or None
-        self.history = list(checkpoint.get("history", []))
         try:
             self._load_model_state(checkpoint)
             self._load_optimizer_states(checkpoint)
@@ -555,11 +464,11 @@ class SafeCheckpointMixin:
                 f"cannot resume from {resume_file}: it does not fit this {self.config['model']} (another "
                 f"architecture or item count?): {detail[:300]}"
             ) from None
-        # restored when fit() starts, so nothing drawn in between shifts the streams
-        self._pending_rng = checkpoint.get("rng_state")
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+        return checkpoint
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        # recbole/trainer/trainer.py lines 581-589 (load the best model) with the safe loader; the rest is RecBole's
         if load_best_model and eval_data:
             checkpoint_file = model_file or self.saved_model_file
             self._load_model_state(load_checkpoint(checkpoint_file, self.device))

@@ -1,8 +1,9 @@
 """RecBole's Config with the plugin's properties loaded as internal defaults.
 
 Priority, lowest first: RecBole's properties < the plugin's ``properties/overall.yaml`` <
-``properties/model/<Model>.yaml`` < config files < config dict < ``--key=value`` on the command
-line; so users override the plugin exactly as they override RecBole.
+``properties/model/<Model>.yaml`` (after the file of each plugin class the model derives from:
+``BetaMultVAE.yaml`` under ``ControlledBetaMultVAE.yaml``) < config files < config dict <
+``--key=value`` on the command line; so users override the plugin exactly as they override RecBole.
 """
 
 import difflib
@@ -15,18 +16,10 @@ from recbole.config import Config as RecBoleConfig
 
 from recbole_beta.data.heldout import RECBOLE_MODELS as HELDOUT_RECBOLE_MODELS
 from recbole_beta.data.heldout import check_protocol_keys, is_strong
+from recbole_beta.defaults import model_files, properties_dir
 from recbole_beta.errors import ConfigError
 from recbole_beta.registry import get_model, supports_heldout_users
 from recbole_beta import metrics  # noqa: F401  (registers TruncatedRecall with RecBole)
-
-
-def properties_dir():
-    """The plugin's ``properties/``: inside the package once installed, beside it in a clone."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "properties", here.parent / "properties"):
-        if (candidate / "overall.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"recbole-beta's properties/ not found beside {here}; reinstall the package")
 
 
 #: keys read elsewhere than in a property file: run_recbole_beta.py's own arguments (RecBole's Config
@@ -119,10 +112,8 @@ class Config(RecBoleConfig):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
-        props = properties_dir()
-        for file in (props / "overall.yaml", props / "model" / f"{model}.yaml"):
-            if file.is_file():
-                self._update_internal_config_dict(os.fspath(file))
+        for file in (properties_dir() / "overall.yaml", *model_files(model_class, model)):
+            self._update_internal_config_dict(os.fspath(file))
 
     def _init_device(self):
         """RecBole's, except that DDP without CUDA runs on the CPU with the gloo backend.

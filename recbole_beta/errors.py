@@ -1,6 +1,11 @@
-"""Errors the plugin raises for bad input: each renders as one line that names what to fix."""
+"""Errors the plugin raises for bad input: each renders as one line that names what to fix, and the
+one way a command line ends on one (:func:`fail`)."""
 
 import math
+import sys
+
+#: what begins every line a command prints on stderr to say why it stopped
+PREFIX = "recbole-beta: "
 
 
 class RecBoleBetaError(Exception):
@@ -34,6 +39,14 @@ class TrainingDivergedError(RecBoleBetaError, ArithmeticError):
 class CheckpointError(RecBoleBetaError, ValueError):
     """A checkpoint to resume from (or to convert) cannot be used: missing, not a checkpoint,
     refused by the safe loader, or of another model or dataset. The message names the file and why."""
+
+
+def fail(error, file=None):
+    """End a command on ``error``: print it as one line, ``recbole-beta: <error>``, on stderr (or
+    ``file``) and return the exit status: 1 for a run whose loss diverged, 2 for anything else (bad
+    input, a file that cannot be read or written)."""
+    print(f"{PREFIX}{error}", file=file or sys.stderr)
+    return 1 if isinstance(error, TrainingDivergedError) else 2
 
 
 def check(key, value, ok, allowed):

@@ -3,6 +3,8 @@
 import enum
 import json
 import os
+import secrets
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,24 +25,76 @@ def plain(value):
     return str(value)
 
 
+class AtomicFiles:
+    """Files written under temporary names in one folder, then renamed onto their names together by
+    ``commit()``: nothing at the final paths changes unless every file was written whole, and a
+    crash or a concurrent reader never sees half a file. As a context manager it commits on success
+    and removes the temporary files on an error::
+
+        with AtomicFiles(folder) as files:
+            with files.open("d.inter") as f: ...
+            with files.open("d.summary.json") as f: ...
+    """
+
+    def __init__(self, directory):
+        self.directory = Path(directory)
+        self.pending = []  # (temporary path, final path)
+
+    def open(self, filename, binary=False):
+        """A new temporary file (text: UTF-8, lines end in \\n) that ``commit()`` makes ``directory/filename``."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # not tempfile.mkstemp: its 0600 mode would end up on the final file
+        tmp = self.directory / f".{filename}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        f = open(tmp, "xb") if binary else open(tmp, "x", encoding="utf-8", newline="")
+        self.pending.append((tmp, self.directory / filename))
+        return f
+
+    def commit(self):
+        """Move every temporary file onto its final name."""
+        for tmp, final in self.pending:
+            os.replace(tmp, final)
+        self.pending = []
+
+    def discard(self):
+        """Remove the temporary files not committed."""
+        for tmp, _ in self.pending:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        self.pending = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+        self.discard()
+        return False
+
+
 def atomic_write(path, write, binary=False):
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``: a crash
-    or a concurrent reader never sees half a file, and an existing file stays until the new one is whole."""
-    folder, name = os.path.split(os.fspath(path))
-    tmp = os.path.join(folder, f".{name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path`` (one file of
+    :class:`AtomicFiles`): an existing file stays until the new one is whole."""
+    target = Path(path)
+    with AtomicFiles(target.parent) as files, files.open(target.name, binary) as f:
+        write(f)
     return path
 
 
-def write_json(path, data, indent=1):
-    """``data`` (made plain) as JSON at ``path``, atomically."""
-    return atomic_write(path, lambda f: json.dump(plain(data), f, indent=indent))
+def write_json(target, data, indent=1, end=""):
+    """``data`` (made plain) as JSON, then ``end``: at ``target`` atomically when it is a path, or into
+    ``target`` when it is an open text file (one of an :class:`AtomicFiles` commit)."""
+
+    def write(f):
+        json.dump(plain(data), f, indent=indent)
+        f.write(end)
+
+    if hasattr(target, "write"):
+        write(target)
+        return target
+    return atomic_write(target, write)
 
 
 def write_text(path, text):

@@ -21,8 +21,8 @@ from recbole_beta.data.heldout import HeldOutDataset, attach_fold_in, heldout_da
 from recbole_beta.files import plain, write_json
 from recbole_beta.config import Config, unknown_key_warnings
 from recbole_beta.errors import DatasetNotFoundError, check
-from recbole_beta.experiments.per_user import RecordingEvaluator, per_user_metrics, training_activity
-from recbole_beta.registry import get_model, get_trainer, is_autoencoder
+from recbole_beta.evaluation import RecordingEvaluator, per_user_metrics, training_activity
+from recbole_beta.registry import get_model, get_trainer, is_plugin_vae
 
 
 def check_dataset(config):
@@ -66,7 +66,7 @@ def data_preparation(config, dataset):
     RecBole picks its user-row dataloader by model name (MultiVAE, RecVAE, ...), a list the
     plugin's models are not on, so they get the same loaders here.
     """
-    if not is_autoencoder(config.model_class):
+    if not is_plugin_vae(config.model_class):
         return recbole_data_preparation(config, dataset)
     dataloaders = load_split_dataloaders(config)
     if dataloaders is not None:
@@ -91,7 +91,7 @@ def prepare(config):
     n_items = dataset.item_num - 1  # id 0 is padding
     check("topk", config["topk"], max(config["topk"]) <= n_items, f"every k must be <= the number of items ({n_items})")
     if strong:  # the split happens in build(): log the dataset after it, with its user groups
-        train_data, valid_data, test_data = heldout_data_preparation(config, dataset, is_autoencoder(config.model_class))
+        train_data, valid_data, test_data = heldout_data_preparation(config, dataset, is_plugin_vae(config.model_class))
         logger.info(dataset)
     else:
         logger.info(dataset)

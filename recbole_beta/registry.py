@@ -10,12 +10,11 @@ from recbole.trainer import Trainer
 from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer
 
-from recbole_beta.compat import SafeCheckpointMixin
 from recbole_beta.data.heldout import RECBOLE_MODELS as HELDOUT_RECBOLE_MODELS
 from recbole_beta.errors import UnknownModelError
 from recbole_beta.model import FIXED_RECBOLE_MODELS, MODELS
 from recbole_beta.model.beta_multvae import BetaMultVAE
-from recbole_beta.trainer import BetaTrainer, CPUDistributed
+from recbole_beta.trainer import BetaTrainer, CPUDistributed, PluginTrainerMixin
 
 _RECBOLE_FAMILIES = (
     "general_recommender",
@@ -80,10 +79,12 @@ def get_model(name):
 
 @lru_cache(maxsize=None)
 def _safe(trainer_class):
-    """``trainer_class`` with checkpoints that torch >= 2.6 loads safely, and DDP on the CPU too."""
+    """``trainer_class`` with what the plugin gives every trainer (:class:`PluginTrainerMixin`: checkpoints
+    that torch >= 2.6 loads safely, the per-epoch history, exact resume, the stop on a non-finite loss),
+    and DDP on the CPU too."""
     if not issubclass(trainer_class, Trainer):
         return trainer_class  # e.g. the decision-tree trainers, which keep no torch checkpoint
-    bases = (SafeCheckpointMixin, trainer_class, CPUDistributed)
+    bases = (PluginTrainerMixin, trainer_class, CPUDistributed)
     return type(trainer_class.__name__, bases, {"__module__": __name__})
 
 
@@ -95,12 +96,16 @@ def get_trainer(model_type, model_name):
     return _safe(recbole_get_trainer(model_type, model_name))
 
 
-def is_autoencoder(model_class):
-    """True for models trained one user row at a time (RecBole's AE dataloader)."""
+def is_plugin_vae(model_class):
+    """True for the plugin's VAEs, the BetaMultVAE family (False for RecBole's MultiVAE).
+
+    They train one user row at a time, as RecBole's autoencoders do, but RecBole picks its user-row
+    dataloader by model name and does not know theirs: the callers give them that loader.
+    """
     return issubclass(model_class, BetaMultVAE)
 
 
 def supports_heldout_users(model_class):
     """True for the models ``eval_protocol: strong`` runs: ours, and RecBole's that score a user
     from the items it is given (fold-in) rather than from a learned per-user embedding."""
-    return is_autoencoder(model_class) or model_class.__name__ in HELDOUT_RECBOLE_MODELS
+    return is_plugin_vae(model_class) or model_class.__name__ in HELDOUT_RECBOLE_MODELS

@@ -1,11 +1,157 @@
-"""Trainers: RecBole's own, with safe checkpoints, and for the plugin's models the beta in the log."""
+"""The plugin's trainers: RecBole's own, with what the plugin adds to every one of them.
 
+- :class:`PluginTrainerMixin`: the per-epoch history, exact resume (the random generators' states in
+  the checkpoint) and the stop on a non-finite loss, over compat's safe checkpoints. The registry
+  puts it before every RecBole ``Trainer`` it hands out (``registry._safe``) and before ours.
+- :class:`CPUDistributed`: RecBole's DDP wrapping of the model, on the CPU (gloo) too.
+- :class:`BetaTrainer`: RecBole's ``Trainer`` for the BetaMultVAE family, with the beta of each epoch.
+"""
+
+import os
+import random
+import time
+
+import numpy as np
+import torch
 from recbole.trainer import Trainer
 from recbole.trainer.trainer import AbstractTrainer
 from recbole.utils import set_color
 from torch.nn.parallel import DistributedDataParallel
 
 from recbole_beta.compat import SafeCheckpointMixin
+from recbole_beta.errors import TrainingDivergedError
+from recbole_beta.files import plain
+
+
+def capture_rng(train_data=None):
+    """The states of every generator a training epoch draws from, as tensors and ints."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if train_data is not None and getattr(train_data, "generator", None) is not None:
+        # RecBole's dataloaders shuffle with a generator of their own
+        state["loader"] = train_data.generator.get_state()
+    return state
+
+
+def restore_rng(state, train_data=None):
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "loader" in state and train_data is not None:
+        train_data.generator.set_state(state["loader"])
+
+
+class PluginTrainerMixin(SafeCheckpointMixin):
+    """Put before a RecBole ``Trainer`` subclass: safe checkpoints (:class:`SafeCheckpointMixin`), and
+
+    - ``history``: one dict per epoch with the training losses and the time the epoch took (recorded in
+      ``_train_epoch``) and, on evaluated epochs, the valid score and metrics (in ``_valid_epoch``);
+    - exact resume: a checkpoint also holds the history, the best valid result and the states of the
+      random generators, so a resumed run continues exactly as an uninterrupted one;
+    - a stop on a non-finite training loss: a one-line :class:`TrainingDivergedError`.
+    """
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.history = []
+        self._epoch_idx = None  # the epoch in training, for the stop's message
+        self._train_data = None  # whose shuffling generator a checkpoint captures
+        self._pending_rng = None  # generator states of a resumed checkpoint, restored by fit()
+        self._unsaved_valid_result = None  # the latest valid result, until a checkpoint holds it
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self._train_data = train_data
+        self._unsaved_valid_result = None
+        if self._pending_rng is not None:
+            restore_rng(self._pending_rng, train_data)
+            self._pending_rng = None
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    def _history_entry(self, epoch_idx):
+        if not self.history or self.history[-1]["epoch"] != epoch_idx:
+            self.history.append({"epoch": epoch_idx})
+        return self.history[-1]
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        # the epoch as RecBole's fit sees it: the time of this call and the losses it returns (a
+        # trainer's own _train_epoch, RecVAE's say, runs inside, whatever it calls)
+        self._epoch_idx = epoch_idx
+        start = time.time()
+        losses = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        entry = self._history_entry(epoch_idx)
+        entry["train_time"] = time.time() - start
+        if isinstance(losses, tuple):
+            entry.update({f"train_loss{i + 1}": float(part) for i, part in enumerate(losses)})
+            losses_total = sum(losses)
+        else:
+            losses_total = losses
+        entry["train_loss"] = float(losses_total)
+        return losses
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        valid_score, valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        self._unsaved_valid_result = valid_result
+        if self.history:
+            self.history[-1]["valid_score"] = float(valid_score)
+            self.history[-1]["valid"] = {k: float(v) for k, v in valid_result.items()}
+        return valid_score, valid_result
+
+    def _check_nan(self, loss):
+        # RecBole's hook on every batch's loss (its own raises a bare ValueError, on NaN only)
+        if not torch.isfinite(loss):
+            kept = (
+                f"the last good checkpoint {self.saved_model_file} is kept"
+                if os.path.exists(self.saved_model_file)
+                else "no checkpoint had been saved yet"
+            )
+            epoch = self.start_epoch if self._epoch_idx is None else self._epoch_idx
+            raise TrainingDivergedError(
+                f"training loss became {loss.item()} in epoch {epoch}; stopped, {kept}. "
+                "Lower learning_rate or the beta keys, or set clip_grad_norm"
+            )
+
+    def _checkpoint_state(self, epoch):
+        state = super()._checkpoint_state(epoch)
+        # RecBole's fit saves right after an evaluation that improved on the best, and only then sets
+        # best_valid_result to it: the evaluation just made is the best one this checkpoint holds
+        best_valid_result = self.best_valid_result
+        if self._unsaved_valid_result is not None:
+            best_valid_result, self._unsaved_valid_result = self._unsaved_valid_result, None
+        state["best_valid_result"] = plain(dict(best_valid_result or {}))
+        state["history"] = plain(self.history)
+        state["rng_state"] = capture_rng(self._train_data)
+        return state
+
+    def resume_checkpoint(self, resume_file):
+        checkpoint = super().resume_checkpoint(resume_file)
+        self.best_valid_result = checkpoint.get("best_valid_result") or None
+        self.history = list(checkpoint.get("history", []))
+        # restored when fit() starts, so nothing drawn in between shifts the streams
+        self._pending_rng = checkpoint.get("rng_state")
+        return checkpoint
 
 
 class CPUDistributed(AbstractTrainer):
@@ -28,27 +174,34 @@ class CPUDistributed(AbstractTrainer):
         self.distributed_model = DistributedDataParallel(model)
 
 
-class BetaTrainer(SafeCheckpointMixin, Trainer, CPUDistributed):
+class BetaTrainer(PluginTrainerMixin, Trainer, CPUDistributed):
     """RecBole's Trainer for the BetaMultVAE family, which also reports the beta used each epoch.
 
-    The mean beta over the epoch's training rows is appended to RecBole's per-epoch log line,
-    written to TensorBoard as ``Beta/Train`` and kept in ``history``.
+    The mean beta over the epoch's training rows is kept in ``history`` (recorded with the epoch, in
+    ``_train_epoch``), appended to RecBole's per-epoch log line and written to TensorBoard as
+    ``Beta/Train``.
     """
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.model.pop_mean_beta()  # start the epoch's tally afresh
-        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        losses = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        self._history_entry(epoch_idx)["beta"] = self.model.pop_mean_beta()
+        return losses
+
+    def _beta_of(self, epoch_idx):
+        """The mean beta recorded for the epoch (None if it has none)."""
+        entry = self.history[-1] if self.history else {}
+        return entry.get("beta") if entry.get("epoch") == epoch_idx else None
 
     def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
         output = super()._generate_train_loss_output(epoch_idx, s_time, e_time, losses)
-        beta = self.model.pop_mean_beta()
-        self.history[-1]["beta"] = beta
+        beta = self._beta_of(epoch_idx)
         if beta is None:
             return output
         return output[:-1] + ", " + set_color("beta", "blue") + f": {beta:.6g}]"
 
     def _add_train_loss_to_tensorboard(self, epoch_idx, losses, tag="Loss/Train"):
         super()._add_train_loss_to_tensorboard(epoch_idx, losses, tag)
-        beta = self.history[-1].get("beta") if self.history else None
+        beta = self._beta_of(epoch_idx)
         if beta is not None:
             self.tensorboard.add_scalar("Beta/Train", beta, epoch_idx)

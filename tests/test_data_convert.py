@@ -367,7 +367,7 @@ def test_cli_bad_input_prints_one_line_and_exits_2(tmp_path):
     proc = run_cli("convert", "ratings.csv", "--out", "out", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stdout == ""
-    assert proc.stderr == ("error: ratings.csv:3: unparsable row (rating 'abc' is not a number): "
+    assert proc.stderr == ("recbole-beta: ratings.csv:3: unparsable row (rating 'abc' is not a number): "
                            "'1,3,abc,2'\n")
 
 
@@ -392,5 +392,5 @@ def test_cli_no_header_defaults_to_first_two_columns(tmp_path, capsys):
 def test_cli_rejects_generic_options_for_movielens(tmp_path, capsys):
     src = write(tmp_path / "ratings.csv", ML20M)
     assert main(["convert", str(src), "--sep", ";", "--out", str(tmp_path / "o")]) == 2
-    assert capsys.readouterr().err == ("error: --sep only applies to --format csv "
+    assert capsys.readouterr().err == ("recbole-beta: --sep only applies to --format csv "
                                        "(the MovieLens formats have a fixed layout)\n")

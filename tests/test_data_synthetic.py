@@ -157,9 +157,9 @@ def test_cli_synthetic(tmp_path, capsys):
 def test_cli_synthetic_errors_exit_2(tmp_path, capsys):
     assert main(["synthetic", "--users", "5", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == \
-        "error: without --preset, give --items, --interactions or --density\n"
+        "recbole-beta: without --preset, give --items, --interactions or --density\n"
     assert main(["synthetic", "--users", "5", "--items", "5", "--interactions", "26",
                  "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: 26 interactions do not fit 5 users x 5 items")
+    assert err.startswith("recbole-beta: 26 interactions do not fit 5 users x 5 items")
     assert err.count("\n") == 1

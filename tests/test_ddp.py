@@ -32,7 +32,7 @@ SMALL = {
 STEPS_PER_EPOCH = 4
 #: a controller whose beta moves (the KL soon passes its target), with gains large enough that the
 #: ranks' own batch KLs would send them apart
-CONTROL = {"kl_target": 0.05, "kp": 0.05, "ki": 0.02, "beta_max": 1.0}
+CONTROL = {"kl_target": 0.05, "kp": 0.05, "ki": 0.02, "controller_beta_max": 1.0}
 #: every strategy, and a product through which the KL reaches the controller
 STRATEGIES = {
     "constant": {"beta_strategy": "constant", "beta": 0.3},

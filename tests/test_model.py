@@ -6,8 +6,9 @@ import torch
 from recbole.data import create_dataset
 
 from conftest import write_tiny_dataset
+from recbole_beta.beta import StrategyContext
 from recbole_beta.config import Config
-from recbole_beta.model import BetaMultVAE, ScaledBetaMultVAE
+from recbole_beta.model import MODELS, BetaMultVAE, ControlledBetaMultVAE, ScaledBetaMultVAE
 
 
 def build(model_class, tmp_path, **overrides):
@@ -104,3 +105,33 @@ def test_noise_std(tmp_path, std):
     assert z.std().item() == pytest.approx(std, rel=0.05)
     model.eval()
     assert torch.equal(model.reparameterize(mu, logvar), mu)
+
+
+def controller_of(model_class, config):
+    return model_class.build_beta_strategy(config, StrategyContext())
+
+
+@pytest.mark.parametrize("given", [{}, {"controller_beta_max": 0.4, "beta_min": 0.1, "beta_max": 0.7}])
+def test_the_controller_has_one_bound_whichever_model_runs_it(given):
+    """controller_beta_max bounds the controller, in BetaMultVAE as in ControlledBetaMultVAE; beta_max
+    (the cyclical peak, 0.2 by default) does not reach it."""
+    bounds = []
+    for model_class, strategy in ((BetaMultVAE, {"beta_strategy": "controlled"}), (ControlledBetaMultVAE, {})):
+        config = Config(model=model_class.__name__, dataset="ml-100k", config_dict={**strategy, **given}, argv=[])
+        plain = {**strategy, **given}  # a sweep spec's dict: the rest from properties/
+        for source in (config, plain):
+            controller = controller_of(model_class, source)
+            bounds.append((controller.beta_min, controller.beta_max))
+    expected = (given.get("beta_min", 0.0), given.get("controller_beta_max", 1.0))
+    assert bounds == [expected] * 4
+
+
+def test_named_models_take_their_defaults_from_betamultvae_yaml():
+    """Each named model's Config holds BetaMultVAE.yaml's defaults and its own beta_strategy."""
+    base = Config(model="BetaMultVAE", dataset="ml-100k", argv=[])
+    keys = ["noise_std", "mlp_hidden_size", "latent_dimension", "dropout_prob", "activation", "anneal_cap",
+            "beta", "beta_max", "gamma", "kl_target", "controller_beta_max", "train_neg_sample_args"]
+    for name, model_class in MODELS.items():
+        config = Config(model=name, dataset="ml-100k", argv=[])
+        assert {k: config[k] for k in keys} == {k: base[k] for k in keys}, name
+        assert config["beta_strategy"] == (model_class.strategy or "annealed"), name

@@ -33,7 +33,7 @@ def interrupted_run(model, config_dict, stop_after):
 CASES = {
     # 4 batches an epoch; the cycle and the controller both carry state across the stop
     "CyclicalBetaMultVAE": {"n_cycles": 2, "ratio": 0.5, "beta_max": 0.3},
-    "ControlledBetaMultVAE": {"kl_target": 2.0, "kp": 0.05, "ki": 0.01, "beta_max": 0.5},
+    "ControlledBetaMultVAE": {"kl_target": 2.0, "kp": 0.05, "ki": 0.01, "controller_beta_max": 0.5},
     "BetaMultVAE": {"beta_strategy": ["scaled", "cyclical"], "gamma": 0.002, "n_cycles": 3},
 }
 

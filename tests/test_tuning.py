@@ -13,11 +13,11 @@ from recbole_beta.tuning import (
     SearchParam,
     TuningError,
     default_params_file,
-    main,
     prepare_search,
     read_params_file,
     run_search,
 )
+from recbole_beta.tuning.cli import main
 
 #: one epoch, quiet, the whole evaluation in a few batches: a trial takes seconds
 FAST = {"epochs": 1, "show_progress": False, "state": "WARNING", "eval_batch_size": 1 << 20}
@@ -143,16 +143,16 @@ def test_the_search_stops_early_without_improvement(isolated_run):
 
 
 def test_a_failed_trial_is_recorded_and_the_search_goes_on(isolated_run):
-    # each end of the space is allowed alone; together, beta_min 0.5 > beta_max 0.1 is not
-    space = write(isolated_run / "ctl.hyper", "beta_min choice [0.5]\nbeta_max choice [0.1,1.0]\n")
+    # each end of the space is allowed alone; together, beta_min 0.5 > controller_beta_max 0.1 is not
+    space = write(isolated_run / "ctl.hyper", "beta_min choice [0.5]\ncontroller_beta_max choice [0.1,1.0]\n")
     out = isolated_run / "fail"
     best = run_search("ControlledBetaMultVAE", params_file=space, algo="exhaustive", fixed=FAST,
                       output_dir=out, seed=0)
     records = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     assert sorted(r["status"] for r in records) == ["fail", "ok"]
     failed = next(r for r in records if r["status"] == "fail")
-    assert failed["params"] == {"beta_min": 0.5, "beta_max": 0.1} and "beta_max" in failed["error"]
-    assert best["n_failed"] == 1 and best["params"] == {"beta_min": 0.5, "beta_max": 1.0}
+    assert failed["params"] == {"beta_min": 0.5, "controller_beta_max": 0.1} and "controller_beta_max" in failed["error"]
+    assert best["n_failed"] == 1 and best["params"] == {"beta_min": 0.5, "controller_beta_max": 1.0}
     assert (out / "trials.png").is_file() and (out / "trials.csv").read_text().count("\n") == 3
 
 

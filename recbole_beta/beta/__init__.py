@@ -1,14 +1,17 @@
 """Beta strategies: what weight the KL term of a Mult-VAE gets, per step and per user.
 
 ``build_strategy(config, context)`` turns the ``beta_strategy`` key into a strategy:
-a name from :data:`STRATEGIES` or a list of names, whose product is taken.
+a name from :data:`STRATEGIES` or a list of names, whose product is taken. A strategy's
+``from_config`` reads its keys as they are; their defaults live in one file,
+``properties/model/BetaMultVAE.yaml``, which ``build_strategy`` reads under any config.
 """
 
 from recbole_beta.beta.base import STRATEGIES, BetaStrategy, StrategyContext, register_strategy
 from recbole_beta.beta.compose import ProductBeta
 from recbole_beta.beta.control import PIControlBeta
 from recbole_beta.beta.scaling import UserScaledBeta
-from recbole_beta.beta.schedules import RAMPS, ConstantBeta, CyclicalBeta, LinearAnnealBeta, config_value
+from recbole_beta.beta.schedules import RAMPS, ConstantBeta, CyclicalBeta, LinearAnnealBeta
+from recbole_beta.defaults import WithDefaults, model_properties
 from recbole_beta.errors import ConfigError
 
 __all__ = [
@@ -26,6 +29,9 @@ __all__ = [
     "build_strategy",
 ]
 
+#: the model whose property file holds the default of every strategy key
+DEFAULTS_FROM = "BetaMultVAE"
+
 
 def _strategy_names(spec):
     if isinstance(spec, str):
@@ -40,8 +46,13 @@ def build_strategy(config, context=StrategyContext()):
 
     A list of names is their product; it may hold at most one schedule over time, since two
     schedules would read the same keys and fight over the same factor.
+
+    A key ``config`` lacks, or holds as None (RecBole's Config reads an unset key so), takes its
+    default from ``properties/model/BetaMultVAE.yaml``: a plain dict such as
+    ``{"beta_strategy": "cyclical", "n_cycles": 2}`` builds what a run's config would.
     """
-    spec = config_value(config, "beta_strategy", "annealed")
+    config = WithDefaults(config, model_properties(DEFAULTS_FROM))
+    spec = config["beta_strategy"]
     names = _strategy_names(spec)
     for name in names:
         if name not in STRATEGIES:

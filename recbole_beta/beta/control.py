@@ -3,7 +3,6 @@
 import math
 
 from recbole_beta.beta.base import BetaStrategy, register_strategy
-from recbole_beta.beta.schedules import config_value
 from recbole_beta.errors import check, check_number
 
 
@@ -17,7 +16,8 @@ class PIControlBeta(BetaStrategy):
         beta_t = clip(P + I + beta_min, beta_min, beta_max)
     Anti-windup: I is clamped so that P + I stays within [0, beta_max - beta_min]. The integral
     never stores more than the bounds let through, so beta leaves a bound as soon as the error
-    changes sign. Before the first step beta = beta_min.
+    changes sign. Before the first step beta = beta_min. Config keys: ``kl_target``, ``kp``, ``ki``,
+    ``beta_min`` and ``controller_beta_max`` (the ``beta_max`` above).
     """
 
     state_keys = ("step_count", "integral", "current_beta")
@@ -35,12 +35,13 @@ class PIControlBeta(BetaStrategy):
 
     @classmethod
     def from_config(cls, config, context):
-        kl_target = check_number("kl_target", config_value(config, "kl_target", 10.0), minimum=0)
-        kp = check_number("kp", config_value(config, "kp", 0.01), minimum=0)
-        ki = check_number("ki", config_value(config, "ki", 0.0001), minimum=0)
-        beta_min = check_number("beta_min", config_value(config, "beta_min", 0.0), minimum=0)
-        beta_max = check_number("beta_max", config_value(config, "beta_max", 1.0), minimum=0)
-        check("beta_max", beta_max, beta_max >= beta_min, f"must be >= beta_min ({beta_min})")
+        kl_target = check_number("kl_target", config["kl_target"], minimum=0)
+        kp = check_number("kp", config["kp"], minimum=0)
+        ki = check_number("ki", config["ki"], minimum=0)
+        beta_min = check_number("beta_min", config["beta_min"], minimum=0)
+        # a key of its own: beta_max is the cyclical peak, whose default (0.2) is no bound for a controller
+        beta_max = check_number("controller_beta_max", config["controller_beta_max"], minimum=0)
+        check("controller_beta_max", beta_max, beta_max >= beta_min, f"must be >= beta_min ({beta_min})")
         return cls(kl_target, kp, ki, beta_min, beta_max)
 
     def step(self, kl=None):

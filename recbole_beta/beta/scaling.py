@@ -1,7 +1,6 @@
 """Per-user beta: scaling the KL weight by each user's activity."""
 
 from recbole_beta.beta.base import BetaStrategy, register_strategy
-from recbole_beta.beta.schedules import config_value
 from recbole_beta.errors import check, check_number
 
 
@@ -27,8 +26,8 @@ class UserScaledBeta(BetaStrategy):
 
     @classmethod
     def from_config(cls, config, context):
-        gamma = check_number("gamma", config_value(config, "gamma", 0.005), minimum=0)
-        normalize = config_value(config, "normalize_activity", False)
+        gamma = check_number("gamma", config["gamma"], minimum=0)
+        normalize = config["normalize_activity"]
         check("normalize_activity", normalize, isinstance(normalize, bool), "must be True or False")
         return cls(gamma, normalize, context.mean_activity)
 

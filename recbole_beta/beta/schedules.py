@@ -6,12 +6,6 @@ from recbole_beta.beta.base import BetaStrategy, register_strategy
 from recbole_beta.errors import check, check_number
 
 
-def config_value(config, key, default=None):
-    """``config[key]``, or ``default`` when the key is absent or None (RecBole's Config gives None)."""
-    value = config[key] if key in config else None
-    return default if value is None else value
-
-
 @register_strategy("constant")
 class ConstantBeta(BetaStrategy):
     """beta_t = beta, at every step."""
@@ -22,7 +16,7 @@ class ConstantBeta(BetaStrategy):
 
     @classmethod
     def from_config(cls, config, context):
-        return cls(check_number("beta", config_value(config, "beta", 0.2), minimum=0))
+        return cls(check_number("beta", config["beta"], minimum=0))
 
     def value_at(self, step):
         return self.value
@@ -46,10 +40,8 @@ class LinearAnnealBeta(BetaStrategy):
 
     @classmethod
     def from_config(cls, config, context):
-        cap = check_number("anneal_cap", config_value(config, "anneal_cap", 0.2), minimum=0)
-        steps = check_number(
-            "total_anneal_steps", config_value(config, "total_anneal_steps", 200000), minimum=0, integer=True
-        )
+        cap = check_number("anneal_cap", config["anneal_cap"], minimum=0)
+        steps = check_number("total_anneal_steps", config["total_anneal_steps"], minimum=0, integer=True)
         return cls(cap, steps)
 
     def value_at(self, step):
@@ -96,13 +88,12 @@ class CyclicalBeta(BetaStrategy):
 
     @classmethod
     def from_config(cls, config, context):
-        beta_max = check_number("beta_max", config_value(config, "beta_max", 0.2), minimum=0)
-        n_cycles = check_number("n_cycles", config_value(config, "n_cycles", 4), minimum=1, integer=True)
-        ratio = check_number("ratio", config_value(config, "ratio", 0.5), minimum=0, min_open=True, maximum=1)
-        shape = config_value(config, "cycle_shape", "linear")
+        beta_max = check_number("beta_max", config["beta_max"], minimum=0)
+        n_cycles = check_number("n_cycles", config["n_cycles"], minimum=1, integer=True)
+        ratio = check_number("ratio", config["ratio"], minimum=0, min_open=True, maximum=1)
+        shape = config["cycle_shape"]
         check("cycle_shape", shape, shape in RAMPS, f"must be one of {sorted(RAMPS)}")
-        length = config_value(config, "cycle_length", 0)
-        length = check_number("cycle_length", length, minimum=0, integer=True)
+        length = check_number("cycle_length", config["cycle_length"], minimum=0, integer=True)
         if length == 0:
             length = context.total_steps / n_cycles
         return cls(beta_max, n_cycles, ratio, shape, length)

@@ -1,6 +1,6 @@
 """Command line of the data tools: ``python -m recbole_beta.data {convert,synthetic} ...``.
 
-Bad input ends with one ``error: ...`` line on stderr and exit status 2, no traceback.
+Bad input ends with one ``recbole-beta: ...`` line on stderr and exit status 2, no traceback.
 """
 
 import argparse
@@ -19,7 +19,7 @@ from recbole_beta.data.convert import (
 )
 from recbole_beta.data.synthetic import PRESETS, Shape, SyntheticDataError, generate
 from recbole_beta.data.vae_cf import import_vae_cf
-from recbole_beta.errors import RecBoleBetaError
+from recbole_beta.errors import RecBoleBetaError, fail
 
 _SEP_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "space": " ", "pipe": "|"}
 
@@ -287,13 +287,9 @@ def main(argv=None):
             run_export(args, extra)
         else:
             {"convert": run_convert, "synthetic": run_synthetic}[args.command](args)
-    except RecBoleBetaError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        # e.g. an unwritable output directory: still one line, not a traceback.
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (RecBoleBetaError, OSError) as err:
+        # OSError: e.g. an unwritable output directory; still one line, not a traceback
+        return fail(err)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -16,10 +16,8 @@ optionally repeated until nothing changes (k-core).
 
 import csv
 import itertools
-import json
 import os
 import re
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from recbole_beta.errors import RecBoleBetaError
+from recbole_beta.files import AtomicFiles, write_json
 
 FIELDS = ("user", "item", "rating", "timestamp")
 ATOMIC_HEADER = {
@@ -476,50 +475,6 @@ def atomic_header(columns):
     return "\t".join(ATOMIC_HEADER[c] for c in columns) + "\n"
 
 
-class AtomicWriter:
-    """Write files under temporary names in their final directory; ``commit()`` renames them all.
-
-    Nothing at the final paths changes unless every file was written completely.
-    """
-
-    def __init__(self, directory):
-        self.directory = Path(directory)
-        self.pending = []  # (temp path, final path)
-
-    def open(self, filename):
-        """Open a temporary file that will become ``directory/filename``."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        # Not tempfile.mkstemp: its 0600 mode would end up on the final file.
-        tmp = self.directory / f".{filename}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        f = open(tmp, "x", encoding="utf-8", newline="\n")
-        self.pending.append((tmp, self.directory / filename))
-        return f
-
-    def commit(self):
-        """Move every temporary file onto its final name."""
-        for tmp, final in self.pending:
-            os.replace(tmp, final)
-        self.pending = []
-
-    def discard(self):
-        """Remove temporary files not committed."""
-        for tmp, _ in self.pending:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-        self.pending = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.commit()
-        self.discard()
-        return False
-
-
 def write_frames(f, header_columns, frames):
     """Write an atomic header then each DataFrame of ``frames`` as tab-separated rows."""
     f.write(atomic_header(header_columns))
@@ -536,12 +491,6 @@ def _frames(data, rows=WRITE_CHUNK):
             if getattr(data, f) is not None:
                 frame[f] = getattr(data, f)[sl]
         yield pd.DataFrame(frame)
-
-
-def write_json(f, obj):
-    """Pretty JSON with a final newline."""
-    json.dump(obj, f, indent=2, sort_keys=False)
-    f.write("\n")
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -613,12 +562,12 @@ def convert(input_path, out_dir, name=None, fmt=None, layout=None, filters=None,
                "filters": filters.as_dict(), "filter_passes": passes,
                "columns": [ATOMIC_HEADER[c] for c in data.columns()],
                "inter_file": str(target / f"{name}.inter")}
-    with AtomicWriter(target) as out:
+    with AtomicFiles(target) as out:
         with out.open(f"{name}.inter") as f:
             write_frames(f, data.columns(), _frames(data))
         summary["seconds"] = round(time.perf_counter() - started, 2)
         with out.open(f"{name}.summary.json") as f:
-            write_json(f, summary)
+            write_json(f, summary, indent=2, end="\n")
     if log:
         log(format_summary(summary))
     return summary

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recbole_beta.data.convert import AtomicWriter, atomic_header, format_summary, write_json
+from recbole_beta.data.convert import atomic_header, format_summary
 from recbole_beta.errors import RecBoleBetaError
+from recbole_beta.files import AtomicFiles, write_json
 
 # Users sampling more than this fraction of the catalogue take the exact per-user path.
 _HEAVY_FRACTION = 0.1
@@ -200,7 +201,7 @@ def generate(out_dir, name, shape, seed=0, block_interactions=1_000_000, log=Non
     columns = ["user", "item"] + (["timestamp"] if shape.timestamps else [])
     item_counts = np.zeros(shape.n_items + 1, dtype=np.int64)
     user_counts = np.zeros(shape.n_users + 1, dtype=np.int64)
-    with AtomicWriter(target) as out:
+    with AtomicFiles(target) as out:
         with out.open(f"{name}.inter") as f:
             f.write(atomic_header(columns))
             for user, item, ts in iter_blocks(shape, seed, block_interactions):
@@ -213,7 +214,7 @@ def generate(out_dir, name, shape, seed=0, block_interactions=1_000_000, log=Non
                                            lineterminator="\n")
         summary = _summary(name, shape, seed, total, user_counts[1:], item_counts[1:], target)
         with out.open(f"{name}.summary.json") as f:
-            write_json(f, summary)
+            write_json(f, summary, indent=2, end="\n")
     if log:
         log(format_summary(summary) + f" ({time.perf_counter() - started:.1f} s)")
     return summary

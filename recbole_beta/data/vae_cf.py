@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recbole_beta.data.convert import AtomicWriter, ConversionError, format_summary, write_json
+from recbole_beta.data.convert import ConversionError, format_summary
 from recbole_beta.data.heldout import ROLES, TEST_IN, TEST_TARGET, TRAIN, VALID_IN, VALID_TARGET
+from recbole_beta.files import AtomicFiles, write_json
 
 #: file -> the role its rows have, in the order the reference code writes them
 FILES = {
@@ -101,13 +102,13 @@ def import_vae_cf(folder, out_dir, name, log=None):
         "inter_file": str(target / f"{name}.inter"),
         "use_with": "--eval_protocol=strong (the split is taken from the protocol_role column)",
     }
-    with AtomicWriter(target) as out:
+    with AtomicFiles(target) as out:
         with out.open(f"{name}.inter") as f:
             f.write("\t".join(summary["columns"]) + "\n")
             data.to_csv(f, sep="\t", header=False, index=False, lineterminator="\n")
         summary["seconds"] = round(time.perf_counter() - started, 2)
         with out.open(f"{name}.summary.json") as f:
-            write_json(f, summary)
+            write_json(f, summary, indent=2, end="\n")
     if log:
         log(format_summary(summary))
     return summary
@@ -129,7 +130,7 @@ def export_vae_cf(dataset, out_dir):
     uid_of = np.zeros(dataset.user_num, dtype=np.int64)
     uid_of[order] = np.arange(len(order))
     item_tokens = dataset.field2id_token[iid_field][1:]  # id 0 is padding
-    with AtomicWriter(out) as writer:
+    with AtomicFiles(out) as writer:
         for file, role in FILES.items():
             rows = roles == role
             frame = pd.DataFrame({"uid": uid_of[users[rows]], "sid": items[rows] - 1})

@@ -67,23 +67,39 @@ def metric_names(runs):
     return [m for m in MAIN_METRICS if m in names] + [m for m in names if m not in MAIN_METRICS]
 
 
+def _mean(values):
+    return float(np.mean(values.to_numpy(dtype=float)))
+
+
+def _std(values):
+    # numpy's two-pass std (pandas' groupby std, Welford's, differs in the last digits from the
+    # committed reports); 0 for one seed
+    return float(np.std(values.to_numpy(dtype=float), ddof=1)) if len(values) > 1 else 0.0
+
+
 def summarize(runs):
-    """One row per group (model label plus cell): mean and std over seeds of every test metric."""
+    """One row per group (model label plus cell): mean and std (ddof 1; 0 for one seed) over seeds of
+    every test metric."""
     ok = [r for r in runs if r["status"] == "ok"]
+    if not ok:
+        return pd.DataFrame()
     metrics = metric_names(ok)
-    rows = []
-    for group in dict.fromkeys(r["group"] for r in ok):
-        members = [r for r in ok if r["group"] == group]
-        row = {"label": group, "model": members[0]["model"], "n_seeds": len(members),
-               "seeds": sorted(r["seed"] for r in members), **members[0]["cell"]}
-        for metric in metrics:
-            values = np.array([r["test_result"][metric] for r in members], dtype=float)
-            row[f"{metric}_mean"] = values.mean()
-            row[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else 0.0
-        row["train_seconds_mean"] = float(np.mean([r["train_seconds"] for r in members]))
-        row["epochs_mean"] = float(np.mean([len(r["history"]) for r in members]))
-        rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame([{"label": r["group"], "model": r["model"], "seed": r["seed"], **r["test_result"],
+                           "train_seconds": r["train_seconds"], "epochs": len(r["history"])} for r in ok])
+    summary = table.groupby("label", sort=False).agg(
+        model=("model", "first"),
+        n_seeds=("seed", "size"),
+        seeds=("seed", sorted),
+        **{f"{m}_{name}": (m, stat) for m in metrics for name, stat in (("mean", _mean), ("std", _std))},
+        train_seconds_mean=("train_seconds", _mean),
+        epochs_mean=("epochs", _mean),
+    )
+    cells = [next(r["cell"] for r in ok if r["group"] == g) for g in summary.index]
+    summary = pd.concat([summary.reset_index(), pd.DataFrame(cells)], axis=1)
+    # columns in the order the rows name them: each group's cell keys after its seeds, the first time seen
+    head = ["label", "model", "n_seeds", "seeds"]
+    tail = [c for c in summary.columns if c not in head and not any(c in cell for cell in cells)]
+    return summary[list(dict.fromkeys(c for cell in cells for c in (*head, *cell, *tail)))]
 
 
 def _user_means(out_dir, members, metrics):

@@ -4,7 +4,7 @@ import argparse
 import logging
 import sys
 
-from recbole_beta.errors import RecBoleBetaError
+from recbole_beta.errors import RecBoleBetaError, fail
 
 
 def build_parser():
@@ -48,7 +48,6 @@ def main(argv=None):
             print(f"{ran} runs done now ({failed} failed); {len(spec.runs())} in the sweep")
             paths = write_report(args.out, spec, figures=not args.no_figures)
     except RecBoleBetaError as error:
-        print(f"recbole-beta: {error}", file=sys.stderr)
-        return 2
+        return fail(error)
     print(f"report: {[str(p) for p in paths if p.name == 'report.md'][0]}")
     return 0

@@ -16,10 +16,12 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from recbole_beta.beta import RAMPS, StrategyContext, build_strategy
+from recbole_beta.beta import DEFAULTS_FROM, RAMPS, StrategyContext, build_strategy
+from recbole_beta.defaults import model_properties
 
 __all__ = [
     "label_colors",
@@ -33,26 +35,19 @@ __all__ = [
 
 DPI = 150
 
-#: settings each panel of :func:`plot_beta_schedules` starts from, before ``config`` overrides them
+#: what each panel of :func:`plot_beta_schedules` sets over the strategies' defaults
+#: (``properties/model/BetaMultVAE.yaml``), before ``config`` overrides them
 SCHEDULE_DEFAULTS = {
-    "annealed": {"beta_strategy": "annealed", "anneal_cap": 0.2},  # total_anneal_steps: total_steps / 2
-    "cyclical": {"beta_strategy": "cyclical", "beta_max": 0.2, "n_cycles": 4, "ratio": 0.5, "cycle_length": 0},
+    "annealed": {"beta_strategy": "annealed"},  # total_anneal_steps: total_steps / 2
+    "cyclical": {"beta_strategy": "cyclical"},
+    # gamma 0.2 of an average user: the annealed cap
     "scaled": {"beta_strategy": "scaled", "gamma": 0.2, "normalize_activity": True},
     # the cyclical factor runs 0 -> 1 here, so the product peaks at each user's scaled beta
-    "scaled_cyclical": {
-        "beta_strategy": ["scaled", "cyclical"],
-        "gamma": 0.2,
-        "normalize_activity": True,
-        "beta_max": 1.0,
-        "n_cycles": 4,
-        "ratio": 0.5,
-        "cycle_shape": "linear",
-        "cycle_length": 0,
-    },
-    # kp 0.01: on the synthetic KL below (slope about -80 at the target) a kp near 0.05 makes a loop gain
-    # near 1, and beta rings from step to step instead of settling
-    "controlled": {"beta_strategy": "controlled", "kl_target": 10.0, "kp": 0.01, "ki": 0.001, "beta_min": 0.0,
-                   "beta_max": 0.5},
+    "scaled_cyclical": {"beta_strategy": ["scaled", "cyclical"], "gamma": 0.2, "normalize_activity": True,
+                        "beta_max": 1.0},
+    # kp 0.01 (the default): on the synthetic KL below (slope about -80 at the target) a kp near 0.05 makes
+    # a loop gain near 1, and beta rings from step to step instead of settling
+    "controlled": {"beta_strategy": "controlled", "ki": 0.001, "controller_beta_max": 0.5},
 }
 
 #: the synthetic KL the controller is simulated against: KL_t = scale * exp(-decay * beta_{t-1}) + noise
@@ -122,8 +117,9 @@ def _legend_outside(fig, axes, fontsize=9):
 
 
 def _panel_config(panel, total_steps, config):
-    """Defaults of ``panel``, then the flat keys of ``config``, then ``config[panel]`` if it is a dict."""
-    merged = dict(SCHEDULE_DEFAULTS[panel])
+    """The strategies' defaults, the panel's, then the flat keys of ``config``, then ``config[panel]``
+    if it is a dict."""
+    merged = {**model_properties(DEFAULTS_FROM), **SCHEDULE_DEFAULTS[panel]}
     if panel == "annealed":
         merged["total_anneal_steps"] = max(1, total_steps // 2)
     config = dict(config or {})
@@ -216,8 +212,8 @@ def plot_beta_schedules(out_dir, total_steps=400, n_batches_per_epoch=4, activit
             of this activity gets beta = gamma (0.2 by default).
         config: optional dict of strategy keys (as in ``properties/model/BetaMultVAE.yaml``) that
             override the panels' defaults, e.g. the settings of a report's runs. Flat keys apply to
-            every panel that reads them (``beta_max`` bounds both cyclical and controlled, as in
-            BetaMultVAE); a dict under a panel name (``annealed``, ``cyclical``, ``scaled``,
+            every panel that reads them (``beta_max`` tops both cyclical panels, as in BetaMultVAE);
+            a dict under a panel name (``annealed``, ``cyclical``, ``scaled``,
             ``scaled_cyclical``, ``controlled``) overrides that panel only. The cyclical panel always
             draws every shape; ``cycle_shape`` sets the shape of the scaled x cyclical panel.
         seed: seed of the synthetic KL noise.
@@ -273,7 +269,7 @@ def plot_beta_schedules(out_dir, total_steps=400, n_batches_per_epoch=4, activit
     ax_ctrl.patch.set_visible(False)
     ax_ctrl.set_title(
         f"controlled (PI): kp {ctrl['kp']:g}, ki {ctrl['ki']:g}, beta in [{ctrl['beta_min']:g}, "
-        f"{ctrl['beta_max']:g}]; KL_t = {SYNTHETIC_KL['scale']:g} exp(-{SYNTHETIC_KL['decay']:g} beta_(t-1)) + noise",
+        f"{ctrl['controller_beta_max']:g}]; KL_t = {SYNTHETIC_KL['scale']:g} exp(-{SYNTHETIC_KL['decay']:g} beta_(t-1)) + noise",
         fontsize=10,
     )
     handles = ax_ctrl.get_legend_handles_labels()[0] + ax_kl.get_legend_handles_labels()[0]
@@ -390,22 +386,18 @@ def plot_training_curves(runs, out_dir, valid_metric="ndcg@100", colors=None):
 # ------------------------------------------------------------------------------------------- metric bars
 
 
-def _grouped_bars(ax, groups, labels, values, errors, colors):
-    """Bars ``values[label][g]`` (NaN: no bar) for each group g, one bar per label within a group."""
-    n = max(1, len(labels))
-    width = 0.8 / n
-    x = np.arange(len(groups))
-    for i, label in enumerate(labels):
-        heights = np.asarray(values[label], dtype=float)
-        # a NaN error (one seed) draws no error bar
-        errs = None if errors is None else np.asarray(errors[label], dtype=float)
-        keep = np.isfinite(heights)
-        if not keep.any():
-            continue
-        ax.bar(x[keep] + (i - (n - 1) / 2) * width, heights[keep], width,
-               yerr=None if errs is None else errs[keep], capsize=2 if errs is not None else 0,
-               color=colors.get(label), label=label, error_kw={"elinewidth": 1, "ecolor": "0.2"})
-    ax.set_xticks(x, groups)
+def _grouped_bars(ax, table, errors, colors):
+    """``table`` as pandas' grouped bar chart: a group of bars per row, a bar per column (a label) in
+    each, NaN drawing none; ``errors`` (shaped alike, NaN: none) are the error bars, or None."""
+    table.plot.bar(ax=ax, yerr=errors, width=0.8, rot=0, legend=False,
+                   color=[colors.get(label, f"C{i}") for i, label in enumerate(table.columns)],
+                   capsize=0 if errors is None else 2, error_kw={"elinewidth": 1, "ecolor": "0.2"})
+    # pandas draws NaN as a bar of height 0: a label with no value at all stays out of the legend
+    for bars, label in zip([c for c in ax.containers if isinstance(c, BarContainer)], table.columns):
+        if table[label].isna().all():
+            bars.set_label("_nolegend_")
+    ax.autoscale(axis="x")  # matplotlib's margins, not pandas' fixed limits
+    ax.set_xlabel(None)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
 
@@ -432,9 +424,10 @@ def plot_metric_bars(summary, out_dir, metrics=("ndcg@100", "recall@20", "recall
     fig = Figure(figsize=(max(6.0, 1.2 + len(metrics) * (0.35 * len(labels) + 0.8)), 4.8), layout="constrained")
     ax = fig.add_subplot()
     if labels and metrics:
-        values = {label: [summary.iloc[i][f"{m}_mean"] for m in metrics] for i, label in enumerate(labels)}
-        errors = {label: [summary.iloc[i].get(f"{m}_std", np.nan) for m in metrics] for i, label in enumerate(labels)}
-        _grouped_bars(ax, metrics, labels, values, errors, colors)
+        by_label = summary.assign(label=labels).set_index("label")
+        means = by_label[[f"{m}_mean" for m in metrics]].T.set_axis(metrics).astype(float)
+        stds = by_label.reindex(columns=[f"{m}_std" for m in metrics]).T.set_axis(metrics).astype(float)
+        _grouped_bars(ax, means, stds, colors)
         seeds = sorted({int(n) for n in summary["n_seeds"].dropna()}) if "n_seeds" in summary else []
         if not seeds:
             seed_text = "seeds"
@@ -605,9 +598,8 @@ def plot_activity_buckets(buckets, out_dir, metric="ndcg@100", colors=None, acti
         users = buckets.groupby("bucket_index")["n_users"].max().reindex(order.index)
         ticks = [f"{name}\n{int(n)} users" if pd.notna(n) else name for name, n in zip(ticks, users)]
     table = buckets.pivot_table(index="bucket_index", columns="label", values=metric, aggfunc="mean")
-    table = table.reindex(index=order.index, columns=labels)
-    values = {label: table[label].to_numpy() for label in labels}
-    _grouped_bars(ax, ticks, labels, values, None, colors)
+    table = table.reindex(index=order.index, columns=labels).set_axis(ticks)
+    _grouped_bars(ax, table, None, colors)
     ax.set_xlabel(f"user activity bucket: {activity_measure}")
     ax.set_ylabel(metric)
     ax.set_ylim(bottom=0)

@@ -15,7 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from recbole.model.general_recommender import MultiVAE
 
-from recbole_beta.beta import StrategyContext, build_strategy, config_value
+from recbole_beta.beta import StrategyContext, build_strategy
+from recbole_beta.defaults import WithDefaults, model_defaults
 from recbole_beta.errors import check, check_number
 
 #: activation name (config key ``activation``) -> module placed between MLP layers
@@ -56,11 +57,12 @@ class BetaMultVAE(MultiVAE):
 
     def __init__(self, config, dataset):
         self.validate_config(config)
+        settings = self.settings(config)
         # MultiVAE.__init__ builds the layers through self.mlp_layers, which reads these
-        self.activation = config_value(config, "activation", "tanh")
-        self.noise_std = config_value(config, "noise_std", 0.01)
+        self.activation = settings["activation"]
+        self.noise_std = settings["noise_std"]
         super().__init__(config, dataset)
-        self.sparse_input = config_value(config, "sparse_input", False)
+        self.sparse_input = settings["sparse_input"]
 
         # |x_u| of every user id, read by per-user strategies: the non-padding (id 0) entries of
         # RecBole's history matrix. Derived data, so not checkpointed. (Asking the dataset again
@@ -82,18 +84,26 @@ class BetaMultVAE(MultiVAE):
         self._beta_sum, self._beta_rows = 0.0, 0
 
     @classmethod
+    def settings(cls, config):
+        """``config`` as the model reads it: a key it lacks, or holds as None, takes the model's
+        default from ``properties/model/`` (BetaMultVAE.yaml, then the model's own file), so the
+        plain dict of a sweep spec reads as a run's Config would."""
+        return WithDefaults(config, model_defaults(cls))
+
+    @classmethod
     def strategy_config(cls, config):
-        """The config the strategy is built from: a named subclass pins ``beta_strategy``."""
-        if cls.strategy is None:
-            return config
-        given = config_value(config, "beta_strategy", cls.strategy)
-        check(
-            "beta_strategy",
-            given,
-            given == cls.strategy,
-            f"{cls.__name__} always uses {cls.strategy!r}; choose the strategy with BetaMultVAE",
-        )
-        return _Overlay(config, {"beta_strategy": cls.strategy})
+        """The config the strategy is built from; a named subclass checks that ``beta_strategy`` (its
+        property file sets it) names the strategy it always uses."""
+        config = cls.settings(config)
+        if cls.strategy is not None:
+            given = config["beta_strategy"]
+            check(
+                "beta_strategy",
+                given,
+                given == cls.strategy,
+                f"{cls.__name__} always uses {cls.strategy!r}; choose the strategy with BetaMultVAE",
+            )
+        return config
 
     @classmethod
     def build_beta_strategy(cls, config, context):
@@ -102,20 +112,21 @@ class BetaMultVAE(MultiVAE):
     @classmethod
     def validate_config(cls, config):
         """Check every key the model reads, before any data is loaded (raises ConfigError)."""
-        activation = config_value(config, "activation", "tanh")
+        config = cls.settings(config)
+        activation = config["activation"]
         check("activation", activation, activation in ACTIVATIONS, f"must be one of {sorted(ACTIVATIONS)}")
-        check_number("noise_std", config_value(config, "noise_std", 0.01), minimum=0)
-        check_number("dropout_prob", config_value(config, "dropout_prob", 0.5), minimum=0, maximum=1)
-        sparse = config_value(config, "sparse_input", False)
+        check_number("noise_std", config["noise_std"], minimum=0)
+        check_number("dropout_prob", config["dropout_prob"], minimum=0, maximum=1)
+        sparse = config["sparse_input"]
         check("sparse_input", sparse, isinstance(sparse, bool), "must be True or False")
-        latent = config_value(config, "latent_dimension", 128)
+        latent = config["latent_dimension"]
         check(
             "latent_dimension",
             latent,
             isinstance(latent, int) and not isinstance(latent, bool) and latent >= 2 and latent % 2 == 0,
             "must be an even integer >= 2 (the encoder's output: mu and logvar, half each)",
         )
-        hidden = config_value(config, "mlp_hidden_size", [600])
+        hidden = config["mlp_hidden_size"]
         check(
             "mlp_hidden_size",
             hidden,
@@ -272,16 +283,3 @@ class BetaMultVAE(MultiVAE):
         super().load_other_parameter(para)
         if state is not None:
             self.beta_strategy.load_state_dict(state)
-
-
-class _Overlay:
-    """A read-only view of a config with a few keys replaced."""
-
-    def __init__(self, config, overrides):
-        self.config, self.overrides = config, overrides
-
-    def __contains__(self, key):
-        return key in self.overrides or key in self.config
-
-    def __getitem__(self, key):
-        return self.overrides[key] if key in self.overrides else self.config[key]

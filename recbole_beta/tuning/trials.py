@@ -1,0 +1,192 @@
+"""Trials, the same on both engines: one trial run, its record, the early-stop rule, the best trial, and
+the results files (``trials.jsonl`` after each trial; ``trials.csv``, ``best.json`` and the plot at the end).
+"""
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from recbole_beta.errors import ConfigError, TrainingDivergedError
+from recbole_beta.files import atomic_write, plain, write_text
+from recbole_beta.tuning.plots import plot_trials
+from recbole_beta.tuning.space import SearchSpace
+
+KEEP_CHECKPOINTS = ("best", "all", "none")
+
+#: errors of one trial that do not stop the search: the trial is recorded as failed
+TRIAL_ERRORS = (ConfigError, TrainingDivergedError)
+
+
+def run_trial(search, params, trial_dir, overrides=None):
+    """Run one trial with :func:`run_recbole_beta`; return its record (status ``ok`` or ``fail``).
+
+    The config is the search's config files and fixed keys, then ``overrides`` (the engine's own, e.g.
+    Ray's GPUs), then the trial's ``params``. The trial's checkpoint (and its result JSON, unless results
+    are switched off) go to ``trial_dir``, so trials never share a file, even when they start within the
+    same second.
+    """
+    from recbole_beta.quick_start import run_recbole_beta  # quick_start imports torch and the models
+
+    config_dict = {**search.fixed, **(overrides or {}), **params, "checkpoint_dir": os.path.join(trial_dir, "saved")}
+    if search.write_results:
+        config_dict["results_dir"] = trial_dir
+    record = {"status": "ok", "params": plain(params), "trial_dir": os.fspath(trial_dir)}
+    start = time.time()
+    try:
+        result = run_recbole_beta(search.model, search.dataset, search.config_file_list, config_dict=config_dict,
+                                  saved=True)
+    except TRIAL_ERRORS as error:
+        record.update(status="fail", error=str(error), seconds=round(time.time() - start, 3))
+        return record
+    record.update(
+        best_valid_score=plain(result["best_valid_score"]),
+        valid_score_bigger=bool(result["valid_score_bigger"]),
+        best_valid_result=plain(dict(result["best_valid_result"] or {})),
+        test_result=plain(dict(result["test_result"] or {})),
+        seconds=round(time.time() - start, 3),
+        checkpoint=result["checkpoint"],
+        result_file=result["result_file"],
+    )
+    return record
+
+
+def _better(score, than, bigger):
+    return than is None or (score > than if bigger else score < than)
+
+
+def best_record(records, bigger=True):
+    """The first trial with the best valid score among the trials that finished (None if none did)."""
+    best = None
+    for record in records:
+        if record.get("status") == "ok" and (best is None or _better(record["best_valid_score"],
+                                                                     best["best_valid_score"], bigger)):
+            best = record
+    return best
+
+
+@dataclass
+class Patience:
+    """The early stop of both engines (HyperTuning's ``early_stop``): the search is over after
+    ``patience`` finished trials in a row that do not beat the best valid score so far, counting from
+    the first trial; a failed trial counts as no improvement; a patience of 0 never stops."""
+
+    patience: int
+    bigger: bool = True
+    best: float = None
+    since: int = 0
+
+    def add(self, record):
+        """Count one finished trial's record; return whether the search is over."""
+        score = record.get("best_valid_score")
+        if record.get("status") == "ok" and score is not None and _better(score, self.best, self.bigger):
+            self.best, self.since = score, 0
+        else:
+            self.since += 1
+        return self.exhausted
+
+    @property
+    def exhausted(self):
+        return bool(self.patience) and self.since >= self.patience
+
+
+@dataclass
+class TrialLog:
+    """Where a search's trials go, on either engine; lives in the driver (picklable: paths and data only)."""
+
+    output_dir: str
+    space: SearchSpace
+    summary: dict
+    bigger: bool = True
+    keep_checkpoints: str = "best"
+    records: list = field(default_factory=list)
+
+    @property
+    def jsonl(self):
+        return os.path.join(self.output_dir, "trials.jsonl")
+
+    def next_trial(self):
+        return len(self.records) + 1
+
+    def trial_dir(self, number):
+        return os.path.join(self.output_dir, "trials", f"{number:04d}")
+
+    def add(self, record):
+        """Number the trial, apply the checkpoint policy, rewrite trials.jsonl; return the record."""
+        record = {"trial": self.next_trial(), **record}
+        previous_best = best_record(self.records, self.bigger)
+        self.records.append(record)
+        if self.keep_checkpoints != "all":
+            # "best": only the new trial and the one it may have dethroned can have lost their place
+            best = best_record(self.records, self.bigger)
+            drop = [r for r in (record, previous_best) if r is not None and r is not best]
+            if self.keep_checkpoints == "none":
+                drop = [record]
+            for r in drop:
+                if r.get("checkpoint") and os.path.isfile(r["checkpoint"]):
+                    os.remove(r["checkpoint"])
+                    r["checkpoint"] = None
+        # the whole file, atomically: a reader (or a crash) never sees half a line
+        write_text(self.jsonl, "".join(json.dumps(plain(r)) + "\n" for r in self.records))
+        return record
+
+    def finish(self, seconds):
+        """Write trials.csv, best.json and the plot; return best.json's content."""
+        write_csv(self.records, self.space, os.path.join(self.output_dir, "trials.csv"))
+        best = best_record(self.records, self.bigger)
+        summary = dict(self.summary)
+        summary.update(
+            n_trials=len(self.records),
+            n_failed=sum(r.get("status") != "ok" for r in self.records),
+            seconds=round(seconds, 3),
+        )
+        if best is not None:
+            summary.update(
+                trial=best["trial"],
+                params=best["params"],
+                best_valid_score=best["best_valid_score"],
+                best_valid_result=best["best_valid_result"],
+                test_result=best["test_result"],
+                checkpoint=best.get("checkpoint"),
+                result_file=best.get("result_file"),
+                trial_dir=best.get("trial_dir"),
+            )
+            plot_trials(self.records, self.space, os.path.join(self.output_dir, "trials"), best=best,
+                        bigger=self.bigger, metric=summary.get("valid_metric", "valid score"),
+                        title=f"{summary.get('model')} on {summary.get('dataset')}: "
+                              f"{summary.get('algo')} search ({summary.get('engine')})")
+        write_text(os.path.join(self.output_dir, "best.json"), json.dumps(plain(summary), indent=2) + "\n")
+        return summary
+
+
+def _frame(dicts, columns=None):
+    """Dicts as rows, lists and dicts as JSON; dtype object keeps every value as it is (an int column
+    with a gap does not turn into floats)."""
+    rows = [{k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else v for k, v in d.items()} for d in dicts]
+    return pd.DataFrame(rows, columns=columns, dtype=object)
+
+
+def trials_table(records, space):
+    """The trials as a table: trial, status, seconds, the parameters, best_valid_score, valid_<metric>,
+    test_<metric>, error, the paths, and ray_trial_id on Ray; one row per record, empty cells for what a
+    record lacks."""
+    tail = ["error", "checkpoint", "result_file", "trial_dir"]
+    if any("ray_trial_id" in r for r in records):
+        tail.append("ray_trial_id")
+    return pd.concat([
+        _frame(records, ["trial", "status", "seconds"]),
+        _frame([r.get("params") or {} for r in records], space.names),
+        _frame(records, ["best_valid_score"]),
+        _frame([r.get("best_valid_result") or {} for r in records]).add_prefix("valid_"),
+        _frame([r.get("test_result") or {} for r in records]).add_prefix("test_"),
+        _frame(records, tail),
+    ], axis=1)
+
+
+def write_csv(records, space, path):
+    """:func:`trials_table` as ``path``, atomically."""
+    table = trials_table(records, space)
+    # "\r\n": the line ending trials.csv has always had (the csv module's)
+    return atomic_write(path, lambda f: table.to_csv(f, index=False, lineterminator="\r\n"))
