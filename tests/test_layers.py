@@ -55,7 +55,7 @@ def imported(name, path, modules):
         for target in targets:
             if target == PACKAGE or target.startswith(PACKAGE + "."):
                 resolved = resolve(target)
-                if resolved and resolved != name:
+                if resolved and resolved != name and (resolved, node.lineno) not in found:
                     found.append((resolved, node.lineno))
     return found
 
