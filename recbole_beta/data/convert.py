@@ -562,9 +562,16 @@ def convert(input_path, out_dir, name=None, fmt=None, layout=None, filters=None,
                "filters": filters.as_dict(), "filter_passes": passes,
                "columns": [ATOMIC_HEADER[c] for c in data.columns()],
                "inter_file": str(target / f"{name}.inter")}
+    return write_dataset(target, name, lambda f: write_frames(f, data.columns(), _frames(data)), summary,
+                         started, log)
+
+
+def write_dataset(target, name, write_inter, summary, started, log=None):
+    """``<target>/<name>.inter`` (``write_inter(file)`` writes it) and ``<name>.summary.json`` with the
+    seconds since ``started``: both files or neither. ``log`` gets the summary line. Returns the summary."""
     with AtomicFiles(target) as out:
         with out.open(f"{name}.inter") as f:
-            write_frames(f, data.columns(), _frames(data))
+            write_inter(f)
         summary["seconds"] = round(time.perf_counter() - started, 2)
         with out.open(f"{name}.summary.json") as f:
             write_json(f, summary, indent=2, end="\n")

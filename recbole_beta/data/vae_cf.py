@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recbole_beta.data.convert import ConversionError, format_summary
+from recbole_beta.data.convert import ConversionError, write_dataset
 from recbole_beta.data.heldout import ROLES, TEST_IN, TEST_TARGET, TRAIN, VALID_IN, VALID_TARGET
-from recbole_beta.files import AtomicFiles, write_json
+from recbole_beta.files import AtomicFiles
 
 #: file -> the role its rows have, in the order the reference code writes them
 FILES = {
@@ -102,16 +102,12 @@ def import_vae_cf(folder, out_dir, name, log=None):
         "inter_file": str(target / f"{name}.inter"),
         "use_with": "--eval_protocol=strong (the split is taken from the protocol_role column)",
     }
-    with AtomicFiles(target) as out:
-        with out.open(f"{name}.inter") as f:
-            f.write("\t".join(summary["columns"]) + "\n")
-            data.to_csv(f, sep="\t", header=False, index=False, lineterminator="\n")
-        summary["seconds"] = round(time.perf_counter() - started, 2)
-        with out.open(f"{name}.summary.json") as f:
-            write_json(f, summary, indent=2, end="\n")
-    if log:
-        log(format_summary(summary))
-    return summary
+
+    def write_inter(f):
+        f.write("\t".join(summary["columns"]) + "\n")
+        data.to_csv(f, sep="\t", header=False, index=False, lineterminator="\n")
+
+    return write_dataset(target, name, write_inter, summary, started, log)
 
 
 def export_vae_cf(dataset, out_dir):
