@@ -22,6 +22,20 @@ def build_parser():
         p.add_argument("--seeds", type=int, default=None, help="override the spec: this many seeds from 2020")
         p.add_argument("--no-figures", action="store_true", help="tables only")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--jobs", type=int, default=1,
+                       help="local: this many runs at once, each in a process of its own (default 1: one after "
+                       "another in this process)")
+        p.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local (default: this machine, --jobs processes) or ray (each run a Ray task, on a local "
+                       "instance or a cluster)")
+        p.add_argument("--cpus", type=int, default=None,
+                       help="ray: CPUs of the local Ray instance started for the sweep (default: all)")
+        p.add_argument("--ray_address", default=None,
+                       help="ray: address of an existing Ray cluster instead (auto, HOST:6379)")
+        p.add_argument("--cpus_per_run", type=float, default=None,
+                       help="ray: CPUs each run reserves, and its torch threads (default 1)")
+        p.add_argument("--gpus_per_run", "--gpus", type=float, default=None, dest="gpus_per_run",
+                       help="ray: GPUs each run reserves (default 0: the CPU)")
     p = sub.add_parser("report", help="rewrite the tables and figures of a sweep folder")
     p.add_argument("out", help="sweep folder")
     p.add_argument("--no-figures", action="store_true")
@@ -44,7 +58,9 @@ def main(argv=None):
                 raise SpecError("an ablation spec needs a 'grid' or 'cells'")
             # RecBole logs every run to log/; on the console the progress bar says enough
             compat.console_level = logging.WARNING
-            ran, failed = run_sweep(spec, args.out, progress=not args.quiet)
+            ran, failed = run_sweep(spec, args.out, progress=not args.quiet, jobs=args.jobs, engine=args.engine,
+                                    cpus=args.cpus, ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,
+                                    gpus_per_run=args.gpus_per_run)
             print(f"{ran} runs done now ({failed} failed); {len(spec.runs())} in the sweep")
             paths = write_report(args.out, spec, figures=not args.no_figures)
     except RecBoleBetaError as error:

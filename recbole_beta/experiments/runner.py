@@ -1,5 +1,8 @@
 """Run a sweep: every run of a spec, each written to disk the moment it ends.
 
+One run after another in this process, or several at once in local processes or on Ray
+(:mod:`recbole_beta.experiments.parallel`): the same records, and the same guarantees.
+
 Finished runs are skipped when the sweep is run again, so an interrupted sweep loses nothing;
 a run that fails is recorded with its error and the sweep goes on. It is retried next time, and
 its record replaced; a failed record of a run the spec now configures differently (same label,
@@ -36,18 +39,27 @@ def is_finished(out_dir, run):
     return record.get("status") == "ok" and per_user_path.is_file()
 
 
-def execute(run, spec, out_dir, index=0):
-    """Train and test one run; return its record (status ok or failed) and per-user table."""
+def new_record(run, spec, out_dir, index=0, overrides=None):
+    """What every record of ``run`` holds before it runs, its config included (``overrides`` above the
+    run's own keys: what a worker elsewhere needs, e.g. an absolute data path or the GPUs Ray gave it)."""
     checkpoints = Path(out_dir) / "checkpoints" / run.run_id
     config = {
         **run.config,
+        **(overrides or {}),
         "seed": run.seed,
         "results_dir": None,  # the sweep writes its own record
         "checkpoint_dir": str(checkpoints),
         "show_progress": False,
     }
-    record = {"run_id": run.run_id, "index": index, "label": run.label, "group": run.group, "model": run.model, "seed": run.seed,
-              "cell": run.cell, "config": config, "dataset": spec.dataset}
+    return {"run_id": run.run_id, "index": index, "label": run.label, "group": run.group, "model": run.model,
+            "seed": run.seed, "cell": run.cell, "config": config, "dataset": spec.dataset}
+
+
+def execute(run, spec, out_dir, index=0, overrides=None):
+    """Train and test one run; return its record (status ok or failed) and per-user table."""
+    record = new_record(run, spec, out_dir, index, overrides)
+    config = record["config"]
+    checkpoints = Path(config["checkpoint_dir"])
     start = time.time()
     try:
         result = run_recbole_beta(run.model, spec.dataset, config_file_list=spec.config_files or None,
@@ -72,6 +84,15 @@ def execute(run, spec, out_dir, index=0):
     return record, result["per_user"]
 
 
+def write_run(out_dir, run, record, per_user):
+    """Write a run's per-user table (if any), then its record, each atomically: a record marks the run
+    finished, so it comes last."""
+    record_path, per_user_path = run_paths(out_dir, run)
+    if per_user is not None:
+        write_per_user(per_user_path, per_user)
+    write_json(record_path, record)
+
+
 def _run_key(label, cell, seed):
     return label, json.dumps(cell or {}, sort_keys=True, default=str), seed
 
@@ -94,8 +115,23 @@ def drop_superseded_failures(out_dir, runs):
     return removed
 
 
-def run_sweep(spec, out_dir, progress=True):
-    """Run what is not yet finished (failed runs included); return (number run now, number failed now)."""
+def run_sweep(spec, out_dir, progress=True, jobs=1, engine="local", cpus=None, ray_address=None, cpus_per_run=None,
+              gpus_per_run=None):
+    """Run what is not yet finished (failed runs included); return (number run now, number failed now).
+
+    By default one run after another in this process. ``jobs`` > 1: that many runs at once, each in a
+    local process of its own; ``engine="ray"``: each run a Ray task, on a local instance of ``cpus`` CPUs
+    or the cluster at ``ray_address``, reserving ``cpus_per_run`` CPUs (default 1) and ``gpus_per_run``
+    GPUs (default 0). See :mod:`recbole_beta.experiments.parallel`; the records are the same.
+    """
+    workers = None
+    if (jobs, engine, cpus, ray_address, cpus_per_run, gpus_per_run) != (1, "local", None, None, None, None):
+        from recbole_beta.experiments.parallel import Workers
+
+        workers = Workers.checked(engine=engine, jobs=jobs, cpus=cpus, address=ray_address,
+                                  cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)  # EngineError first
+        if workers.sequential:
+            workers = None
     out_dir = Path(out_dir)
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "spec.json", spec.to_dict())
@@ -106,17 +142,18 @@ def run_sweep(spec, out_dir, progress=True):
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=spec.name, unit="run", disable=not progress,
                dynamic_ncols=True)
     with bar:
-        for index, run in todo:
-            bar.set_postfix_str(f"{run.label} seed {run.seed}" + (f", {failed} failed" if failed else ""))
-            record, per_user = execute(run, spec, out_dir, index)
-            record_path, per_user_path = run_paths(out_dir, run)
-            if per_user is not None:
-                write_per_user(per_user_path, per_user)  # first: a record marks the run finished
-            write_json(record_path, record)
-            if record["status"] != "ok":
-                failed += 1
-                bar.write(f"run {run.run_id} failed: {record['error'].splitlines()[0]}")
-            bar.update(1)
+        if workers is not None:
+            if todo:
+                failed = workers.run(todo, spec, out_dir, bar)
+        else:
+            for index, run in todo:
+                bar.set_postfix_str(f"{run.label} seed {run.seed}" + (f", {failed} failed" if failed else ""))
+                record, per_user = execute(run, spec, out_dir, index)
+                write_run(out_dir, run, record, per_user)
+                if record["status"] != "ok":
+                    failed += 1
+                    bar.write(f"run {run.run_id} failed: {record['error'].splitlines()[0]}")
+                bar.update(1)
     try:
         (out_dir / "checkpoints").rmdir()  # each run removed its own; leave no empty folder
     except OSError:

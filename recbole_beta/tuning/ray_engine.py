@@ -11,8 +11,6 @@ BasicVariantGenerator, ``bayes`` its HyperOptSearch (hyperopt's TPE), ``exhausti
 import importlib.util
 import math
 import os
-from contextlib import contextmanager
-from pathlib import Path
 
 import ray
 import torch
@@ -20,6 +18,7 @@ from ray import air, tune
 from ray.air import session
 
 from recbole_beta.files import plain
+from recbole_beta.raycluster import RayUnavailable, ray_session
 from recbole_beta.tuning.space import TuningError
 from recbole_beta.tuning.trials import Patience, run_trial
 
@@ -86,21 +85,6 @@ class NoImprovement(tune.Stopper):
         return self.patience.exhausted
 
 
-@contextmanager
-def _python_path_for_workers():
-    """Local Ray workers get this checkout on PYTHONPATH, so they import recbole_beta even uninstalled."""
-    root = str(Path(__file__).resolve().parents[2])  # the folder holding recbole_beta/
-    before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([root] + ([before] if before else []))
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = before
-
-
 def _search_alg(search, mode):
     """Tune's searcher for the algo and its number of samples (a grid: one sample of every combination)."""
     if search.algo == "exhaustive":
@@ -118,45 +102,38 @@ def run(search, log):
     """Run ``search`` (a :class:`~recbole_beta.tuning.search.Search`), each trial added to ``log``; start a
     local Ray instance (and shut it down after) unless one is running or ``search.ray.address`` is given."""
     options = search.ray
-    started = False
-    if not ray.is_initialized():
-        try:
-            if options.address:
-                ray.init(address=options.address)
-            else:
-                with _python_path_for_workers():
-                    ray.init(num_cpus=options.cpus, include_dashboard=False)
-        except (ConnectionError, RuntimeError, ValueError) as error:
-            where = f"the Ray cluster at {options.address}" if options.address else "a local Ray instance"
-            raise TuningError(f"could not start or reach {where}: {error}") from None
-        started = True
     try:
-        mode = "max" if search.bigger else "min"
-        search_alg, num_samples = _search_alg(search, mode)
-        recorder = RecordTrials(log)
-        tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(trainable, search=search),
-                                {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}),
-            param_space=search.space.ray_space(grid=search.algo == "exhaustive"),
-            tune_config=tune.TuneConfig(metric=METRIC, mode=mode, num_samples=num_samples, search_alg=search_alg),
-            run_config=air.RunConfig(
-                name="ray",
-                storage_path=os.path.abspath(log.output_dir),
-                stop=NoImprovement(Patience(search.early_stop, search.bigger)),
-                callbacks=[recorder],
-                verbose=options.verbose,
-                failure_config=air.FailureConfig(max_failures=0),
-            ),
-        )
-        try:
-            tuner.fit()
-        except RuntimeError as error:
-            # ray 2.6.3 ends every run by building its ExperimentAnalysis, which needs pyarrow (not a
-            # dependency of RecBole's ray). By then every trial has finished and been recorded here.
-            if "pyarrow" not in str(error) or importlib.util.find_spec("pyarrow") is not None:
-                raise
-        # the callback's log lives in the driver: copy its records back, in case the Tuner held a copy
-        log.records[:] = recorder.log.records
-    finally:
-        if started:
-            ray.shutdown()
+        with ray_session(options.cpus, options.address):
+            _fit(search, log, options)
+    except RayUnavailable as error:
+        raise TuningError(str(error)) from None
+
+
+def _fit(search, log, options):
+    """Tune's run of the search on the Ray this process is connected to."""
+    mode = "max" if search.bigger else "min"
+    search_alg, num_samples = _search_alg(search, mode)
+    recorder = RecordTrials(log)
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trainable, search=search),
+                            {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}),
+        param_space=search.space.ray_space(grid=search.algo == "exhaustive"),
+        tune_config=tune.TuneConfig(metric=METRIC, mode=mode, num_samples=num_samples, search_alg=search_alg),
+        run_config=air.RunConfig(
+            name="ray",
+            storage_path=os.path.abspath(log.output_dir),
+            stop=NoImprovement(Patience(search.early_stop, search.bigger)),
+            callbacks=[recorder],
+            verbose=options.verbose,
+            failure_config=air.FailureConfig(max_failures=0),
+        ),
+    )
+    try:
+        tuner.fit()
+    except RuntimeError as error:
+        # ray 2.6.3 ends every run by building its ExperimentAnalysis, which needs pyarrow (not a
+        # dependency of RecBole's ray). By then every trial has finished and been recorded here.
+        if "pyarrow" not in str(error) or importlib.util.find_spec("pyarrow") is not None:
+            raise
+    # the callback's log lives in the driver: copy its records back, in case the Tuner held a copy
+    log.records[:] = recorder.log.records
