@@ -3,9 +3,11 @@
 Each run goes through :func:`run_in_worker`, in a process of its own (a fresh one per run: RecBole's
 logging and seeding are per process, and a run's memory, GPU memory included, goes with it). It works in
 a folder of its own, ``<out>/work/<run_id>/`` (RecBole writes ``log/`` and ``log_tensorboard/`` into the
-working directory), gives RecBole no command line (``run_recbole_beta``'s ``argv`` is empty), and writes
-the run's per-user table and then its record, each atomically, the moment the run ends, as the sequential
-sweep does. So a driver that is killed loses no finished run, and a rerun skips them.
+working directory; the process's own stdout and stderr go to ``output.log`` there, so that the driver's
+console keeps its progress bar), gives RecBole no command line (``run_recbole_beta``'s ``argv`` is
+empty), and writes the run's per-user table and then its record, each atomically, the moment the run
+ends, as the sequential sweep does. So a driver that is killed loses no finished run, and a rerun skips
+them.
 
 The driver hands runs out, counts them on the progress bar as they finish and reports failures. It writes
 a record itself only for what a worker could not: a process that died without one (killed, out of
@@ -29,8 +31,8 @@ against the driver's working directory, as RecBole would have read it there).
 import json
 import multiprocessing
 import os
+import sys
 import threading
-import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, replace
@@ -99,7 +101,7 @@ class Workers:
         """Run ``todo`` ([(index, run)]), updating ``bar`` as each ends; return the number that failed."""
         out_dir = Path(out_dir).resolve()
         spec, overrides = portable(spec, [run for _, run in todo])
-        progress = _Progress(bar, "queued or running" if self.engine == "ray" else "running")
+        progress = _Progress(bar)
         if self.engine == "ray":
             _run_on_ray(self, todo, spec, out_dir, overrides, progress)
         else:
@@ -111,17 +113,23 @@ class Workers:
 # What a worker does, on either engine
 
 
-def run_in_worker(run, spec, out_dir, index, overrides=None, console_level=None, driver_writes=False):
+def run_in_worker(run, spec, out_dir, index, overrides=None, console_level=None, driver_writes=False,
+                  capture_output=False):
     """Run one run in its own folder and write its files; return (record, per-user table).
 
     ``driver_writes``: the driver also gets the return value and writes it where it cannot see this
-    worker's files (Ray), so a folder this node cannot write is no reason to lose the run."""
+    worker's files (Ray), so a folder this node cannot write is no reason to lose the run.
+    ``capture_output``: this process's stdout and stderr (file descriptors 1 and 2: warnings, RecBole's
+    console log, a traceback) go to ``output.log`` in the run's folder, not to the driver's console, where
+    the progress bar is; for a worker process that ends with its run."""
     if console_level is not None:
         compat.console_level = console_level  # the driver's: RecBole's console output stays quiet
     try:
         work = Path(out_dir) / "work" / run.run_id
         work.mkdir(parents=True, exist_ok=True)
         os.chdir(work)  # RecBole writes log/ and log_tensorboard/ into the working directory
+        if capture_output:
+            _output_to(work / "output.log")
     except OSError as error:
         if not driver_writes:
             raise
@@ -136,6 +144,15 @@ def run_in_worker(run, spec, out_dir, index, overrides=None, console_level=None,
         if not driver_writes:
             raise
     return record, per_user
+
+
+def _output_to(path):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def portable(spec, runs):
@@ -175,25 +192,17 @@ def _data_path(spec, run):
 
 
 class _Progress:
-    """The driver's side: the bar, the failures."""
+    """The driver's side: the bar (a run counted as it ends), the failures."""
 
-    def __init__(self, bar, state):
-        self.bar, self.state, self.failed, self.running = bar, state, 0, 0
-
-    def started(self, n=1):
-        self.running += n
-        self._postfix()
+    def __init__(self, bar):
+        self.bar, self.failed = bar, 0
 
     def ended(self, run, record):
-        self.running -= 1
         if record["status"] != "ok":
             self.failed += 1
             self.bar.write(f"run {run.run_id} failed: {record['error'].splitlines()[0]}")
+            self.bar.set_postfix_str(f"{self.failed} failed", refresh=False)
         self.bar.update(1)
-        self._postfix()
-
-    def _postfix(self):
-        self.bar.set_postfix_str(f"{self.running} {self.state}" + (f", {self.failed} failed" if self.failed else ""))
 
 
 def _driver_failure(run, spec, out_dir, index, overrides, error, details=""):
@@ -229,7 +238,7 @@ def _process_main(run, spec, out_dir, index, overrides, console_level, threads):
 
     if threads:
         torch.set_num_threads(threads)
-    run_in_worker(run, spec, out_dir, index, overrides, console_level)
+    run_in_worker(run, spec, out_dir, index, overrides, console_level, capture_output=True)
 
 
 def _threads_per_process(jobs):
@@ -243,7 +252,7 @@ def _threads_per_process(jobs):
 def _run_in_processes(jobs, todo, spec, out_dir, overrides, progress):
     context = multiprocessing.get_context("spawn")
     threads = _threads_per_process(jobs)
-    queue, running = deque(todo), {}  # sentinel -> (process, index, run)
+    queue, running = deque(todo), {}  # sentinel -> (process, index, run, the record path's stamp)
     try:
         while queue or running:
             while queue and len(running) < jobs:
@@ -251,25 +260,36 @@ def _run_in_processes(jobs, todo, spec, out_dir, overrides, progress):
                 process = context.Process(
                     target=_process_main, name=f"recbole-beta run {run.run_id}",
                     args=(run, spec, str(out_dir), index, overrides[run.run_id], compat.console_level, threads))
+                before = _stamp(out_dir, run)  # a record there now is an earlier sweep's
                 process.start()
-                running[process.sentinel] = (process, index, run)
-                progress.started()
+                running[process.sentinel] = (process, index, run, before)
             for sentinel in wait(list(running)):
-                process, index, run = running.pop(sentinel)
+                process, index, run, before = running.pop(sentinel)
                 process.join()
-                record = _record_of(out_dir, run) if process.exitcode == 0 else None
+                # the worker's record, if it wrote one (even if it was killed after that)
+                record = _record_of(out_dir, run) if _stamp(out_dir, run) != before else None
                 if record is None:
                     code = process.exitcode
-                    why = f"signal {-code}" if code < 0 else f"exit code {code}"
+                    why = (f"signal {-code} (killed; out of memory?)" if code < 0
+                           else f"exit code {code} (see {out_dir / 'work' / run.run_id / 'output.log'})")
                     record = _driver_failure(run, spec, out_dir, index, overrides[run.run_id],
-                                             f"WorkerDied: the run's process ended with {why} and no record "
-                                             f"(killed, or out of memory?)")
+                                             f"WorkerDied: the run's process ended before writing its record, "
+                                             f"with {why}")
                 progress.ended(run, record)
     finally:
-        for process, _, _ in running.values():  # interrupted: stop the runs still going (the processes we started)
+        for process, *_ in running.values():  # interrupted: stop the runs still going (the processes we started)
             process.terminate()
-        for process, _, _ in running.values():
+        for process, *_ in running.values():
             process.join()
+
+
+def _stamp(out_dir, run):
+    """Which file is at the run's record path now (an atomic write puts a new one there), or None."""
+    try:
+        stat = run_paths(out_dir, run)[0].stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 def _record_of(out_dir, run):
@@ -292,7 +312,7 @@ def _ray_task(run, spec, out_dir, index, overrides, console_level, cpus_per_run)
 
     torch.set_num_threads(max(1, int(cpus_per_run)))
     overrides = {**overrides, "gpu_id": ",".join(str(i) for i in ray.get_gpu_ids())}
-    return run_in_worker(run, spec, out_dir, index, overrides, console_level, driver_writes=True)
+    return run_in_worker(run, spec, out_dir, index, overrides, console_level, driver_writes=True, capture_output=True)
 
 
 def _same_on_disk(out_dir, run, record):
@@ -320,7 +340,7 @@ def _submit_and_wait(ray, workers, todo, spec, out_dir, overrides, progress):
         ref = task.remote(run, spec_ref, str(out_dir), index, overrides[run.run_id], compat.console_level,
                           workers.cpus_per_run)
         pending[ref] = (index, run)
-    progress.started(len(pending))  # Ray queues what does not fit now; the bar counts what has ended
+    # Ray queues what does not fit now, and runs it as resources free up
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
