@@ -14,11 +14,9 @@ from pathlib import Path
 import yaml
 from recbole.config import Config as RecBoleConfig
 
-from recbole_beta.data.heldout import RECBOLE_MODELS as HELDOUT_RECBOLE_MODELS
-from recbole_beta.data.heldout import check_protocol_keys, is_strong
 from recbole_beta.defaults import model_files, properties_dir
-from recbole_beta.errors import ConfigError
-from recbole_beta.registry import get_model, supports_heldout_users
+from recbole_beta.errors import ConfigError, check, check_number, is_number
+from recbole_beta.registry import HELDOUT_RECBOLE_MODELS, get_model, supports_heldout_users
 from recbole_beta import metrics  # noqa: F401  (registers TruncatedRecall with RecBole)
 
 
@@ -157,7 +155,7 @@ class Config(RecBoleConfig):
         """Check the evaluation protocol's keys and the model's own (raises ConfigError); models
         without ``validate_config`` pass their own."""
         check_protocol_keys(self)
-        if is_strong(self) and not supports_heldout_users(self.model_class):
+        if self["eval_protocol"] == "strong" and not supports_heldout_users(self.model_class):
             raise ConfigError(
                 "model", self["model"],
                 f"eval_protocol=strong runs the plugin's models and RecBole's {', '.join(HELDOUT_RECBOLE_MODELS)} "
@@ -167,3 +165,46 @@ class Config(RecBoleConfig):
         if validate is not None:
             validate(self)
         return self
+
+
+#: the evaluation protocols (the held-out-user split is recbole_beta.data.heldout)
+PROTOCOLS = ("weak", "strong")
+
+
+def check_protocol_keys(config):
+    """Validate ``eval_protocol`` and its keys (raises ConfigError); the data is not read."""
+    protocol = config["eval_protocol"]
+    if protocol not in PROTOCOLS:
+        close = difflib.get_close_matches(str(protocol), PROTOCOLS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError("eval_protocol", protocol, f"must be one of {', '.join(PROTOCOLS)}{hint}")
+    if protocol != "strong":
+        return
+    heldout = config["heldout_users"]
+    check(
+        "heldout_users",
+        heldout,
+        not isinstance(heldout, bool)
+        and (
+            (isinstance(heldout, int) and heldout >= 1)
+            or (isinstance(heldout, float) and 0 < heldout < 0.5)
+        ),
+        "must be an integer >= 1 (users in each of validation and test) or a fraction of all users in (0, 0.5)",
+    )
+    ratio = config["heldout_ratio"]
+    check("heldout_ratio", ratio, is_number(ratio) and 0 < ratio < 1, "must be a number > 0 and < 1")
+    check_number("split_seed", config["split_seed"], integer=True, minimum=0)
+    mode = (config["eval_args"] or {}).get("mode")
+    check(
+        "eval_args",
+        config["eval_args"],
+        mode == "full" or (isinstance(mode, dict) and set(mode.values()) == {"full"}),
+        "eval_protocol=strong ranks every item: eval_args.mode must be 'full'",
+    )
+    check(
+        "benchmark_filename",
+        config["benchmark_filename"],
+        not config["benchmark_filename"],
+        "eval_protocol=strong splits one .inter file (a pre-split one carries a protocol_role column); "
+        "unset benchmark_filename",
+    )

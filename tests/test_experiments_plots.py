@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from recbole_beta.beta import RAMPS, PIControlBeta
-from recbole_beta.experiments import plots
+from recbole_beta.experiments import plots, training_plots
 
 
 def assert_figure(paths, out_dir, stem):
@@ -44,7 +44,7 @@ def run(label, seed, hist, status="ok"):
 
 @functools.lru_cache(maxsize=1)
 def default_series():
-    return plots.beta_schedule_series(total_steps=400, activities=(5, 20, 80, 320), mean_activity=80.0)
+    return training_plots.beta_schedule_series(total_steps=400, activities=(5, 20, 80, 320), mean_activity=80.0)
 
 
 class TestBetaScheduleSeries:
@@ -101,12 +101,12 @@ class TestBetaScheduleSeries:
         assert (series["controlled/target"] == 10.0).all()
 
     def test_seeded(self):
-        a = plots.beta_schedule_series(total_steps=50, seed=3)
-        b = plots.beta_schedule_series(total_steps=50, seed=3)
+        a = training_plots.beta_schedule_series(total_steps=50, seed=3)
+        b = training_plots.beta_schedule_series(total_steps=50, seed=3)
         np.testing.assert_array_equal(a["controlled/kl"], b["controlled/kl"])
 
     def test_config_overrides(self):
-        s = plots.beta_schedule_series(
+        s = training_plots.beta_schedule_series(
             total_steps=100,
             config={"anneal_cap": 0.5, "total_anneal_steps": 10, "n_cycles": 2, "cyclical": {"beta_max": 1.0}},
         )
@@ -122,14 +122,14 @@ class TestBetaScheduleSeries:
         # a run's config: None for unset keys, a list strategy, keys no strategy reads
         config = {"beta_strategy": ["scaled", "cyclical"], "kp": None, "epochs": 50, "mlp_hidden_size": [600],
                   "gamma": 0.1, "normalize_activity": True}
-        s = plots.beta_schedule_series(total_steps=40, activities=(80,), mean_activity=80.0, config=config)
+        s = training_plots.beta_schedule_series(total_steps=40, activities=(80,), mean_activity=80.0, config=config)
         np.testing.assert_allclose(s["scaled/80"], 0.1)
         np.testing.assert_allclose(s["cyclical/linear"], default_series()["cyclical/linear"][::10], atol=0.02)
 
 
 def test_plot_beta_schedules(tmp_path):
     out = tmp_path / "figs"
-    paths = plots.plot_beta_schedules(out, total_steps=200, n_batches_per_epoch=4)
+    paths = training_plots.plot_beta_schedules(out, total_steps=200, n_batches_per_epoch=4)
     assert_figure(paths, out, "beta_schedules")
 
 
@@ -144,12 +144,12 @@ def test_plot_training_curves(tmp_path):
         run("Pop", 0, history(1, vae=False, valid=False)),
         run("Broken", 0, None),
     ]
-    paths = plots.plot_training_curves(runs, tmp_path)
+    paths = training_plots.plot_training_curves(runs, tmp_path)
     assert_figure(paths, tmp_path, "training_curves")
 
 
 def test_plot_training_curves_nothing_ok(tmp_path):
-    paths = plots.plot_training_curves([run("x", 0, history(3), status="failed")], tmp_path)
+    paths = training_plots.plot_training_curves([run("x", 0, history(3), status="failed")], tmp_path)
     assert_figure(paths, tmp_path, "training_curves")
 
 
@@ -201,7 +201,7 @@ def test_colors_and_empty_inputs(tmp_path):
     paths = plots.plot_activity_buckets(pd.DataFrame(columns=["label", "bucket", "bucket_index", "n_users"]),
                                         tmp_path / "b", colors=colors)
     assert_figure(paths, tmp_path / "b", "activity_buckets")
-    paths = plots.plot_training_curves([], tmp_path / "c", colors=colors)
+    paths = training_plots.plot_training_curves([], tmp_path / "c", colors=colors)
     assert_figure(paths, tmp_path / "c", "training_curves")
 
 

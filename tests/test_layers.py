@@ -6,8 +6,8 @@ recbole_beta... import ...`` (or relative import), at module level and inside fu
 A part is a top-level module (``quick_start``, ``config``, ``registry``, ``trainer``, ``compat``,
 ``files``, ...) or subpackage (``beta``, ``model``, ``data``, ``experiments``, ``tuning``, whether
 ``tuning.py`` or ``tuning/``). The command lines (``cli.py`` and ``__main__.py`` of any package)
-sit above every part, so each is a node of its own: ``python -m recbole_beta.data`` may build a
-Config although ``config`` reads ``data``.
+sit above every part, so each is a node of its own: ``python -m recbole_beta.data export`` builds a
+Config, which the data tools themselves never import.
 """
 
 import ast

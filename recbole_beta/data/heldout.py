@@ -31,9 +31,7 @@ from recbole.data.dataset import Dataset
 from recbole.data.interaction import Interaction
 from recbole.data.utils import create_samplers, get_dataloader
 
-from recbole_beta.errors import ConfigError, check, check_number, is_number
-
-PROTOCOLS = ("weak", "strong")
+from recbole_beta.errors import ConfigError
 
 #: the column of a pre-split dataset (e.g. one imported from the reference code's files)
 ROLE_FIELD = "protocol_role"
@@ -44,53 +42,10 @@ _DROPPED = -1  # a held-out user's interaction with an item no training user has
 #: the reference code gives targets only to held-out users with at least this many interactions
 MIN_INTERACTIONS_FOR_TARGETS = 5
 
-#: RecBole's models that run under the protocol (the plugin's own models all do)
-RECBOLE_MODELS = ("MultiVAE", "MultiDAE", "RecVAE", "EASE", "Pop")
 
 
 def is_strong(config):
     return config["eval_protocol"] == "strong"
-
-
-def check_protocol_keys(config):
-    """Validate ``eval_protocol`` and its keys (raises ConfigError); the data is not read."""
-    protocol = config["eval_protocol"]
-    if protocol not in PROTOCOLS:
-        import difflib
-
-        close = difflib.get_close_matches(str(protocol), PROTOCOLS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError("eval_protocol", protocol, f"must be one of {', '.join(PROTOCOLS)}{hint}")
-    if protocol != "strong":
-        return
-    heldout = config["heldout_users"]
-    check(
-        "heldout_users",
-        heldout,
-        not isinstance(heldout, bool)
-        and (
-            (isinstance(heldout, int) and heldout >= 1)
-            or (isinstance(heldout, float) and 0 < heldout < 0.5)
-        ),
-        "must be an integer >= 1 (users in each of validation and test) or a fraction of all users in (0, 0.5)",
-    )
-    ratio = config["heldout_ratio"]
-    check("heldout_ratio", ratio, is_number(ratio) and 0 < ratio < 1, "must be a number > 0 and < 1")
-    check_number("split_seed", config["split_seed"], integer=True, minimum=0)
-    mode = (config["eval_args"] or {}).get("mode")
-    check(
-        "eval_args",
-        config["eval_args"],
-        mode == "full" or (isinstance(mode, dict) and set(mode.values()) == {"full"}),
-        "eval_protocol=strong ranks every item: eval_args.mode must be 'full'",
-    )
-    check(
-        "benchmark_filename",
-        config["benchmark_filename"],
-        not config["benchmark_filename"],
-        "eval_protocol=strong splits one .inter file (a pre-split one carries a protocol_role column); "
-        "unset benchmark_filename",
-    )
 
 
 def n_heldout(heldout_users, n_users):

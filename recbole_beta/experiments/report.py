@@ -7,7 +7,7 @@ import pandas as pd
 from recbole.evaluator import register
 
 from recbole_beta import metrics as _plugin_metrics  # noqa: F401  (TruncatedRecall's name)
-from recbole_beta.experiments import analysis, plots
+from recbole_beta.experiments import analysis, plots, training_plots
 from recbole_beta.files import write_json
 
 
@@ -140,14 +140,14 @@ def write_report(out_dir, spec=None, figures=True):
         paths = plots.plot_metric_bars(summary, figure_dir, metrics=tuple(main), colors=colors)
         if not sig.empty:  # the differences the bars cannot show
             paths += plots.plot_paired_differences(sig, figure_dir, colors=colors, confidence=analysis.CONFIDENCE)
-        paths += plots.plot_training_curves([{**r, "label": r["group"]} for r in ok], figure_dir, colors=colors)
+        paths += training_plots.plot_training_curves([{**r, "label": r["group"]} for r in ok], figure_dir, colors=colors)
         if not buckets.empty:
             metric = next((m for m in metrics if m in buckets), metrics[0])
             paths += plots.plot_activity_buckets(buckets, figure_dir, metric=metric, colors=colors,
                                                  activity_measure=activity.get("measure"))
         # the strategies' shapes over an illustrative 400 steps; the beta each run really used is in
         # the training curves
-        paths += plots.plot_beta_schedules(figure_dir)
+        paths += training_plots.plot_beta_schedules(figure_dir)
         written += paths
         body += ["## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in paths if p.suffix == ".png"] + [""]
     (out_dir / "report.md").write_text("\n".join(body), encoding="utf-8")
