@@ -30,6 +30,7 @@ from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
 from recbole.data.dataset import Dataset
 from recbole.data.interaction import Interaction
 from recbole.data.utils import create_samplers, get_dataloader
+from recbole.model.general_recommender import EASE
 
 from recbole_beta.errors import ConfigError
 
@@ -181,8 +182,12 @@ class HeldOutDataset(Dataset):
         seen = (roles == TRAIN) | (roles == VALID_IN) | (roles == TEST_IN)
         built = [self.copy(self.inter_feat[mask]) for mask in (seen, roles == VALID_TARGET, roles == TEST_TARGET)]
         self.seen_dataset = built[0]
-        self.training_dataset = self.copy(self.inter_feat[roles == TRAIN])
         return built
+
+    def training_dataset(self):
+        """The training users' rows alone, for the models that train on interactions (EASE, Pop);
+        made on demand: the autoencoders never need this copy (10M rows at the ML-20M shape)."""
+        return self.copy(self.inter_feat[torch.as_tensor(self._roles) == TRAIN])
 
     def __str__(self):
         text = super().__str__()
@@ -219,7 +224,7 @@ def heldout_data_preparation(config, dataset, user_rows):
     if user_rows or issubclass(train_loader, UserDataLoader):
         train_data = HeldOutUserDataLoader(config, built[0], samplers[0], dataset.protocol_users["train"])
     else:
-        train_data = train_loader(config, dataset.training_dataset, samplers[0], shuffle=config["shuffle"])
+        train_data = train_loader(config, dataset.training_dataset(), samplers[0], shuffle=config["shuffle"])
     valid_data = get_dataloader(config, "valid")(config, built[1], samplers[1], shuffle=False)
     test_data = get_dataloader(config, "test")(config, built[2], samplers[2], shuffle=False)
     return train_data, valid_data, test_data
@@ -231,6 +236,6 @@ def attach_fold_in(model, dataset):
     The autoencoders read every user's row from the dataset they were built on, which holds the
     fold-in already; EASE keeps its own user-item matrix, built from training users only.
     """
-    if type(model).__name__ == "EASE":
+    if isinstance(model, EASE):
         model.interaction_matrix = dataset.seen_dataset.inter_matrix(form="csr").astype(np.float32)
     return model
