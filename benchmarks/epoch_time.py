@@ -51,6 +51,7 @@ VARIANTS = {
     "ControlledBetaMultVAE": ("ControlledBetaMultVAE", {}),
     "Scaled x Cyclical": ("BetaMultVAE", {"beta_strategy": ["scaled", "cyclical"]}),
     "Annealed, sparse input": ("AnnealedBetaMultVAE", {"sparse_input": True}),
+    "Annealed, dense input": ("AnnealedBetaMultVAE", {"sparse_input": False}),
 }
 
 
@@ -143,6 +144,33 @@ def matmul_gflops(m, k, n, device, reps=5):
     return 2 * m * k * n / statistics.median(times) / 1e9
 
 
+def decoder_floor(model, rows, batch, device, reps=3):
+    """Seconds the decoder's output layer's matrix products alone take for ``rows`` training rows
+    in batches of ``batch``, and their GFLOP/s: the forward (B x H)(H x I) and the backward's input
+    and weight gradients, bare ``torch.mm`` at those shapes, medians over ``reps``. An epoch cannot
+    take less on this device at this throughput; its multiple of this is the other work's price."""
+    layer = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    items, hidden = layer.out_features, layer.in_features
+
+    def products(b):
+        h, w = torch.randn(b, hidden, device=device), torch.randn(items, hidden, device=device)
+        g = torch.randn(b, items, device=device)
+        times = []
+        for _ in range(reps + 1):  # the first warms up
+            synchronize(device)
+            start = time.perf_counter()
+            torch.mm(h, w.t())
+            torch.mm(g, w)
+            torch.mm(g.t(), h)
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times[1:])
+
+    full, last = divmod(rows, batch)
+    seconds = full * products(batch) + (products(last) if last else 0.0)
+    return seconds, 6 * rows * hidden * items / seconds / 1e9
+
+
 def build(variant, dataset, extra_config, train_data):
     model_name, variant_config = VARIANTS[variant]
     config = Config(model=model_name, dataset=dataset, argv=[],
@@ -175,10 +203,11 @@ def bench_dataset(name, variants, reps, max_batches, eval_users, overrides):
     for variant in variants:
         built[variant] = build(variant, dataset, extra, train_data)
         first = built[variants[0]][0]
-        # every model of the family pads the users' histories into the same dense matrices
-        # (gigabytes on ml-20m): keep one copy for all, as separate runs would each hold one
-        built[variant][0].history_item_id = first.history_item_id
-        built[variant][0].history_item_value = first.history_item_value
+        # RecBole's models pad the users' histories into the same dense matrices (gigabytes on
+        # ml-20m; the plugin's hold a CSR matrix): keep one copy, as separate runs would each hold one
+        if hasattr(built[variant][0], "history_item_id") and hasattr(first, "history_item_id"):
+            built[variant][0].history_item_id = first.history_item_id
+            built[variant][0].history_item_value = first.history_item_value
         gc.collect()
     batches = math.ceil(train_data.sample_size / config["train_batch_size"])
     timed_batches = min(batches, max_batches) if max_batches else batches
@@ -222,6 +251,7 @@ def bench_dataset(name, variants, reps, max_batches, eval_users, overrides):
     rows_timed = min(train_data.sample_size, timed_batches * config["train_batch_size"])
     flops = layer_flops(model, rows_timed)
     peak_mm = matmul_gflops(config["train_batch_size"], data.item_num, config["mlp_hidden_size"][0], device)
+    floor_s, floor_gflops = decoder_floor(model, rows_timed, config["train_batch_size"], device)
     rows = []
     reference = results.get("MultiVAE")
     for variant in variants:
@@ -229,7 +259,9 @@ def bench_dataset(name, variants, reps, max_batches, eval_users, overrides):
         row = {"dataset": name, "variant": variant, "batches": timed_batches, "batches_per_epoch": batches,
                "train_s": r["train"], "eval_s": r["eval"], "epoch_extra_rss_mb": [m / 2**20 for m in r["memory"]],
                "memory": "CUDA" if device.type == "cuda" else "RSS",
-               "train_gflops": flops / statistics.median(r["train"]) / 1e9, "matmul_gflops": peak_mm}
+               "train_gflops": flops / statistics.median(r["train"]) / 1e9, "matmul_gflops": peak_mm,
+               "decoder_floor_s": floor_s, "decoder_floor_gflops": floor_gflops,
+               "x_floor": [t / floor_s for t in r["train"]]}
         if reference:
             row["train_ratio"] = [a / b for a, b in zip(r["train"], reference["train"])]
             if r["eval"]:
@@ -247,13 +279,14 @@ def summary(values, digits=2):
 def markdown(rows):
     memory = rows[0]["memory"] if rows else "RSS"
     lines = ["| dataset | model | train s (batches) | x MultiVAE | eval s | x MultiVAE "
-             f"| extra {memory} MiB | GFLOP/s (mm peak) |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| extra {memory} MiB | GFLOP/s (mm peak) | decoder floor s (GFLOP/s) | x floor |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(
             f"| {row['dataset']} | {row['variant']} | {summary(row['train_s'])} ({row['batches']}/{row['batches_per_epoch']}) "
             f"| {summary(row.get('train_ratio', []), 3)} | {summary(row['eval_s'])} | {summary(row.get('eval_ratio', []), 3)} "
-            f"| {summary(row['epoch_extra_rss_mb'], 0)} | {row['train_gflops']:.1f} ({row['matmul_gflops']:.0f}) |")
+            f"| {summary(row['epoch_extra_rss_mb'], 0)} | {row['train_gflops']:.1f} ({row['matmul_gflops']:.0f}) "
+            f"| {row['decoder_floor_s']:.2f} ({row['decoder_floor_gflops']:.0f}) | {summary(row['x_floor'])} |")
     return "\n".join(lines)
 
 

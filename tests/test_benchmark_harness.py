@@ -66,10 +66,16 @@ def test_interleaved_rounds_on_ml100k(harness):
         assert row["train_ratio"] == [a / b for a, b in zip(row["train_s"], reference["train_s"])]
         assert row["eval_ratio"] == [a / b for a, b in zip(row["eval_s"], reference["eval_s"])]
     assert reference["train_ratio"] == [1.0, 1.0]
+    for row in rows:
+        # the floor: the output layer's three products (forward, input and weight gradients) for
+        # the 944 user rows of an epoch, 944 x 600 x 1683 multiply-adds each (1,682 items and the padding id)
+        assert row["decoder_floor_s"] > 0
+        assert row["decoder_floor_gflops"] * row["decoder_floor_s"] * 1e9 == pytest.approx(6 * 944 * 600 * 1683)
+        assert row["x_floor"] == [t / row["decoder_floor_s"] for t in row["train_s"]]
     table = harness.markdown(rows)
     assert table.count("\n") == len(rows) + 1
     assert "| ml-100k | Annealed, sparse input |" in table
-    assert "extra RSS MiB" in table
+    assert "extra RSS MiB" in table and "decoder floor s" in table
 
 
 def test_max_batches_limits_the_timed_epoch(harness, synthetic_tenth):

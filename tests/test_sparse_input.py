@@ -31,14 +31,17 @@ def dense_loss(model, user, mask):
     return recon.mean(), (beta * kl).mean()
 
 
-def sparse_loss(model, user, mask):
-    x = model.get_sparse_rating_matrix(user)
-    rows, cols = x.indices()
-    z, mu, logvar = model.forward_sparse(x, dropout_mask=mask[rows, cols])
-    recon = -torch.zeros(len(user)).index_add_(0, rows, F.log_softmax(z, 1)[rows, cols] * x.values())
+def model_loss(model, user, mask):
+    """The model's own loss terms on its configured path, with the given dropout mask."""
+    _, mu, logvar, recon = model._encode_batch(user, dropout_mask=mask)
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
     beta = model.beta_strategy.weights(model.user_activity[user])
     return recon.mean(), (beta * kl).mean()
+
+
+def sparse_loss(model, user, mask):
+    assert model.sparse_input
+    return model_loss(model, user, mask)
 
 
 def grads(model, loss):
@@ -115,7 +118,9 @@ def test_duplicate_rows_give_the_dense_values_loss_and_scores(tmp_path):
     model = BetaMultVAE(config, train)
     user = torch.arange(0, 5)  # the padding user 0 and the four users
     u1, i1 = train.token2id("user_id", "u1"), train.token2id("item_id", "i1")
-    assert (model.history_item_id[u1] == i1).sum() == 3  # RecBole kept the duplicate rows
+    inter = train.inter_feat
+    assert ((inter["user_id"] == u1) & (inter["item_id"] == i1)).sum() == 3  # RecBole kept the duplicate rows
+    assert model.user_activity[u1] == (inter["user_id"] == u1).sum()  # |x_u| counts rows, as RecBole's history
 
     model.train()
     mask = (torch.rand(len(user), model.n_items, generator=torch.Generator().manual_seed(3)) > model.drop_out).float()
@@ -135,3 +140,63 @@ def test_duplicate_rows_give_the_dense_values_loss_and_scores(tmp_path):
     dense_x = model.get_rating_matrix(user)
     assert dense_x.max() == 1  # RecBole's dense matrix: 1 for a duplicated item too
     assert torch.equal(model.get_sparse_rating_matrix(user).to_dense(), dense_x)
+
+
+def test_multinomial_nll_by_hand_and_its_gradient():
+    """The sparse reconstruction term equals -sum_i x_ui log softmax(z_u)_i, and its hand-written
+    backward equals autograd's (gradcheck in float64)."""
+    from recbole_beta.model.sparse import multinomial_nll
+
+    # one row worked out by hand: z = (0, ln 2, ln 3) -> softmax (1/6, 2/6, 3/6); x = (2, 0, 1)
+    z = torch.tensor([[0.0, 0.6931471805599453, 1.0986122886681098]], dtype=torch.float64)
+    rows, cols, values = torch.tensor([0, 0]), torch.tensor([0, 2]), torch.tensor([2.0, 1.0], dtype=torch.float64)
+    expected = -(2 * torch.log(torch.tensor(1 / 6, dtype=torch.float64)) + torch.log(torch.tensor(0.5, dtype=torch.float64)))
+    assert multinomial_nll(z, rows, cols, values).item() == pytest.approx(expected.item(), rel=1e-12)
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 7, dtype=torch.float64, generator=generator, requires_grad=True)
+    rows = torch.tensor([0, 0, 1, 3, 3, 3, 4])  # row 2 has no entries: its term is 0
+    cols = torch.tensor([1, 4, 0, 2, 5, 6, 3])
+    values = torch.tensor([1.0, 2.0, 1.0, 0.5, 1.0, 3.0, 1.0], dtype=torch.float64)
+    dense = torch.zeros(5, 7, dtype=torch.float64).index_put_((rows, cols), values)
+    assert torch.allclose(multinomial_nll(logits, rows, cols, values), -(F.log_softmax(logits, 1) * dense).sum(1))
+    assert torch.autograd.gradcheck(lambda z: multinomial_nll(z, rows, cols, values), (logits,))
+
+
+def test_history_is_a_csr_matrix_with_recbole_rows(ml100k):
+    """The model keeps the users' interactions as a CSR matrix, not RecBole's padded (users x
+    longest history) matrices, and its dense rows are the rows RecBole's MultiVAE builds."""
+    from recbole.model.general_recommender import MultiVAE
+
+    config, train, model = ml100k
+    assert not hasattr(model, "history_item_id") and not hasattr(model, "history_item_value")
+    history = model.history
+    inter = train._dataset.inter_feat
+    assert history.nnz == len(set(zip(inter["user_id"].tolist(), inter["item_id"].tolist())))
+    assert history.crow.shape == (train._dataset.user_num + 1,)
+    # nothing but the CSR arrays and the per-user counts: no user x longest-history block
+    held = sum(buffer.numel() for buffer in history.buffers())
+    assert held == history.nnz + 2 * train._dataset.user_num + 1
+
+    recbole = MultiVAE(Config(model="MultiVAE", dataset="ml-100k", config_dict={"state": "WARNING"}), train._dataset)
+    user = torch.arange(0, train._dataset.user_num)
+    assert torch.equal(model.get_rating_matrix(user), recbole.get_rating_matrix(user))
+    assert torch.equal(model.user_activity, (recbole.history_item_id > 0).sum(1).float())
+
+
+def test_auto_takes_the_sparse_path_on_sparse_data_only(tmp_path):
+    from recbole_beta.model import BetaMultVAE
+    from recbole_beta.model.sparse import UserItemCSR
+
+    dense_data = UserItemCSR([1, 1, 2], [1, 2, 1], n_users=3, n_items=3)  # 3 of 9 cells: 33%
+    sparse_data = UserItemCSR([1, 1, 2], [1, 2, 1], n_users=3, n_items=100)  # 1%
+    assert BetaMultVAE.choose_sparse_input("auto", dense_data, 3) is False
+    assert BetaMultVAE.choose_sparse_input("auto", sparse_data, 100) is True
+    assert BetaMultVAE.choose_sparse_input(False, sparse_data, 100) is False
+    assert BetaMultVAE.choose_sparse_input(True, dense_data, 3) is True
+
+    # the default is auto: ml-100k (6.3% of its cells) keeps RecBole's dense path
+    config = Config(model=ScaledBetaMultVAE, dataset="ml-100k", config_dict={"state": "WARNING"})
+    assert config["sparse_input"] == "auto"
+    _, _, model, _ = prepare(config)
+    assert model.sparse_input is False

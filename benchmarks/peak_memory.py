@@ -1,0 +1,98 @@
+"""Whole-process peak memory of a run: RecBole's MultiVAE against the plugin's models.
+
+Each variant runs in a fresh process through the plugin's runner (``run_recbole_beta``: data
+loading, RecBole's split, the model, ``epochs`` training epochs, the validation after each and the
+test evaluation), the way a user's run goes. The figure is the child's peak resident set, from
+the kernel (``wait4``'s rusage), so loading and splitting count as much as training. RecBole's
+MultiVAE takes RecBole's own data path and padded history matrices; the plugin's models take the
+plugin's (CSR history, lean full-ranking loaders). On a CUDA machine the CUDA allocator's peak is
+printed too.
+
+    python benchmarks/peak_memory.py --datasets ml-100k ml-20m@0.1
+    python benchmarks/peak_memory.py --datasets ml-20m --epochs 1      # about 20 minutes, 2 cores
+
+``ml-20m@f``: the synthetic ML-20M shape of benchmarks/epoch_time.py, made on first use.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+#: name -> (model, extra config)
+VARIANTS = {
+    "MultiVAE": ("MultiVAE", {}),
+    "AnnealedBetaMultVAE": ("AnnealedBetaMultVAE", {}),
+    "AnnealedBetaMultVAE, dense input": ("AnnealedBetaMultVAE", {"sparse_input": False}),
+    "ScaledBetaMultVAE": ("ScaledBetaMultVAE", {}),
+}
+
+CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+import torch
+from recbole_beta.quick_start import run_recbole_beta
+start = time.perf_counter()
+result = run_recbole_beta({model!r}, {dataset!r}, config_dict={config!r}, saved=False)
+seconds = time.perf_counter() - start
+cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+print("RESULT " + json.dumps({{"seconds": seconds, "test": dict(result["test_result"]), "cuda_peak": cuda}}))
+"""
+
+
+def run_child(model, dataset, config):
+    code = CHILD.format(root=str(ROOT), model=model, dataset=dataset, config=config)
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, cwd=os.environ.get("TMPDIR", "/tmp"))
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{model} on {dataset} failed:\n{output[-3000:]}")
+    line = next(line for line in output.splitlines() if line.startswith("RESULT "))
+    return {**json.loads(line[len("RESULT "):]), "peak_rss": usage.ru_maxrss * 1024}
+
+
+def main():
+    from epoch_time import dataset_config  # the synthetic shapes and where they are made
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["ml-100k", "ml-20m@0.1"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None, help="also write the measurements here")
+    args = parser.parse_args()
+    if "MultiVAE" not in args.variants:
+        args.variants.insert(0, "MultiVAE")
+    rows = []
+    for name in args.datasets:
+        dataset, extra = dataset_config(name)
+        for variant in args.variants:
+            model, variant_config = VARIANTS[variant]
+            config = {**extra, **variant_config, "epochs": args.epochs, "state": "ERROR", "show_progress": False,
+                      "results_dir": "~"}
+            started = time.perf_counter()
+            measured = run_child(model, dataset, config)
+            rows.append({"dataset": name, "variant": variant, **measured})
+            print(f"{name} {variant}: peak {measured['peak_rss'] / 2**30:.2f} GiB, "
+                  f"{time.perf_counter() - started:.0f} s, test {measured['test']}", flush=True)
+    print()
+    print("| dataset | model | peak RSS GiB | x MultiVAE | CUDA peak GiB | run s | test NDCG@100 |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        reference = next(r for r in rows if r["dataset"] == row["dataset"] and r["variant"] == "MultiVAE")
+        cuda = "-" if row["cuda_peak"] is None else f"{row['cuda_peak'] / 2**30:.2f}"
+        print(f"| {row['dataset']} | {row['variant']} | {row['peak_rss'] / 2**30:.2f} "
+              f"| {row['peak_rss'] / reference['peak_rss']:.3f} | {cuda} | {row['seconds']:.0f} "
+              f"| {row['test'].get('ndcg@100', float('nan')):.4f} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The users' interactions as a CSR matrix, and the multinomial likelihood on sparse targets.
+
+RecBole's autoencoders keep every user's history as two padded (users x longest history)
+matrices, ids and values, on the model's device: about 6 GB at the ML-20M shape for data a CSR
+matrix holds in ~120 MB. :class:`UserItemCSR` is that CSR matrix, with the two batch views the
+model needs (dense rows as RecBole builds them, or the sparse batch).
+"""
+
+import warnings
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+# torch warns on every CSR tensor made that its sparse CSR support is "in beta"; the operations
+# used here (construction, CSR x dense product and its backward) are checked by tests/test_sparse_input.py
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+
+
+class UserItemCSR(nn.Module):
+    """The binary user x item matrix of a RecBole dataset's interactions, row-compressed.
+
+    A (user, item) pair present several times is one entry of value 1, as in the dense rows of
+    RecBole's ``AutoEncoderMixin.get_rating_matrix`` (which writes 1 over 1). Column ids are sorted
+    within each row. The arrays are non-persistent buffers: ``.to(device)`` moves them, checkpoints
+    do not hold them (they are derived from the data).
+    """
+
+    def __init__(self, user_ids, item_ids, n_users, n_items):
+        super().__init__()
+        self.n_users, self.n_items = n_users, n_items
+        users = np.asarray(user_ids, dtype=np.int64)
+        items = np.asarray(item_ids, dtype=np.int64)
+        #: interactions per user, duplicates included: RecBole's history length
+        self.register_buffer("counts", torch.from_numpy(np.bincount(users, minlength=n_users)), persistent=False)
+        pairs = np.unique(users * n_items + items)  # sorted by user, then item; duplicates once
+        crow = np.zeros(n_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(pairs // n_items, minlength=n_users), out=crow[1:])
+        self.register_buffer("crow", torch.from_numpy(crow), persistent=False)
+        self.register_buffer("col", torch.from_numpy(pairs % n_items), persistent=False)
+
+    @classmethod
+    def from_dataset(cls, dataset):
+        inter = dataset.inter_feat
+        return cls(inter[dataset.uid_field].numpy(), inter[dataset.iid_field].numpy(), dataset.user_num, dataset.item_num)
+
+    @property
+    def nnz(self):
+        return len(self.col)
+
+    def batch(self, user):
+        """Rows ``user`` as (crow, rows, cols): the batch's CSR offsets (len(user) + 1), and each
+        entry's batch row and item id, in row-major order with sorted items."""
+        start = self.crow[user]
+        length = self.crow[user + 1] - start
+        crow = torch.zeros(len(user) + 1, dtype=torch.long, device=start.device)
+        torch.cumsum(length, 0, out=crow[1:])
+        total = int(crow[-1])
+        rows = torch.repeat_interleave(torch.arange(len(user), device=start.device), length, output_size=total)
+        # position of each entry in self.col: its row's start plus its offset inside the row
+        position = torch.arange(total, device=start.device) - crow[:-1][rows] + start[rows]
+        return crow, rows, self.col[position]
+
+    def dense(self, user):
+        """Rows ``user`` as a dense float tensor (len(user) x n_items), the values of RecBole's
+        ``AutoEncoderMixin.get_rating_matrix``."""
+        _, rows, cols = self.batch(user)
+        matrix = torch.zeros(len(user), self.n_items, device=cols.device)
+        return matrix.index_put_((rows, cols), torch.ones(len(cols), device=cols.device))
+
+
+class _MultinomialNLL(torch.autograd.Function):
+    """-sum_i x_ui log softmax(z_u)_i for every row u, with x sparse.
+
+    As lse_u * sum_i x_ui - sum_i x_ui z_ui, so the forward never writes a batch x items
+    log-softmax, and the backward writes its batch x items gradient once, in place:
+    g_u * (softmax(z_u) * sum_i x_ui - x_u).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, rows, cols, values):
+        batch = logits.shape[0]
+        lse = torch.logsumexp(logits, dim=1)
+        total = torch.zeros(batch, dtype=logits.dtype, device=logits.device).index_add_(0, rows, values)
+        picked = torch.zeros_like(total).index_add_(0, rows, logits[rows, cols] * values)
+        ctx.save_for_backward(logits, rows, cols, values, total)
+        return lse * total - picked
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, rows, cols, values, total = ctx.saved_tensors
+        grad_logits = torch.softmax(logits, dim=1).mul_((grad * total).unsqueeze(1))
+        grad_logits.index_put_((rows, cols), -(grad[rows] * values), accumulate=True)
+        return grad_logits, None, None, None
+
+
+def multinomial_nll(logits, rows, cols, values):
+    """Per-row multinomial negative log-likelihood of the sparse counts (rows, cols, values) under
+    ``softmax(logits)``: what ``-(F.log_softmax(logits, 1) * x).sum(1)`` gives for the dense x."""
+    return _MultinomialNLL.apply(logits, rows, cols, values)
