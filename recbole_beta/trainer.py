@@ -18,6 +18,7 @@ from recbole.trainer.trainer import AbstractTrainer
 from recbole.utils import set_color
 from torch.nn.parallel import DistributedDataParallel
 
+from recbole_beta.collector import FastCollector
 from recbole_beta.compat import SafeCheckpointMixin
 from recbole_beta.errors import TrainingDivergedError
 from recbole_beta.files import plain
@@ -71,11 +72,15 @@ class PluginTrainerMixin(SafeCheckpointMixin):
       ``_train_epoch``) and, on evaluated epochs, the valid score and metrics (in ``_valid_epoch``);
     - exact resume: a checkpoint also holds the history, the best valid result and the states of the
       random generators, so a resumed run continues exactly as an uninterrupted one;
-    - a stop on a non-finite training loss: a one-line :class:`TrainingDivergedError`.
+    - a stop on a non-finite training loss: a one-line :class:`TrainingDivergedError`;
+    - a cheaper full-ranking evaluation: :class:`~recbole_beta.collector.FastCollector` as the
+      ``eval_collector``, RecBole's numbers without its dense users x items matrix per batch.
     """
 
     def __init__(self, config, model):
         super().__init__(config, model)
+        # RecBole's Trainer.__init__ made a Collector: the same rec.topk without a users x items matrix
+        self.eval_collector = FastCollector(config)
         self.history = []
         self._epoch_idx = None  # the epoch in training, for the stop's message
         self._train_data = None  # whose shuffling generator a checkpoint captures

@@ -27,11 +27,12 @@ import pandas as pd
 import torch
 from recbole.data.dataloader import UserDataLoader
 from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
-from recbole.data.dataset import Dataset
 from recbole.data.interaction import Interaction
 from recbole.data.utils import create_samplers, get_dataloader
 from recbole.model.general_recommender import EASE
 
+from recbole_beta.data.dataset import PluginDataset
+from recbole_beta.data.fullsort import fullsort_eval_loaders, lean_eval_applies
 from recbole_beta.errors import ConfigError
 
 #: the column of a pre-split dataset (e.g. one imported from the reference code's files)
@@ -114,7 +115,7 @@ def _has_role_column(config):
     return any(column.split(":")[0] == ROLE_FIELD for column in header)
 
 
-class HeldOutDataset(Dataset):
+class HeldOutDataset(PluginDataset):
     """RecBole's Dataset, split into training and held-out users (see the module's docstring).
 
     The roles are settled on the raw data, before RecBole maps tokens to ids, so the item ids
@@ -219,14 +220,19 @@ def heldout_data_preparation(config, dataset, user_rows):
     models); else it trains on interactions (EASE, Pop), from training users only.
     """
     built = dataset.build()
-    samplers = create_samplers(config, dataset, built)
+    # the plugin's VAEs with full ranking read no sampler (recbole_beta.data.fullsort)
+    lean = lean_eval_applies(config)
+    samplers = (None, None, None) if lean else create_samplers(config, dataset, built)
     train_loader = get_dataloader(config, "train")
     if user_rows or issubclass(train_loader, UserDataLoader):
         train_data = HeldOutUserDataLoader(config, built[0], samplers[0], dataset.protocol_users["train"])
     else:
         train_data = train_loader(config, dataset.training_dataset(), samplers[0], shuffle=config["shuffle"])
-    valid_data = get_dataloader(config, "valid")(config, built[1], samplers[1], shuffle=False)
-    test_data = get_dataloader(config, "test")(config, built[2], samplers[2], shuffle=False)
+    if lean:
+        valid_data, test_data = fullsort_eval_loaders(config, built)
+    else:
+        valid_data = get_dataloader(config, "valid")(config, built[1], samplers[1], shuffle=False)
+        test_data = get_dataloader(config, "test")(config, built[2], samplers[2], shuffle=False)
     return train_data, valid_data, test_data
 
 

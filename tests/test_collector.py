@@ -1,0 +1,198 @@
+"""FastCollector collects what RecBole's Collector collects, without its users x items matrix.
+
+The reference in every test is RecBole 1.2.1's own ``recbole.evaluator.Collector`` on the same scores.
+"""
+
+import pytest
+import torch
+from recbole.evaluator import Collector, Evaluator
+
+from recbole_beta.collector import FastCollector
+from recbole_beta.config import Config
+from recbole_beta.quick_start import prepare
+
+TOPK_METRICS = ["Recall", "NDCG", "TruncatedRecall", "Hit", "MRR", "Precision", "MAP"]
+#: (topk, metrics): rec.topk alone; rec.topk and rec.items together. ShannonEntropy is the rec.items
+#: metric RecBole 1.2.1 can run: those that also need data.num_items or data.count_items (ItemCoverage,
+#: AveragePopularity, ...) fail in its Collector.get_data_struct, which calls .cpu() on an int
+CASES = [
+    ([20, 50, 100], TOPK_METRICS),
+    ([10], TOPK_METRICS + ["ShannonEntropy"]),
+]
+#: ~120 users a batch on ml-100k (1683 item ids): several batches per loader
+SMALL_BATCHES = {"eval_batch_size": 120 * 1683}
+
+
+def _prepare(model, fast, **overrides):
+    config = Config(model=model, dataset="ml-100k", config_dict={**fast, **overrides}, argv=[])
+    dataset, loaders, model, trainer = prepare(config)
+    return config, dataset, loaders, model, trainer
+
+
+def _assert_same_struct(ours, theirs):
+    """Same keys, and every tensor equal with the same dtype and shape."""
+    assert set(ours._data_dict) == set(theirs._data_dict)
+    for key, expected in theirs._data_dict.items():
+        got = ours[key]
+        if isinstance(expected, torch.Tensor):
+            assert got.dtype == expected.dtype, key
+            assert got.shape == expected.shape, key
+            assert torch.equal(got, expected), key
+        else:
+            assert got == expected, key
+
+
+@pytest.mark.parametrize("model_name", ["ScaledBetaMultVAE", "Pop"])  # Pop: items of equal counts tie
+@pytest.mark.parametrize("topk, metrics", CASES)
+def test_every_batch_matches_recbole(fast, model_name, topk, metrics):
+    config, dataset, (train_data, valid_data, test_data), model, trainer = _prepare(
+        model_name, {**fast, "epochs": 1}, topk=topk, metrics=metrics, **SMALL_BATCHES
+    )
+    assert isinstance(trainer.eval_collector, FastCollector)  # the plugin's trainers use it
+    if model_name == "Pop":
+        trainer.fit(train_data, None, saved=False)  # the counts; the VAE scores as initialised
+    ours, theirs = FastCollector(config), Collector(config)
+    assert ours.register.need("rec.topk")
+    assert ours.register.need("rec.items") == ("ShannonEntropy" in metrics)
+    model.eval()
+    trainer.tot_item_num = dataset.item_num
+    n_batches = 0
+    with torch.no_grad():
+        for loader in (valid_data, test_data):
+            for batch in loader:
+                _, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batch)
+                ours.eval_batch_collect(scores, None, positive_u, positive_i)
+                theirs.eval_batch_collect(scores, None, positive_u, positive_i)
+                ours_struct, theirs_struct = ours.get_data_struct(), theirs.get_data_struct()
+                _assert_same_struct(ours_struct, theirs_struct)
+                assert ours_struct["rec.topk"].shape == (scores.shape[0], max(topk) + 1)
+                n_batches += 1
+    assert n_batches >= 10
+
+
+def test_trained_model_metrics_equal_recbole_collector(fast):
+    metrics = TOPK_METRICS + ["ShannonEntropy"]
+    config, _, (train_data, valid_data, test_data), _, trainer = _prepare(
+        "ScaledBetaMultVAE", {**fast, "epochs": 2}, metrics=metrics, **SMALL_BATCHES
+    )
+    assert isinstance(trainer.eval_collector, FastCollector)
+    trainer.fit(train_data, valid_data, saved=False, show_progress=False)
+    # the trainer's evaluator, keeping what its collector handed it
+    structs = []
+    evaluate = trainer.evaluator.evaluate
+    trainer.evaluator.evaluate = lambda struct: structs.append(struct) or evaluate(struct)
+
+    results = {}
+    for name, collector in (("ours", trainer.eval_collector), ("theirs", Collector(config))):
+        collector.data_collect(train_data)
+        trainer.eval_collector = collector
+        results[name] = [trainer.evaluate(data, load_best_model=False) for data in (valid_data, test_data)]
+    assert results["ours"] == results["theirs"]  # every metric, to RecBole's 4 places
+    assert results["ours"][1]["ndcg@100"] > 0.05 and results["ours"][1]["shannonentropy@100"] > 0
+    assert set(results["ours"][1]) == {f"{m.lower()}@{k}" for m in metrics for k in (20, 50, 100)}
+    # and before the rounding: the collected tensors themselves
+    ours_valid, ours_test, theirs_valid, theirs_test = structs
+    _assert_same_struct(ours_valid, theirs_valid)
+    _assert_same_struct(ours_test, theirs_test)
+    assert ours_test["rec.topk"].shape[0] == test_data._dataset.user_num - 1  # each user once
+
+
+def _hand_config(metrics, topk):
+    # a real Config (no data loaded), which also restores np.float for RecBole's NDCG, MRR and MAP
+    config = Config(model="Pop", dataset="ml-100k", config_dict={"metrics": metrics, "topk": topk,
+                                                                  "valid_metric": f"Recall@{topk[0]}"}, argv=[])
+    config["device"] = torch.device("cpu")
+    return config
+
+
+def _hand_batch():
+    """3 users x 6 items (id 0: padding), worked out by hand for top 3.
+
+    user 0: top 3 = items 1, 2, 4; positives {2, 3}, (0, 2) listed twice: hits 0 1 0, 2 positives
+    user 1: top 3 = items 3, 5, 4; positive {5}: hits 0 1 0, 1 positive
+    user 2: top 3 = items 1, 2, 3; positive {5}: no hit, 1 positive
+    """
+    inf = float("inf")
+    scores = torch.tensor([
+        [-inf, 0.9, 0.8, 0.1, 0.7, 0.2],
+        [-inf, 0.1, 0.2, 0.9, 0.3, 0.8],
+        [-inf, 0.5, 0.4, 0.3, 0.2, 0.1],
+    ])
+    positive_u = torch.tensor([0, 1, 0, 2, 0])
+    positive_i = torch.tensor([2, 5, 3, 5, 2])
+    expected = torch.tensor([[0, 1, 0, 2], [0, 1, 0, 1], [0, 0, 0, 1]])
+    return scores, positive_u, positive_i, expected
+
+
+def test_duplicate_positives_count_once_as_in_recbole():
+    scores, positive_u, positive_i, expected = _hand_batch()
+    metrics = ["Recall", "Hit", "NDCG", "TruncatedRecall", "Precision", "MRR", "MAP", "ShannonEntropy"]
+    config = _hand_config(metrics, [3])
+    results, structs = {}, {}
+    for name, cls in (("ours", FastCollector), ("theirs", Collector)):
+        collector = cls(config)
+        collector.eval_batch_collect(scores, None, positive_u, positive_i)
+        structs[name] = collector.get_data_struct()
+        results[name] = Evaluator(config).evaluate(structs[name])
+    assert torch.equal(structs["theirs"]["rec.topk"], expected)  # the hand-worked rows are RecBole's
+    _assert_same_struct(structs["ours"], structs["theirs"])
+    assert results["ours"] == results["theirs"]
+    # Recall@3: user 0 finds 1 of its 2 distinct positives (not 1 of 3), user 1 all, user 2 none
+    assert results["ours"]["recall@3"] == pytest.approx((1 / 2 + 1 + 0) / 3, abs=1e-4)
+    assert results["ours"]["hit@3"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+def test_batch_edge_cases_match_recbole():
+    """A user without positives, a batch without any, one user, and k = every item."""
+    scores, positive_u, positive_i, _ = _hand_batch()
+    cases = [
+        (scores, positive_u[positive_u != 1], positive_i[positive_u != 1], [2]),  # user 1: none
+        (scores, positive_u[:0], positive_i[:0], [1, 3]),  # nobody has any
+        (scores[:1], positive_u[positive_u == 0], positive_i[positive_u == 0], [6]),  # one user, k = I
+    ]
+    for scores, positive_u, positive_i, topk in cases:
+        config = _hand_config(["Recall", "ShannonEntropy"], topk)  # rec.topk and rec.items
+        ours, theirs = FastCollector(config), Collector(config)
+        ours.eval_batch_collect(scores, None, positive_u, positive_i)
+        theirs.eval_batch_collect(scores, None, positive_u, positive_i)
+        _assert_same_struct(ours.get_data_struct(), theirs.get_data_struct())
+
+
+def test_meanrank_metric_goes_through_recbole(fast):
+    """GAUC needs rec.meanrank, which FastCollector leaves to RecBole's method: collected once, the same."""
+    metrics = ["GAUC", "Recall", "ShannonEntropy"]
+    config, dataset, (_, _, test_data), model, trainer = _prepare(
+        "ScaledBetaMultVAE", fast, metrics=metrics, valid_metric="GAUC", **SMALL_BATCHES
+    )
+    ours, theirs = FastCollector(config), Collector(config)
+    model.eval()
+    trainer.tot_item_num = dataset.item_num
+    with torch.no_grad():
+        for batch in test_data:
+            _, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batch)
+            ours.eval_batch_collect(scores, None, positive_u, positive_i)
+            theirs.eval_batch_collect(scores, None, positive_u, positive_i)
+    ours_struct, theirs_struct = ours.get_data_struct(), theirs.get_data_struct()
+    _assert_same_struct(ours_struct, theirs_struct)
+    n_users = test_data._dataset.user_num - 1
+    assert ours_struct["rec.meanrank"].shape == (n_users, 3)  # each user once
+    evaluator = Evaluator(config)
+    ours_result = evaluator.evaluate(ours_struct)
+    assert ours_result == evaluator.evaluate(theirs_struct)
+    assert 0.5 < ours_result["gauc"] <= 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_tensors_match_recbole():
+    generator = torch.Generator().manual_seed(0)
+    n_users, n_items = 64, 3000
+    scores = torch.rand(n_users, n_items, generator=generator)
+    positive_u = torch.randint(0, n_users, (2000,), generator=generator)
+    positive_i = torch.randint(1, n_items, (2000,), generator=generator)
+    config = _hand_config(["Recall", "NDCG", "ShannonEntropy", "GAUC"], [20, 50, 100])
+    config["device"] = torch.device("cuda")
+    ours, theirs = FastCollector(config), Collector(config)
+    # the trainer's scores are on the device, its positives on the CPU
+    ours.eval_batch_collect(scores.cuda(), None, positive_u, positive_i)
+    theirs.eval_batch_collect(scores.cuda(), None, positive_u, positive_i)
+    _assert_same_struct(ours.get_data_struct(), theirs.get_data_struct())
