@@ -37,7 +37,8 @@ from recbole.utils import init_seed  # noqa: E402
 from recbole_beta.config import Config  # noqa: E402
 from recbole_beta.data.synthetic import PRESETS, Shape, generate  # noqa: E402
 from recbole_beta.quick_start import data_preparation  # noqa: E402
-from recbole_beta.registry import get_model, get_trainer  # noqa: E402
+from recbole_beta.data.dataset import create_dataset as plugin_create_dataset  # noqa: E402
+from recbole_beta.registry import get_model, get_trainer, is_plugin_vae  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data"
 
@@ -197,6 +198,20 @@ def bench_dataset(name, variants, reps, max_batches, eval_users, overrides):
     start = time.perf_counter()
     data = create_dataset(config)
     train_data, valid_data, _ = data_preparation(config, data)
+    # the plugin's VAEs are evaluated on their own loaders (recbole_beta.data.fullsort), RecBole's
+    # models on RecBole's: the same split (same seed, same data), each path's own batches
+    valid_of = {}
+    plugin = [v for v in variants if is_plugin_vae(get_model(VARIANTS[v][0]))]
+    if plugin and eval_users:
+        plugin_config = Config(model=VARIANTS[plugin[0]][0], dataset=dataset, argv=[],
+                               config_dict={**extra, "state": "ERROR"})
+        init_seed(plugin_config["seed"], plugin_config["reproducibility"])
+        _, plugin_valid, _ = data_preparation(plugin_config, plugin_create_dataset(plugin_config))
+        if not (plugin_valid.sample_size == valid_data.sample_size
+                and torch.equal(torch.as_tensor(plugin_valid.uid_list), torch.as_tensor(valid_data.uid_list))
+                and plugin_valid.uid2items_num.tolist() == valid_data.uid2items_num.tolist()):
+            raise SystemExit("the plugin's split differs from RecBole's: the evaluations would not be comparable")
+        valid_of = dict.fromkeys(plugin, plugin_valid)
     print(f"{name}: {data.user_num - 1:,} users x {data.item_num - 1:,} items, {data.inter_num:,} interactions "
           f"(loaded in {time.perf_counter() - start:.0f} s)", flush=True)
     built = {}
@@ -227,7 +242,7 @@ def bench_dataset(name, variants, reps, max_batches, eval_users, overrides):
         model, trainer = built[variant]
         synchronize(device)
         start = time.perf_counter()
-        trainer.evaluate(valid_data, load_best_model=False)
+        trainer.evaluate(valid_of.get(variant, valid_data), load_best_model=False)
         synchronize(device)
         return time.perf_counter() - start
 

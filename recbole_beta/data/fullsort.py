@@ -36,15 +36,13 @@ LEAN_EVAL_LOADERS = True
 
 
 def lean_eval_applies(config):
-    """True when the run's valid and test loaders can be :class:`CSRFullSortEvalDataLoader` and no
-    RecBole sampler is needed: a plugin VAE (``is_plugin_vae``), full ranking in both phases, no
-    training negatives, and RecBole's non-repeatable sampler semantics. Anything else (sampled or
-    labeled evaluation, ``repeatable: True``, whose sampler masks no history, a training sampler)
-    stays on RecBole's path.
+    """True when a run of the plugin's VAEs (the callers ask for those only) can have
+    :class:`CSRFullSortEvalDataLoader` valid and test loaders and no RecBole sampler: full ranking
+    in both phases, no training negatives, and RecBole's non-repeatable sampler semantics. Anything
+    else (sampled or labeled evaluation, ``repeatable: True``, whose sampler masks no history, a
+    training sampler) stays on RecBole's path.
     """
-    from recbole_beta.registry import is_plugin_vae  # the registry imports the models: import on use
-
-    if not LEAN_EVAL_LOADERS or not is_plugin_vae(config.model_class):
+    if not LEAN_EVAL_LOADERS:
         return False
     if config["MODEL_TYPE"] == ModelType.SEQUENTIAL or config["repeatable"]:
         return False

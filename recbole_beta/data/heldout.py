@@ -221,7 +221,7 @@ def heldout_data_preparation(config, dataset, user_rows):
     """
     built = dataset.build()
     # the plugin's VAEs with full ranking read no sampler (recbole_beta.data.fullsort)
-    lean = lean_eval_applies(config)
+    lean = user_rows and lean_eval_applies(config)
     samplers = (None, None, None) if lean else create_samplers(config, dataset, built)
     train_loader = get_dataloader(config, "train")
     if user_rows or issubclass(train_loader, UserDataLoader):

@@ -18,7 +18,7 @@ from recbole.model.general_recommender import MultiVAE
 from recbole_beta.beta import StrategyContext, build_strategy
 from recbole_beta.defaults import WithDefaults, model_defaults
 from recbole_beta.errors import check, check_number
-from recbole_beta.model.sparse import UserItemCSR, multinomial_nll
+from recbole_beta.model.sparse import SparseFirstLayer, UserItemCSR, multinomial_nll
 
 #: activation name (config key ``activation``) -> module placed between MLP layers
 ACTIVATIONS = {
@@ -64,6 +64,7 @@ class BetaMultVAE(MultiVAE):
         self.noise_std = settings["noise_std"]
         super().__init__(config, dataset)
         self.sparse_input = self.choose_sparse_input(settings["sparse_input"], self.history, self.n_items)
+        self._first_layer = SparseFirstLayer()
 
         # |x_u| of every user id, read by per-user strategies: the user's interaction rows, as
         # RecBole's history length counts them. Derived data, so not checkpointed.
@@ -188,7 +189,7 @@ class BetaMultVAE(MultiVAE):
 
     def forward_sparse(self, rating_matrix, dropout_mask=None):
         """``forward`` on a sparse (coalesced COO) rating matrix: normalisation and dropout act on
-        the non-zeros, and the first layer is a CSR x dense product.
+        the non-zeros, and the first layer sums the weight's columns of each row's non-zeros.
 
         ``dropout_mask`` (0/1 per non-zero, in the order of ``rating_matrix.indices()``) replaces
         the random dropout, for comparing with the dense path on the same mask.
@@ -203,14 +204,9 @@ class BetaMultVAE(MultiVAE):
             values = F.dropout(values, self.drop_out, training=self.training)
         elif self.training:
             values = values * dropout_mask / (1 - self.drop_out)
-        # CSR, not COO: torch's CSR x dense product (and its backward) is several times faster
-        crow = torch.zeros(batch + 1, dtype=torch.long, device=values.device)
-        torch.cumsum(torch.bincount(rows, minlength=batch), 0, out=crow[1:])
-        h = torch.sparse_csr_tensor(crow, rating_matrix.indices()[1], values, rating_matrix.shape,
-                                    check_invariants=False)
-
-        first = self.encoder[0]
-        h = h @ first.weight.t() + first.bias
+        offsets = torch.zeros(batch, dtype=torch.long, device=values.device)
+        torch.cumsum(torch.bincount(rows, minlength=batch)[:-1], 0, out=offsets[1:])
+        h = self._first_layer(self.encoder[0], offsets, rating_matrix.indices()[1], values)
         h = self.encoder[1:](h)
 
         half = int(self.lat_dim / 2)

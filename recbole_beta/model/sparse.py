@@ -6,15 +6,11 @@ matrix holds in ~120 MB. :class:`UserItemCSR` is that CSR matrix, with the two b
 model needs (dense rows as RecBole builds them, or the sparse batch).
 """
 
-import warnings
-
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-# torch warns on every CSR tensor made that its sparse CSR support is "in beta"; the operations
-# used here (construction, CSR x dense product and its backward) are checked by tests/test_sparse_input.py
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
 
 
 class UserItemCSR(nn.Module):
@@ -72,24 +68,27 @@ class UserItemCSR(nn.Module):
 class _MultinomialNLL(torch.autograd.Function):
     """-sum_i x_ui log softmax(z_u)_i for every row u, with x sparse.
 
-    As lse_u * sum_i x_ui - sum_i x_ui z_ui, so the forward never writes a batch x items
-    log-softmax, and the backward writes its batch x items gradient once, in place:
-    g_u * (softmax(z_u) * sum_i x_ui - x_u).
+    The forward writes one batch x items tensor, the log-probabilities, and reads only the
+    non-zeros' entries of it; the backward turns that same tensor, in place, into the gradient
+    g_u * (softmax(z_u) * sum_i x_ui - x_u). So it runs once per forward (no ``retain_graph``).
     """
 
     @staticmethod
     def forward(ctx, logits, rows, cols, values):
-        batch = logits.shape[0]
-        lse = torch.logsumexp(logits, dim=1)
-        total = torch.zeros(batch, dtype=logits.dtype, device=logits.device).index_add_(0, rows, values)
-        picked = torch.zeros_like(total).index_add_(0, rows, logits[rows, cols] * values)
-        ctx.save_for_backward(logits, rows, cols, values, total)
-        return lse * total - picked
+        log_probs = torch.log_softmax(logits, dim=1)
+        total = torch.zeros(logits.shape[0], dtype=logits.dtype, device=logits.device).index_add_(0, rows, values)
+        nll = torch.zeros_like(total).index_add_(0, rows, log_probs[rows, cols] * values).neg_()
+        ctx.save_for_backward(log_probs, rows, cols, values, total)
+        ctx.spent = False
+        return nll
 
     @staticmethod
     def backward(ctx, grad):
-        logits, rows, cols, values, total = ctx.saved_tensors
-        grad_logits = torch.softmax(logits, dim=1).mul_((grad * total).unsqueeze(1))
+        if ctx.spent:
+            raise RuntimeError("multinomial_nll's backward runs once per forward (it reuses its buffer): no retain_graph")
+        ctx.spent = True
+        log_probs, rows, cols, values, total = ctx.saved_tensors
+        grad_logits = log_probs.exp_().mul_((grad * total).unsqueeze(1))  # softmax, scaled, in place
         grad_logits.index_put_((rows, cols), -(grad[rows] * values), accumulate=True)
         return grad_logits, None, None, None
 
@@ -98,3 +97,28 @@ def multinomial_nll(logits, rows, cols, values):
     """Per-row multinomial negative log-likelihood of the sparse counts (rows, cols, values) under
     ``softmax(logits)``: what ``-(F.log_softmax(logits, 1) * x).sum(1)`` gives for the dense x."""
     return _MultinomialNLL.apply(logits, rows, cols, values)
+
+
+class SparseFirstLayer:
+    """x @ W^T + b of a ``nn.Linear`` for a sparse batch x given as CSR parts (offsets, cols, values).
+
+    Computed as ``F.embedding_bag`` over W^T's rows: torch's CSR x dense product copies the strided
+    W^T on every call, and is several times slower. Training makes W^T contiguous each step (its
+    gradient flows back through that copy); without gradients, the copy is kept until the weight
+    changes (``_version`` counts its in-place updates), so an evaluation makes it once.
+    """
+
+    def __init__(self):
+        self._key, self._weight_t = None, None
+
+    def __call__(self, linear, offsets, cols, values):
+        weight = linear.weight
+        if torch.is_grad_enabled() and weight.requires_grad:
+            weight_t = weight.t().contiguous()
+        else:
+            key = (weight.data_ptr(), weight._version, weight.device)
+            if key != self._key:
+                self._key, self._weight_t = key, weight.detach().t().contiguous()
+            weight_t = self._weight_t
+        out = F.embedding_bag(cols, weight_t, offsets, per_sample_weights=values, mode="sum")
+        return out + linear.bias if linear.bias is not None else out
