@@ -226,3 +226,21 @@ def test_auto_takes_the_sparse_path_on_sparse_data_only(tmp_path):
     assert config["sparse_input"] == "auto"
     _, _, model, _ = prepare(config)
     assert model.sparse_input is False
+
+
+def test_sparse_path_trains_under_autocast(ml100k):
+    """enable_amp: RecBole runs calculate_loss under autocast; the decoder's logits come in half
+    precision, and the sparse reconstruction is still computed (in float32) and differentiated."""
+    _, _, model = ml100k
+    model.train()
+    user = torch.arange(1, 300)
+    torch.manual_seed(5)
+    full = model.calculate_loss({"user_id": user})
+    torch.manual_seed(5)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        recon, kl = model.calculate_loss({"user_id": user})
+    assert recon.dtype == torch.float32
+    assert recon.item() == pytest.approx(full[0].item(), rel=0.02)
+    model.zero_grad()
+    (recon + kl).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -4,11 +4,13 @@
 rest training users. The item set is what training users interacted with. Each held-out user
 with at least 5 interactions gives ``int(heldout_ratio * n)`` of them, drawn at random, as
 targets; the rest are the fold-in the model encodes at evaluation. Training sees training users
-only. RecBole's own loaders, samplers and full-ranking evaluation do the rest:
+only. RecBole's loaders (or, for the plugin's VAEs, the same batches from
+:mod:`recbole_beta.data.fullsort`) and full-ranking evaluation do the rest:
 
 - the split returns RecBole's three datasets: (training users' rows + held-out users' fold-in
-  rows, validation targets, test targets). RecBole's sampler then masks exactly the fold-in items
-  of a held-out user at evaluation (its "history"), and its evaluator scores the targets;
+  rows, validation targets, test targets). The evaluation loader then masks exactly the fold-in
+  items of a held-out user (its "history", as RecBole's sampler gives it), and RecBole's
+  evaluator scores the targets;
 - training iterates training users only (:class:`HeldOutUserDataLoader` for the autoencoders,
   a training-users-only dataset for EASE and Pop).
 

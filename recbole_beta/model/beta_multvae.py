@@ -65,6 +65,9 @@ class BetaMultVAE(MultiVAE):
         super().__init__(config, dataset)
         self.sparse_input = self.choose_sparse_input(settings["sparse_input"], self.history, self.n_items)
         self._first_layer = SparseFirstLayer()
+        # derived from the data, the same on every rank: DDP need not broadcast them before each
+        # forward (it syncs every buffer, non-persistent ones included)
+        self._ddp_params_and_buffers_to_ignore = ["history.counts", "history.crow", "history.col", "user_activity"]
 
         # |x_u| of every user id, read by per-user strategies: the user's interaction rows, as
         # RecBole's history length counts them. Derived data, so not checkpointed.
@@ -151,12 +154,13 @@ class BetaMultVAE(MultiVAE):
             return mu + epsilon * std
         return mu
 
-    #: ``sparse_input: auto`` takes the sparse path below this share of non-zero user-item cells.
-    #: Measured on this project's 2-core CPU (a training batch of 2,048 users, [600] hidden): the
-    #: two paths break even between 5% and 10% at 20,108 items and near 20% at 1,682 items, so
-    #: below 5% the sparse path is the faster one. ML-20M (0.4%), Netflix (1.2%) and ml-1m (4.5%)
-    #: fall below; ml-100k (6.3%) stays on RecBole's dense path, bit for bit MultiVAE's.
-    SPARSE_DENSITY = 0.05
+    #: ``sparse_input: auto`` takes the sparse path below this share of non-zero user-item cells
+    #: in the data the model trains on (RecBole's training split). Measured on this project's
+    #: 2-core CPU (a batch of 2,048 users, [600] hidden): the paths break even between 5% and 10%
+    #: at 20,108 items and near 20% at 1,682 items. ML-20M's training split (0.3%) and ml-1m's
+    #: (3.6%) fall below; ml-100k's (5.1%) stays, with a margin, on RecBole's dense path, bit for
+    #: bit MultiVAE's, where an epoch takes a tenth of a second either way.
+    SPARSE_DENSITY = 0.04
 
     @classmethod
     def choose_sparse_input(cls, setting, history, n_items):

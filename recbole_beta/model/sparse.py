@@ -95,8 +95,13 @@ class _MultinomialNLL(torch.autograd.Function):
 
 def multinomial_nll(logits, rows, cols, values):
     """Per-row multinomial negative log-likelihood of the sparse counts (rows, cols, values) under
-    ``softmax(logits)``: what ``-(F.log_softmax(logits, 1) * x).sum(1)`` gives for the dense x."""
-    return _MultinomialNLL.apply(logits, rows, cols, values)
+    ``softmax(logits)``: what ``-(F.log_softmax(logits, 1) * x).sum(1)`` gives for the dense x.
+
+    Computed in float32 at least, whatever autocast gives the logits (``enable_amp``), as autocast
+    computes ``log_softmax`` in float32."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        return _MultinomialNLL.apply(logits.to(dtype), rows, cols, values.to(dtype))
 
 
 class SparseFirstLayer:
@@ -105,7 +110,9 @@ class SparseFirstLayer:
     Computed as ``F.embedding_bag`` over W^T's rows: torch's CSR x dense product copies the strided
     W^T on every call, and is several times slower. Training makes W^T contiguous each step (its
     gradient flows back through that copy); without gradients, the copy is kept until the weight
-    changes (``_version`` counts its in-place updates), so an evaluation makes it once.
+    changes (``_version`` counts its in-place updates: optimizer steps, ``load_state_dict``), so an
+    evaluation makes it once. A write through ``weight.data`` is not counted: it needs a new
+    ``SparseFirstLayer``.
     """
 
     def __init__(self):
@@ -114,6 +121,7 @@ class SparseFirstLayer:
     def __call__(self, linear, offsets, cols, values):
         weight = linear.weight
         if torch.is_grad_enabled() and weight.requires_grad:
+            self._key = self._weight_t = None  # training: free the evaluation's copy
             weight_t = weight.t().contiguous()
         else:
             key = (weight.data_ptr(), weight._version, weight.device)
