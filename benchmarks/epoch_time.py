@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recbole.data import create_dataset  # noqa: E402
+from recbole.utils import get_trainer as recbole_get_trainer  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
 
 from recbole_beta.config import Config  # noqa: E402
@@ -177,8 +178,11 @@ def build(variant, dataset, extra_config, train_data):
     config = Config(model=model_name, dataset=dataset, argv=[],
                     config_dict={**extra_config, **variant_config, "state": "ERROR", "show_progress": False})
     init_seed(config["seed"], config["reproducibility"])
-    model = get_model(model_name)(config, train_data._dataset).to(config["device"])
-    trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
+    model_class = get_model(model_name)
+    model = model_class(config, train_data._dataset).to(config["device"])
+    # RecBole's models on RecBole's own trainer (its collector included), as RecBole runs them
+    trainer_of = get_trainer if is_plugin_vae(model_class) else recbole_get_trainer
+    trainer = trainer_of(config["MODEL_TYPE"], model_name)(config, model)
     trainer.eval_collector.data_collect(train_data)
     return model, trainer
 
