@@ -12,12 +12,12 @@ import torch.distributed as dist
 from recbole.data import data_preparation as recbole_data_preparation
 from recbole.data.dataloader import UserDataLoader
 from recbole.data.transform import construct_transform
-from recbole.data.utils import create_samplers, get_dataloader, load_split_dataloaders, save_split_dataloaders
+from recbole.data.utils import load_split_dataloaders, save_split_dataloaders
 from recbole.utils import get_environment, get_flops, get_local_time, init_seed, set_color
 
 from recbole_beta.compat import init_logger, read_checkpoint
 from recbole_beta.data.dataset import create_dataset  # RecBole's, with the plugin's faster reader
-from recbole_beta.data.fullsort import fullsort_eval_loaders, lean_eval_applies
+from recbole_beta.data.fullsort import eval_loaders, lean_eval_applies
 from recbole_beta.data.heldout import HeldOutDataset, attach_fold_in, heldout_data_preparation, is_strong
 from recbole_beta.files import plain, write_json
 from recbole_beta.config import Config, unknown_key_warnings
@@ -76,17 +76,10 @@ def data_preparation(config, dataset):
         dataset._change_feat_format()
         return dataloaders
     built = dataset.build()
-    if lean_eval_applies(config):
-        # full ranking with no training negatives: no sampler is read, and the valid and test
-        # loaders build their masks from the split (recbole_beta.data.fullsort), without RecBole's
-        # per-user sets and tensors
-        train_data = UserDataLoader(config, built[0], None, shuffle=config["shuffle"])
-        valid_data, test_data = fullsort_eval_loaders(config, built)
-    else:
-        samplers = create_samplers(config, dataset, built)
-        train_data = UserDataLoader(config, built[0], samplers[0], shuffle=config["shuffle"])
-        valid_data = get_dataloader(config, "valid")(config, built[1], samplers[1], shuffle=False)
-        test_data = get_dataloader(config, "test")(config, built[2], samplers[2], shuffle=False)
+    # with full ranking and no training negatives, no sampler is read: the valid and test loaders
+    # build their masks from the split (recbole_beta.data.fullsort)
+    train_sampler, valid_data, test_data = eval_loaders(config, dataset, built, lean_eval_applies(config))
+    train_data = UserDataLoader(config, built[0], train_sampler, shuffle=config["shuffle"])
     if config["save_dataloaders"]:
         save_split_dataloaders(config, dataloaders=(train_data, valid_data, test_data))
     return train_data, valid_data, test_data

@@ -42,6 +42,19 @@ def _assert_same_struct(ours, theirs):
             assert got == expected, key
 
 
+def _collected_batches(trainer, dataset, model, loaders, collectors):
+    """Every batch of ``loaders``, scored by the trainer and collected by each collector; yields the scores."""
+    model.eval()
+    trainer.tot_item_num = dataset.item_num
+    with torch.no_grad():
+        for loader in loaders:
+            for batch in loader:
+                _, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batch)
+                for collector in collectors:
+                    collector.eval_batch_collect(scores, None, positive_u, positive_i)
+                yield scores
+
+
 @pytest.mark.parametrize("model_name", ["ScaledBetaMultVAE", "Pop"])  # Pop: items of equal counts tie
 @pytest.mark.parametrize("topk, metrics", CASES)
 def test_every_batch_matches_recbole(fast, model_name, topk, metrics):
@@ -54,19 +67,12 @@ def test_every_batch_matches_recbole(fast, model_name, topk, metrics):
     ours, theirs = FastCollector(config), Collector(config)
     assert ours.register.need("rec.topk")
     assert ours.register.need("rec.items") == ("ShannonEntropy" in metrics)
-    model.eval()
-    trainer.tot_item_num = dataset.item_num
     n_batches = 0
-    with torch.no_grad():
-        for loader in (valid_data, test_data):
-            for batch in loader:
-                _, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batch)
-                ours.eval_batch_collect(scores, None, positive_u, positive_i)
-                theirs.eval_batch_collect(scores, None, positive_u, positive_i)
-                ours_struct, theirs_struct = ours.get_data_struct(), theirs.get_data_struct()
-                _assert_same_struct(ours_struct, theirs_struct)
-                assert ours_struct["rec.topk"].shape == (scores.shape[0], max(topk) + 1)
-                n_batches += 1
+    for scores in _collected_batches(trainer, dataset, model, (valid_data, test_data), (ours, theirs)):
+        ours_struct, theirs_struct = ours.get_data_struct(), theirs.get_data_struct()
+        _assert_same_struct(ours_struct, theirs_struct)
+        assert ours_struct["rec.topk"].shape == (scores.shape[0], max(topk) + 1)
+        n_batches += 1
     assert n_batches >= 10
 
 
@@ -165,13 +171,8 @@ def test_meanrank_metric_goes_through_recbole(fast):
         "ScaledBetaMultVAE", fast, metrics=metrics, valid_metric="GAUC", **SMALL_BATCHES
     )
     ours, theirs = FastCollector(config), Collector(config)
-    model.eval()
-    trainer.tot_item_num = dataset.item_num
-    with torch.no_grad():
-        for batch in test_data:
-            _, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batch)
-            ours.eval_batch_collect(scores, None, positive_u, positive_i)
-            theirs.eval_batch_collect(scores, None, positive_u, positive_i)
+    for _ in _collected_batches(trainer, dataset, model, (test_data,), (ours, theirs)):
+        pass
     ours_struct, theirs_struct = ours.get_data_struct(), theirs.get_data_struct()
     _assert_same_struct(ours_struct, theirs_struct)
     n_users = test_data._dataset.user_num - 1

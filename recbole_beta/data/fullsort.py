@@ -28,6 +28,7 @@ import torch
 from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
 from recbole.data.interaction import Interaction
+from recbole.data.utils import create_samplers, get_dataloader
 from recbole.utils import ModelType
 
 #: the lean loaders are used where :func:`lean_eval_applies` allows; False forces RecBole's samplers
@@ -213,3 +214,17 @@ def fullsort_eval_loaders(config, built):
     del used_valid
     test_data = CSRFullSortEvalDataLoader(config, test, None, shuffle=False, used_keys=used_test)
     return valid_data, test_data
+
+
+def eval_loaders(config, dataset, built, lean):
+    """The training sampler, and the valid and test loaders, of a split ``built = (train, valid, test)``.
+
+    ``lean``: the :class:`CSRFullSortEvalDataLoader` pair and no sampler (``lean_eval_applies``);
+    else RecBole's samplers and loaders, as ``recbole.data.utils.data_preparation`` makes them.
+    """
+    if lean:
+        return (None, *fullsort_eval_loaders(config, built))
+    samplers = create_samplers(config, dataset, built)
+    valid_data = get_dataloader(config, "valid")(config, built[1], samplers[1], shuffle=False)
+    test_data = get_dataloader(config, "test")(config, built[2], samplers[2], shuffle=False)
+    return samplers[0], valid_data, test_data

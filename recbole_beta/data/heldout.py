@@ -30,11 +30,11 @@ import torch
 from recbole.data.dataloader import UserDataLoader
 from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
 from recbole.data.interaction import Interaction
-from recbole.data.utils import create_samplers, get_dataloader
+from recbole.data.utils import get_dataloader
 from recbole.model.general_recommender import EASE
 
 from recbole_beta.data.dataset import PluginDataset
-from recbole_beta.data.fullsort import fullsort_eval_loaders, lean_eval_applies
+from recbole_beta.data.fullsort import eval_loaders, lean_eval_applies
 from recbole_beta.errors import ConfigError
 
 #: the column of a pre-split dataset (e.g. one imported from the reference code's files)
@@ -223,18 +223,12 @@ def heldout_data_preparation(config, dataset, user_rows):
     """
     built = dataset.build()
     # the plugin's VAEs with full ranking read no sampler (recbole_beta.data.fullsort)
-    lean = user_rows and lean_eval_applies(config)
-    samplers = (None, None, None) if lean else create_samplers(config, dataset, built)
+    train_sampler, valid_data, test_data = eval_loaders(config, dataset, built, user_rows and lean_eval_applies(config))
     train_loader = get_dataloader(config, "train")
     if user_rows or issubclass(train_loader, UserDataLoader):
-        train_data = HeldOutUserDataLoader(config, built[0], samplers[0], dataset.protocol_users["train"])
+        train_data = HeldOutUserDataLoader(config, built[0], train_sampler, dataset.protocol_users["train"])
     else:
-        train_data = train_loader(config, dataset.training_dataset(), samplers[0], shuffle=config["shuffle"])
-    if lean:
-        valid_data, test_data = fullsort_eval_loaders(config, built)
-    else:
-        valid_data = get_dataloader(config, "valid")(config, built[1], samplers[1], shuffle=False)
-        test_data = get_dataloader(config, "test")(config, built[2], samplers[2], shuffle=False)
+        train_data = train_loader(config, dataset.training_dataset(), train_sampler, shuffle=config["shuffle"])
     return train_data, valid_data, test_data
 
 

@@ -65,14 +65,14 @@ class BetaMultVAE(MultiVAE):
         super().__init__(config, dataset)
         self.sparse_input = self.choose_sparse_input(settings["sparse_input"], self.history, self.n_items)
         self._first_layer = SparseFirstLayer()
-        # derived from the data, the same on every rank: DDP need not broadcast them before each
-        # forward (it syncs every buffer, non-persistent ones included)
-        self._ddp_params_and_buffers_to_ignore = ["history.counts", "history.crow", "history.col", "user_activity"]
 
         # |x_u| of every user id, read by per-user strategies: the user's interaction rows, as
         # RecBole's history length counts them. Derived data, so not checkpointed.
         activity = self.history.counts.float()
         self.register_buffer("user_activity", activity, persistent=False)
+        # every buffer is derived from the data, the same on every rank: DDP need not broadcast
+        # them before each forward (it syncs every buffer, non-persistent ones included)
+        self._ddp_params_and_buffers_to_ignore = [name for name, _ in self.named_buffers()]
         # what a strategy reads comes from the users trained on: every user id (the padding id 0
         # included, as RecBole's UserDataLoader walks them), or the training users alone under
         # eval_protocol=strong, whose dataset names them (recbole_beta.data.heldout)
@@ -184,33 +184,24 @@ class BetaMultVAE(MultiVAE):
     def get_sparse_rating_matrix(self, user):
         """The batch's rows of the user-item matrix as a sparse COO tensor (batch x n_items), with the
         values of ``get_rating_matrix``; indices are row-major with sorted items (coalesced)."""
-        _, rows, cols = self.history.batch(user)
-        values = torch.ones(len(cols), device=cols.device)
-        shape = (len(user), self.n_items)
-        # built from valid, sorted, distinct indices: skip the invariant check (and its warning)
-        return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, shape, is_coalesced=True,
-                                       check_invariants=False)
+        return self.history.batch(user).coo()
 
-    def forward_sparse(self, rating_matrix, dropout_mask=None):
-        """``forward`` on a sparse (coalesced COO) rating matrix: normalisation and dropout act on
-        the non-zeros, and the first layer sums the weight's columns of each row's non-zeros.
+    def forward_sparse(self, batch, dropout_mask=None):
+        """``forward`` on a :class:`~recbole_beta.model.sparse.SparseBatch`: normalisation and dropout
+        act on the non-zeros, and the first layer sums the weight's columns of each row's non-zeros.
 
-        ``dropout_mask`` (0/1 per non-zero, in the order of ``rating_matrix.indices()``) replaces
-        the random dropout, for comparing with the dense path on the same mask.
+        ``dropout_mask`` (0/1 per non-zero, in the batch's order) replaces the random dropout, for
+        comparing with the dense path on the same mask.
         """
-        rows, _ = rating_matrix.indices()
-        values = rating_matrix.values()
-        batch = rating_matrix.shape[0]
-        norm = torch.zeros(batch, device=values.device, dtype=values.dtype)
+        rows, values = batch.rows, batch.values
+        norm = torch.zeros(len(batch.crow) - 1, device=values.device, dtype=values.dtype)
         norm = norm.index_add_(0, rows, values * values).sqrt().clamp_min(1e-12)  # as F.normalize
         values = values / norm[rows]
         if dropout_mask is None:
             values = F.dropout(values, self.drop_out, training=self.training)
         elif self.training:
             values = values * dropout_mask / (1 - self.drop_out)
-        offsets = torch.zeros(batch, dtype=torch.long, device=values.device)
-        torch.cumsum(torch.bincount(rows, minlength=batch)[:-1], 0, out=offsets[1:])
-        h = self._first_layer(self.encoder[0], offsets, rating_matrix.indices()[1], values)
+        h = self._first_layer(self.encoder[0], batch.crow[:-1], batch.cols, values)
         h = self.encoder[1:](h)
 
         half = int(self.lat_dim / 2)
@@ -225,11 +216,10 @@ class BetaMultVAE(MultiVAE):
         comparing the two on the same mask.
         """
         if self.sparse_input:
-            rating_matrix = self.get_sparse_rating_matrix(user)
-            rows, cols = rating_matrix.indices()
-            mask = None if dropout_mask is None else dropout_mask[rows, cols]
-            z, mu, logvar = self.forward_sparse(rating_matrix, dropout_mask=mask)
-            return z, mu, logvar, multinomial_nll(z, rows, cols, rating_matrix.values())
+            batch = self.history.batch(user)
+            mask = None if dropout_mask is None else dropout_mask[batch.rows, batch.cols]
+            z, mu, logvar = self.forward_sparse(batch, dropout_mask=mask)
+            return z, mu, logvar, multinomial_nll(z, batch.rows, batch.cols, batch.values)
         rating_matrix = self.get_rating_matrix(user)
         if dropout_mask is None:
             z, mu, logvar = self.forward(rating_matrix)
@@ -274,14 +264,14 @@ class BetaMultVAE(MultiVAE):
     def full_sort_predict(self, interaction):
         if not self.sparse_input:
             return super().full_sort_predict(interaction)
-        scores, _, _ = self.forward_sparse(self.get_sparse_rating_matrix(interaction[self.USER_ID]))
+        scores, _, _ = self.forward_sparse(self.history.batch(interaction[self.USER_ID]))
         return scores.view(-1)
 
     def predict(self, interaction):
         if not self.sparse_input:
             return super().predict(interaction)
         item = interaction[self.ITEM_ID]
-        scores, _, _ = self.forward_sparse(self.get_sparse_rating_matrix(interaction[self.USER_ID]))
+        scores, _, _ = self.forward_sparse(self.history.batch(interaction[self.USER_ID]))
         return scores[torch.arange(len(item), device=self.device), item]
 
     def pop_mean_beta(self):

@@ -6,6 +6,8 @@ matrix holds in ~120 MB. :class:`UserItemCSR` is that CSR matrix, with the two b
 model needs (dense rows as RecBole builds them, or the sparse batch).
 """
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -45,8 +47,7 @@ class UserItemCSR(nn.Module):
         return len(self.col)
 
     def batch(self, user):
-        """Rows ``user`` as (crow, rows, cols): the batch's CSR offsets (len(user) + 1), and each
-        entry's batch row and item id, in row-major order with sorted items."""
+        """Rows ``user`` as a :class:`SparseBatch`, in row-major order with sorted items."""
         start = self.crow[user]
         length = self.crow[user + 1] - start
         crow = torch.zeros(len(user) + 1, dtype=torch.long, device=start.device)
@@ -55,14 +56,33 @@ class UserItemCSR(nn.Module):
         rows = torch.repeat_interleave(torch.arange(len(user), device=start.device), length, output_size=total)
         # position of each entry in self.col: its row's start plus its offset inside the row
         position = torch.arange(total, device=start.device) - crow[:-1][rows] + start[rows]
-        return crow, rows, self.col[position]
+        cols = self.col[position]
+        return SparseBatch(crow, rows, cols, torch.ones(total, device=cols.device), self.n_items)
 
     def dense(self, user):
         """Rows ``user`` as a dense float tensor (len(user) x n_items), the values of RecBole's
         ``AutoEncoderMixin.get_rating_matrix``."""
-        _, rows, cols = self.batch(user)
-        matrix = torch.zeros(len(user), self.n_items, device=cols.device)
-        return matrix.index_put_((rows, cols), torch.ones(len(cols), device=cols.device))
+        return self.batch(user).dense()
+
+
+class SparseBatch(NamedTuple):
+    """A batch of user rows: CSR offsets (batch + 1), each non-zero's batch row and item id, and its
+    value (1: RecBole's implicit feedback, as its dense rows hold)."""
+
+    crow: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    values: torch.Tensor
+    n_items: int
+
+    def dense(self):
+        matrix = torch.zeros(len(self.crow) - 1, self.n_items, device=self.values.device, dtype=self.values.dtype)
+        return matrix.index_put_((self.rows, self.cols), self.values)
+
+    def coo(self):
+        # built from valid, sorted, distinct indices: skip the invariant check (and its warning)
+        return torch.sparse_coo_tensor(torch.stack([self.rows, self.cols]), self.values,
+                                       (len(self.crow) - 1, self.n_items), is_coalesced=True, check_invariants=False)
 
 
 class _MultinomialNLL(torch.autograd.Function):
