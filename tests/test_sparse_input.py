@@ -33,7 +33,7 @@ def dense_loss(model, user, mask):
 
 def model_loss(model, user, mask):
     """The model's own loss terms on its configured path, with the given dropout mask."""
-    _, mu, logvar, recon = model._encode_batch(user, dropout_mask=mask)
+    mu, logvar, recon = model._encode_batch(user, dropout_mask=mask)
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
     beta = model.beta_strategy.weights(model.user_activity[user])
     return recon.mean(), (beta * kl).mean()

@@ -18,7 +18,7 @@ from recbole.model.general_recommender import MultiVAE
 from recbole_beta.beta import StrategyContext, build_strategy
 from recbole_beta.defaults import WithDefaults, model_defaults
 from recbole_beta.errors import check, check_number
-from recbole_beta.model.sparse import SparseFirstLayer, UserItemCSR, multinomial_nll
+from recbole_beta.model.sparse import TransposedLinear, UserItemCSR, Workspace, linear_multinomial_nll
 
 #: activation name (config key ``activation``) -> module placed between MLP layers
 ACTIVATIONS = {
@@ -64,7 +64,10 @@ class BetaMultVAE(MultiVAE):
         self.noise_std = settings["noise_std"]
         super().__init__(config, dataset)
         self.sparse_input = self.choose_sparse_input(settings["sparse_input"], self.history, self.n_items)
-        self._first_layer = SparseFirstLayer()
+        if self.sparse_input:
+            # the same layer and values, with the weight stored for sparse rows (see TransposedLinear)
+            self.encoder[0] = TransposedLinear.from_linear(self.encoder[0])
+        self._logits = Workspace()  # the sparse path's training logits (batch x items), reused
 
         # |x_u| of every user id, read by per-user strategies: the user's interaction rows, as
         # RecBole's history length counts them. Derived data, so not checkpointed.
@@ -186,9 +189,10 @@ class BetaMultVAE(MultiVAE):
         values of ``get_rating_matrix``; indices are row-major with sorted items (coalesced)."""
         return self.history.batch(user).coo()
 
-    def forward_sparse(self, batch, dropout_mask=None):
-        """``forward`` on a :class:`~recbole_beta.model.sparse.SparseBatch`: normalisation and dropout
-        act on the non-zeros, and the first layer sums the weight's columns of each row's non-zeros.
+    def encode_sparse(self, batch, dropout_mask=None):
+        """The encoder's (mu, logvar) for a :class:`~recbole_beta.model.sparse.SparseBatch`:
+        ``forward``'s normalisation and dropout act on the non-zeros, and the first layer sums the
+        weight's columns of each row's non-zeros.
 
         ``dropout_mask`` (0/1 per non-zero, in the batch's order) replaces the random dropout, for
         comparing with the dense path on the same mask.
@@ -201,16 +205,23 @@ class BetaMultVAE(MultiVAE):
             values = F.dropout(values, self.drop_out, training=self.training)
         elif self.training:
             values = values * dropout_mask / (1 - self.drop_out)
-        h = self._first_layer(self.encoder[0], batch.crow[:-1], batch.cols, values)
+        h = self.encoder[0].sparse(batch.crow[:-1], batch.cols, values)
         h = self.encoder[1:](h)
-
         half = int(self.lat_dim / 2)
-        mu, logvar = h[:, :half], h[:, half:]
-        z = self.reparameterize(mu, logvar)
-        return self.decoder(z), mu, logvar
+        return h[:, :half], h[:, half:]
+
+    def forward_sparse(self, batch, dropout_mask=None):
+        """``forward`` on a :class:`~recbole_beta.model.sparse.SparseBatch`: (logits, mu, logvar)."""
+        mu, logvar = self.encode_sparse(batch, dropout_mask)
+        return self.decoder(self.reparameterize(mu, logvar)), mu, logvar
+
+    def train(self, mode=True):
+        if not mode:
+            self._logits.clear()  # evaluation does not need training's buffer
+        return super().train(mode)
 
     def _encode_batch(self, user, dropout_mask=None):
-        """Logits, mu, logvar and the reconstruction term -sum_i x_ui log softmax(z_u)_i of each user.
+        """mu, logvar and the reconstruction term -sum_i x_ui log softmax(z_u)_i of each user.
 
         ``dropout_mask`` (batch x n_items, 0/1) replaces the random dropout on either path, for
         comparing the two on the same mask.
@@ -218,8 +229,10 @@ class BetaMultVAE(MultiVAE):
         if self.sparse_input:
             batch = self.history.batch(user)
             mask = None if dropout_mask is None else dropout_mask[batch.rows, batch.cols]
-            z, mu, logvar = self.forward_sparse(batch, dropout_mask=mask)
-            return z, mu, logvar, multinomial_nll(z, batch.rows, batch.cols, batch.values)
+            mu, logvar = self.encode_sparse(batch, dropout_mask=mask)
+            # the decoder's last layer and the likelihood in one (the same products, one logits buffer)
+            hidden = self.decoder[:-1](self.reparameterize(mu, logvar))
+            return mu, logvar, linear_multinomial_nll(self.decoder[-1], hidden, batch, self._logits)
         rating_matrix = self.get_rating_matrix(user)
         if dropout_mask is None:
             z, mu, logvar = self.forward(rating_matrix)
@@ -229,11 +242,11 @@ class BetaMultVAE(MultiVAE):
             half = int(self.lat_dim / 2)
             mu, logvar = h[:, :half], h[:, half:]
             z = self.decoder(self.reparameterize(mu, logvar))
-        return z, mu, logvar, -(F.log_softmax(z, 1) * rating_matrix).sum(1)
+        return mu, logvar, -(F.log_softmax(z, 1) * rating_matrix).sum(1)
 
     def calculate_loss(self, interaction):
         user = interaction[self.USER_ID]
-        z, mu, logvar, recon = self._encode_batch(user)
+        mu, logvar, recon = self._encode_batch(user)
 
         # sum over latent dims of (1 + logvar - mu^2 - var): -2 * KL_u
         neg2_kl = torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)

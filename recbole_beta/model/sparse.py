@@ -6,13 +6,13 @@ matrix holds in ~120 MB. :class:`UserItemCSR` is that CSR matrix, with the two b
 model needs (dense rows as RecBole builds them, or the sparse batch).
 """
 
+import weakref
 from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 
 
 class UserItemCSR(nn.Module):
@@ -124,29 +124,154 @@ def multinomial_nll(logits, rows, cols, values):
         return _MultinomialNLL.apply(logits.to(dtype), rows, cols, values.to(dtype))
 
 
-class SparseFirstLayer:
-    """x @ W^T + b of a ``nn.Linear`` for a sparse batch x given as CSR parts (offsets, cols, values).
+class Workspace:
+    """One reusable batch x items buffer for :func:`linear_multinomial_nll`.
 
-    Computed as ``F.embedding_bag`` over W^T's rows: torch's CSR x dense product copies the strided
-    W^T on every call, and is several times slower. Training makes W^T contiguous each step (its
-    gradient flows back through that copy); without gradients, the copy is kept until the weight
-    changes (``_version`` counts its in-place updates: optimizer steps, ``load_state_dict``), so an
-    evaluation makes it once. A write through ``weight.data`` is not counted: it needs a new
-    ``SparseFirstLayer``.
+    A fresh 165 MB tensor per training step (ML-20M's 2,048 x 20,108 logits) costs the CPU about
+    40 ms of page faults, as much as the softmax over it; reusing one buffer avoids them. The
+    buffer is lent to one graph at a time: until that graph's backward has run (or the graph is
+    freed), a second forward gets a fresh tensor, so no saved values are overwritten.
     """
 
     def __init__(self):
-        self._key, self._weight_t = None, None
+        self._buffer, self._owner = None, None
 
-    def __call__(self, linear, offsets, cols, values):
-        weight = linear.weight
-        if torch.is_grad_enabled() and weight.requires_grad:
-            self._key = self._weight_t = None  # training: free the evaluation's copy
-            weight_t = weight.t().contiguous()
+    def take(self, owner, n_rows, n_cols, dtype, device):
+        if self._owner is not None and self._owner() is not None:
+            return torch.empty(n_rows, n_cols, dtype=dtype, device=device)
+        size = n_rows * n_cols
+        buffer = self._buffer
+        if buffer is None or buffer.numel() < size or buffer.dtype != dtype or buffer.device != device:
+            self._buffer = buffer = torch.empty(size, dtype=dtype, device=device)
+        self._owner = weakref.ref(owner)
+        return buffer[:size].view(n_rows, n_cols)
+
+    def give_back(self, owner):
+        if self._owner is not None and self._owner() is owner:
+            self._owner = None
+
+    def clear(self):
+        """Drop the buffer (a graph still holding it keeps its own reference)."""
+        self._buffer, self._owner = None, None
+
+
+#: output columns per matrix product of the CPU forward in :func:`_linear_into`
+CPU_COLUMN_BLOCK = 1024
+
+
+def _linear_into(out, h, weight, bias):
+    """out = h W^T + b, written into ``out``. On the CPU in blocks of output columns: MKL runs the
+    decoder's (2,048 x 600) x (600 x 20,108) product at ~176 GFLOP/s in one call and at ~200 (the
+    backward's two products' rate) in blocks of 512 to 1,024 columns, on this project's 2-core
+    CPU. Each block is the same dot products, so the values are those of one call up to rounding."""
+    block = CPU_COLUMN_BLOCK if out.device.type == "cpu" else out.shape[1]
+    for start in range(0, out.shape[1], block):
+        part = slice(start, start + block)
+        if bias is None:
+            torch.mm(h, weight[part].t(), out=out[:, part])
         else:
-            key = (weight.data_ptr(), weight._version, weight.device)
-            if key != self._key:
-                self._key, self._weight_t = key, weight.detach().t().contiguous()
-            weight_t = self._weight_t
-        out = F.embedding_bag(cols, weight_t, offsets, per_sample_weights=values, mode="sum")
-        return out + linear.bias if linear.bias is not None else out
+            torch.addmm(bias[part], h, weight[part].t(), out=out[:, part])
+
+
+class _LinearMultinomialNLL(torch.autograd.Function):
+    """-sum_i x_ui log softmax(h_u W^T + b)_i for every row u: the decoder's output layer and the
+    reconstruction term in one, so the batch x items logits are written once, into a reused buffer
+    that the softmax then overwrites in place and the backward turns, in place, into the logits'
+    gradient. The products are those of ``nn.Linear`` and its backward.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, rows, cols, values, workspace):
+        logits = workspace.take(ctx, h.shape[0], weight.shape[0], h.dtype, h.device)
+        _linear_into(logits, h, weight, bias)
+        picked = logits[rows, cols]
+        top = logits.amax(1)
+        probs = torch.ops.aten._softmax.out(logits, 1, False, out=logits)  # in place, row by row
+        # log softmax(z)_i = z_i - max(z) - log(sum exp(z - max(z))), as log_softmax computes it; the
+        # sum is 1 / (the largest probability), that of max(z), as exp(0) = 1
+        log_sum = probs.amax(1).log_().neg_()
+        log_probs = picked - top[rows] - log_sum[rows]
+        total = torch.zeros(h.shape[0], dtype=h.dtype, device=h.device).index_add_(0, rows, values)
+        nll = torch.zeros_like(total).index_add_(0, rows, log_probs * values).neg_()
+        if any(ctx.needs_input_grad):
+            ctx.save_for_backward(h, weight, probs, rows, cols, values, total)
+            ctx.workspace, ctx.spent = workspace, False
+        else:
+            workspace.give_back(ctx)
+        return nll
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.spent:
+            raise RuntimeError("linear_multinomial_nll's backward runs once per forward (it reuses its buffer): no retain_graph")
+        ctx.spent = True
+        h, weight, probs, rows, cols, values, total = ctx.saved_tensors
+        grad_logits = probs.mul_((grad * total).unsqueeze(1))  # g_u * softmax(z_u) * sum_i x_ui, in place
+        grad_logits.index_put_((rows, cols), -(grad[rows] * values), accumulate=True)
+        need_h, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_h = grad_logits @ weight if need_h else None
+        grad_weight = grad_logits.t() @ h if need_weight else None
+        grad_bias = grad_logits.sum(0) if need_bias else None
+        ctx.workspace.give_back(ctx)
+        return grad_h, grad_weight, grad_bias, None, None, None, None
+
+
+def linear_multinomial_nll(linear, h, batch, workspace):
+    """``multinomial_nll(linear(h), batch.rows, batch.cols, batch.values)``, the same numbers without
+    a second batch x items tensor: see :class:`_LinearMultinomialNLL`. Under autocast it is that
+    composition (the logits in autocast's dtype, the likelihood in float32)."""
+    if torch.is_autocast_enabled(h.device.type):
+        return multinomial_nll(linear(h), batch.rows, batch.cols, batch.values)
+    values = batch.values.to(h.dtype)
+    return _LinearMultinomialNLL.apply(h, linear.weight, linear.bias, batch.rows, batch.cols, values, workspace)
+
+
+class TransposedLinear(nn.Module):
+    """``nn.Linear`` (y = x W^T + b) holding W^T as its parameter, for the sparse path's first layer.
+
+    A sparse batch's first layer sums, for each row, the rows of W^T at its non-zeros
+    (``F.embedding_bag``); with W^T stored contiguously neither the forward nor the backward
+    copies the (items x hidden) weight. (torch's CSR x dense product copies the strided W^T on
+    every call and is several times slower; a weight kept as a transposed view of W^T would slow
+    the fused Adam step, which copies non-contiguous parameters.) State dicts hold ``weight`` as
+    ``nn.Linear``'s, so checkpoints move between this layer and RecBole's.
+    """
+
+    def __init__(self, weight, bias):
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.weight_t = nn.Parameter(weight.detach().t().contiguous())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        self.register_state_dict_post_hook(_save_as_linear)
+        self.register_load_state_dict_pre_hook(_load_from_linear)
+
+    @classmethod
+    def from_linear(cls, linear):
+        """The same layer (same values) as the ``nn.Linear`` ``linear``."""
+        return cls(linear.weight, linear.bias).to(linear.weight.device)
+
+    @property
+    def weight(self):
+        """W (out x in), a view of the parameter."""
+        return self.weight_t.t()
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def sparse(self, offsets, cols, values):
+        """The layer on a sparse batch given as CSR parts: row r has the non-zeros
+        ``cols[offsets[r]:offsets[r + 1]]`` with ``values`` at the same positions."""
+        out = F.embedding_bag(cols, self.weight_t, offsets, per_sample_weights=values, mode="sum")
+        return out + self.bias if self.bias is not None else out
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def _save_as_linear(module, state_dict, prefix, local_metadata):
+    state_dict[prefix + "weight"] = state_dict.pop(prefix + "weight_t").t()
+
+
+def _load_from_linear(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    if prefix + "weight" in state_dict:
+        state_dict[prefix + "weight_t"] = state_dict.pop(prefix + "weight").t()

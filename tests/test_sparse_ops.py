@@ -1,0 +1,156 @@
+"""The sparse path's building blocks on their own: the fused output layer + multinomial likelihood,
+its reused logits buffer, and the first layer stored as W^T (recbole_beta.model.sparse)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from recbole_beta.model.sparse import SparseBatch, TransposedLinear, Workspace, linear_multinomial_nll
+
+
+def sparse_batch(rows, cols, values, n_rows, n_items):
+    rows = torch.as_tensor(rows)
+    crow = torch.zeros(n_rows + 1, dtype=torch.long)
+    torch.cumsum(torch.bincount(rows, minlength=n_rows), 0, out=crow[1:])
+    return SparseBatch(crow, rows, torch.as_tensor(cols), values, n_items)
+
+
+def reference_nll(linear, h, batch):
+    """nn.Linear, then -sum_i x_ui log_softmax(z_u)_i over the dense x: what the model's dense path computes."""
+    dense = batch.dense()
+    return -(F.log_softmax(linear(h), 1) * dense).sum(1)
+
+
+def small_case(dtype=torch.float64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    linear = nn.Linear(4, 7).to(dtype)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(7, 4, generator=generator))
+        linear.bias.copy_(torch.randn(7, generator=generator))
+    h = torch.randn(5, 4, dtype=dtype, generator=generator, requires_grad=True)
+    # row 2 has no entries (its term is 0); values other than 1 exercise sum_i x_ui
+    values = torch.tensor([1.0, 2.0, 1.0, 0.5, 1.0, 3.0, 1.0], dtype=dtype)
+    batch = sparse_batch([0, 0, 1, 3, 3, 3, 4], [1, 4, 0, 2, 5, 6, 3], values, 5, 7)
+    upstream = torch.randn(5, dtype=dtype, generator=generator)
+    return linear, h, batch, upstream
+
+
+def test_the_fused_layer_and_likelihood_by_hand():
+    # logits (0, ln 2, ln 3) from the bias alone -> softmax (1/6, 2/6, 3/6); x = (2, 0, 1)
+    linear = nn.Linear(2, 3).double()
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.copy_(torch.tensor([0.0, math.log(2), math.log(3)], dtype=torch.float64))
+    batch = sparse_batch([0, 0], [0, 2], torch.tensor([2.0, 1.0], dtype=torch.float64), 1, 3)
+    nll = linear_multinomial_nll(linear, torch.ones(1, 2, dtype=torch.float64), batch, Workspace())
+    assert nll.item() == pytest.approx(-(2 * math.log(1 / 6) + math.log(1 / 2)), rel=1e-12)
+
+
+def test_the_fused_layer_and_likelihood_equal_linear_then_log_softmax_with_gradients():
+    linear, h, batch, upstream = small_case()
+    nll = linear_multinomial_nll(linear, h, batch, Workspace())
+    fused = torch.autograd.grad((nll * upstream).sum(), [h, linear.weight, linear.bias])
+    expected = reference_nll(linear, h, batch)
+    reference = torch.autograd.grad((expected * upstream).sum(), [h, linear.weight, linear.bias])
+    assert torch.allclose(nll, expected, rtol=1e-12, atol=1e-12)
+    for name, got, want in zip(("h", "weight", "bias"), fused, reference):
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-12), name
+
+
+def test_a_probability_below_float32s_range_keeps_its_exact_log():
+    # softmax((0, -300))_1 = e^-300 underflows to 0 in float32: its log is taken as z - max - log(sum)
+    linear = nn.Linear(1, 2)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.copy_(torch.tensor([0.0, -300.0]))
+    batch = sparse_batch([0], [1], torch.ones(1), 1, 2)
+    nll = linear_multinomial_nll(linear, torch.ones(1, 1), batch, Workspace())
+    assert nll.item() == pytest.approx(300.0, rel=1e-7)
+    assert torch.allclose(nll, reference_nll(linear, torch.ones(1, 1), batch))
+
+
+def test_float32_agrees_with_float64():
+    linear, h, batch, upstream = small_case(torch.float32, seed=3)
+    nll = linear_multinomial_nll(linear, h, batch, Workspace())
+    assert torch.allclose(nll.double(), reference_nll(linear.double(), h.detach().double(), batch._replace(
+        values=batch.values.double())), rtol=1e-6, atol=1e-6)
+
+
+def test_the_logits_buffer_is_reused_only_once_its_graph_is_done():
+    linear, h, batch, upstream = small_case()
+    workspace = Workspace()
+    first = linear_multinomial_nll(linear, h, batch, workspace)
+    buffer = workspace._buffer
+    # a second forward while the first graph awaits its backward gets its own buffer
+    second = linear_multinomial_nll(linear, h, batch, workspace)
+    assert workspace._buffer is buffer
+    grads_first = torch.autograd.grad((first * upstream).sum(), [h, linear.weight])
+    grads_second = torch.autograd.grad((second * upstream).sum(), [h, linear.weight])
+    expected = torch.autograd.grad((reference_nll(linear, h, batch) * upstream).sum(), [h, linear.weight])
+    for got_first, got_second, want in zip(grads_first, grads_second, expected):
+        assert torch.allclose(got_first, want, rtol=1e-12, atol=1e-12)
+        assert torch.allclose(got_second, want, rtol=1e-12, atol=1e-12)
+
+    # after the backward, the next forward writes into the same storage
+    third = linear_multinomial_nll(linear, h, batch, workspace)
+    assert workspace._buffer.data_ptr() == buffer.data_ptr()
+    # a graph freed without a backward gives the buffer back too
+    del third
+    owner_free = linear_multinomial_nll(linear, h, batch, workspace)
+    assert workspace._buffer.data_ptr() == buffer.data_ptr()
+    del owner_free
+    # without gradients nothing is saved: the buffer is free at once
+    with torch.no_grad():
+        linear_multinomial_nll(linear, h, batch, workspace)
+    fourth = linear_multinomial_nll(linear, h, batch, workspace)
+    assert torch.allclose(fourth, reference_nll(linear, h, batch), rtol=1e-12, atol=1e-12)
+
+
+def test_a_smaller_batch_uses_the_front_of_the_buffer():
+    linear, h, batch, upstream = small_case()
+    workspace = Workspace()
+    linear_multinomial_nll(linear, h, batch, workspace).sum().backward()
+    buffer = workspace._buffer
+    last = sparse_batch([0, 1, 1], [3, 0, 6], torch.ones(3, dtype=torch.float64), 2, 7)
+    nll = linear_multinomial_nll(linear, h[:2], last, workspace)
+    assert workspace._buffer is buffer
+    assert torch.allclose(nll, reference_nll(linear, h[:2], last), rtol=1e-12, atol=1e-12)
+
+
+def test_the_fused_backward_runs_once():
+    linear, h, batch, _ = small_case()
+    nll = linear_multinomial_nll(linear, h, batch, Workspace()).sum()
+    nll.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="runs once per forward"):
+        nll.backward()
+
+
+def test_transposed_linear_is_the_same_layer_with_linears_state_dict():
+    torch.manual_seed(0)
+    linear = nn.Linear(9, 4)
+    layer = TransposedLinear.from_linear(linear)
+    assert layer.weight_t.shape == (9, 4) and layer.weight_t.is_contiguous()
+    assert torch.equal(layer.weight, linear.weight)
+
+    x = torch.randn(3, 9)
+    assert torch.allclose(layer(x), linear(x))
+    # the sparse form: rows given as CSR parts with weights
+    x = torch.tensor([[0.0, 2.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0], [0.0] * 9, [1.0] + [0.0] * 7 + [3.0]])
+    rows, cols = x.nonzero(as_tuple=True)
+    offsets = torch.tensor([0, 2, 2])
+    assert torch.allclose(layer.sparse(offsets, cols, x[rows, cols]), linear(x), atol=1e-6)
+
+    # checkpoints hold nn.Linear's keys and shapes, in both directions
+    state = layer.state_dict()
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in linear.state_dict().items()}
+    assert torch.equal(state["weight"], linear.weight)
+    other = nn.Linear(9, 4)
+    other.load_state_dict(state)
+    assert torch.equal(other.weight, linear.weight)
+    with torch.no_grad():
+        other.weight.mul_(2)
+    layer.load_state_dict(other.state_dict())
+    assert torch.equal(layer.weight, other.weight) and layer.weight_t.is_contiguous()
