@@ -72,7 +72,9 @@ def _record_steps():
 
     def recording_calculate_loss(self, interaction):
         losses = calculate_loss(self, interaction)
-        _record({"state": self.beta_strategy.state_dict(), "beta": self.beta_strategy.beta})
+        # the weights this step starts from: ranks whose gradients are all-reduced hold the same
+        weights = [float(p.detach().double().sum()) for p in self.parameters()]
+        _record({"state": self.beta_strategy.state_dict(), "beta": self.beta_strategy.beta, "weights": weights})
         return losses
 
     def recording_load_other_parameter(self, para):
@@ -175,6 +177,21 @@ def test_one_checkpoint_one_report_and_resume_continues_it(tmp_path, monkeypatch
     assert [h["epoch"] for h in resumed["history"]] == list(range(done + 2))
     assert resumed["history"][:done] == first["history"][:done]
     assert list(Path("saved").glob("*.pth")) == [checkpoint]  # the resumed run saves into it
+
+
+def test_the_sparse_path_trains_the_same_weights_on_both_ranks(tmp_path, monkeypatch):
+    """The sparse path's first layer holds W^T as its parameter and its output layer is a custom
+    autograd function: DDP must still all-reduce their gradients, so both ranks step alike."""
+    monkeypatch.setenv(_ENV, json.dumps({"dir": str(tmp_path), "name": "sparse"}))
+    monkeypatch.setattr(quick_start, "_run_rank", recording_rank)
+    result = quick_start.run("BetaMultVAE", "ml-100k", nproc=2, port=free_ports()[0], config_dict={
+        **SMALL, **STRATEGIES["annealed"], "sparse_input": True, "epochs": 2, "state": "WARNING", "results_dir": None})
+    rank0, rank1 = traces(tmp_path, "sparse")
+    assert len(steps(rank0)) == 2 * STEPS_PER_EPOCH
+    assert rank0 == rank1
+    first, last = steps(rank0)[0]["weights"], steps(rank0)[-1]["weights"]
+    assert all(a != b for a, b in zip(first, last))  # every parameter was trained
+    assert result["test_result"]["ndcg@10"] > 0
 
 
 def big_result_rank(rank, model, dataset, config_file_list, kwargs):
