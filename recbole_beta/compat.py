@@ -384,6 +384,23 @@ def main(argv=None):
     return 0
 
 
+def _transpose_to_fit(optimizer):
+    """Transpose each 2-d state tensor (Adam's moments) whose parameter holds the transposed shape.
+
+    The plugin's sparse input path holds its first layer's weight as W^T (``TransposedLinear``),
+    the dense path as W; model state dicts hold W either way, optimizer states the parameter's own
+    layout. So a checkpoint resumed on the other input path needs its moments transposed, which
+    torch's ``load_state_dict`` (it checks parameter counts, not shapes) would leave to fail at the
+    next step."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.dim() == 2 == param.dim() and value.shape != param.shape \
+                        and value.t().shape == param.shape:
+                    state[key] = value.t().contiguous()
+
+
 class SafeCheckpointMixin:
     """Put before a RecBole ``Trainer`` subclass: checkpoints that torch's safe loader reads.
 
@@ -437,6 +454,7 @@ class SafeCheckpointMixin:
         optimizers = self._optimizers()
         for name, state in checkpoint["optimizers"].items():
             optimizers[name].load_state_dict(state)
+            _transpose_to_fit(optimizers[name])
         for alias, target in checkpoint["optimizer_aliases"].items():
             setattr(self, alias, optimizers[target])
 

@@ -87,8 +87,8 @@ def test_calculate_loss_and_predictions_agree_in_eval_mode(ml100k):
         model.sparse_input = True
     assert torch.allclose(sparse_scores, dense_scores, rtol=1e-5, atol=1e-5)
 
-    # without gradients the sparse path keeps a transposed copy of the first layer's weight: an
-    # in-place update (an optimizer step, loading the best checkpoint) must not leave it stale
+    # the sparse path's first layer holds W^T, and ``weight`` is a view of it: an in-place update
+    # through that view (as code written for nn.Linear makes) is what the sparse path computes with
     with torch.no_grad():
         model.encoder[0].weight.mul_(1.5)
         updated = model.full_sort_predict({"user_id": user})
@@ -273,3 +273,15 @@ def test_the_sparse_path_steps_with_fused_adam_as_recboles_loop_does():
 
     dense = Config(model=ScaledBetaMultVAE, dataset="ml-100k", config_dict={"state": "WARNING", "sparse_input": False})
     assert not prepare(dense)[3].optimizer.param_groups[0]["fused"]
+
+
+@pytest.mark.parametrize("first,then", [(False, True), (True, False)])
+def test_a_checkpoint_resumes_on_the_other_input_path(fast, first, then):
+    """The sparse path holds its first layer's weight transposed (TransposedLinear), Adam's moments
+    with it: a checkpoint of one path resumes on the other, its moments transposed to fit."""
+    saved = run_recbole_beta("BetaMultVAE", "ml-100k", config_dict={**fast, "epochs": 1, "sparse_input": first})
+    resumed = run_recbole_beta("BetaMultVAE", "ml-100k", resume=saved["checkpoint"],
+                               config_dict={**fast, "epochs": 3, "sparse_input": then})
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
+    assert resumed["history"][0] == saved["history"][0]
+    assert 0.05 < resumed["test_result"]["ndcg@100"] <= 1

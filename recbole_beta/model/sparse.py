@@ -1,9 +1,12 @@
-"""The users' interactions as a CSR matrix, and the multinomial likelihood on sparse targets.
+"""The sparse input path's pieces: the users' interactions as a CSR matrix, the first layer on
+sparse rows, and the output layer with the multinomial likelihood on sparse targets.
 
 RecBole's autoencoders keep every user's history as two padded (users x longest history)
 matrices, ids and values, on the model's device: about 6 GB at the ML-20M shape for data a CSR
 matrix holds in ~120 MB. :class:`UserItemCSR` is that CSR matrix, with the two batch views the
-model needs (dense rows as RecBole builds them, or the sparse batch).
+model needs (dense rows as RecBole builds them, or the sparse batch). :class:`TransposedLinear`
+is the encoder's first layer for sparse rows; :func:`linear_multinomial_nll` the decoder's output
+layer and the reconstruction term in one, which writes no batch x items tensor per step.
 """
 
 import weakref
@@ -219,8 +222,9 @@ class _LinearMultinomialNLL(torch.autograd.Function):
 def linear_multinomial_nll(linear, h, batch, workspace):
     """``multinomial_nll(linear(h), batch.rows, batch.cols, batch.values)``, the same numbers without
     a second batch x items tensor: see :class:`_LinearMultinomialNLL`. Under autocast it is that
-    composition (the logits in autocast's dtype, the likelihood in float32)."""
-    if torch.is_autocast_enabled(h.device.type):
+    composition (the logits in autocast's dtype, the likelihood in float32), as it is for weights
+    in a half-precision dtype."""
+    if torch.is_autocast_enabled(h.device.type) or h.dtype not in (torch.float32, torch.float64):
         return multinomial_nll(linear(h), batch.rows, batch.cols, batch.values)
     values = batch.values.to(h.dtype)
     return _LinearMultinomialNLL.apply(h, linear.weight, linear.bias, batch.rows, batch.cols, values, workspace)
@@ -248,7 +252,7 @@ class TransposedLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear):
         """The same layer (same values) as the ``nn.Linear`` ``linear``."""
-        return cls(linear.weight, linear.bias).to(linear.weight.device)
+        return cls(linear.weight, linear.bias)
 
     @property
     def weight(self):
