@@ -279,9 +279,26 @@ def test_the_sparse_path_steps_with_fused_adam_as_recboles_loop_does():
 def test_a_checkpoint_resumes_on_the_other_input_path(fast, first, then):
     """The sparse path holds its first layer's weight transposed (TransposedLinear), Adam's moments
     with it: a checkpoint of one path resumes on the other, its moments transposed to fit."""
+    from recbole_beta.compat import load_checkpoint
+
     saved = run_recbole_beta("BetaMultVAE", "ml-100k", config_dict={**fast, "epochs": 1, "sparse_input": first})
+    checkpoint = load_checkpoint(saved["checkpoint"])  # the resumed run below saves over the file
     resumed = run_recbole_beta("BetaMultVAE", "ml-100k", resume=saved["checkpoint"],
                                config_dict={**fast, "epochs": 3, "sparse_input": then})
     assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
     assert resumed["history"][0] == saved["history"][0]
     assert 0.05 < resumed["test_result"]["ndcg@100"] <= 1
+
+    # each moment lands on its own weight: the moments saved for W^T, read on the path holding W,
+    # are their transpose (and the other way round). torch's fused Adam steps on moments of the
+    # wrong shape but the right size without a word, so the run above alone would not show it.
+    torch.save(checkpoint, "first.pth")
+    config = Config(model="BetaMultVAE", dataset="ml-100k", config_dict={**fast, "sparse_input": then})
+    model, trainer = prepare(config)[2:]
+    trainer.resume_checkpoint("first.pth")
+    saved_moments = checkpoint["optimizers"]["optimizer"]["state"][0]
+    first_layer = next(model.encoder[0].parameters())
+    for key in ("exp_avg", "exp_avg_sq"):
+        moment = trainer.optimizer.state[first_layer][key]
+        assert moment.shape == first_layer.shape
+        assert torch.equal(moment, saved_moments[key].t())
