@@ -453,8 +453,14 @@ class SafeCheckpointMixin:
     def _load_optimizer_states(self, checkpoint):
         optimizers = self._optimizers()
         for name, state in checkpoint["optimizers"].items():
-            optimizers[name].load_state_dict(state)
-            _transpose_to_fit(optimizers[name])
+            optimizer = optimizers[name]
+            # which kernel steps (torch's fused or foreach) is this run's choice, not the checkpoint's:
+            # the plugin's sparse path steps with the fused one, the dense path with RecBole's loop
+            kernels = [{k: group[k] for k in ("fused", "foreach") if k in group} for group in optimizer.param_groups]
+            optimizer.load_state_dict(state)
+            for group, kept in zip(optimizer.param_groups, kernels):
+                group.update(kept)
+            _transpose_to_fit(optimizer)
         for alias, target in checkpoint["optimizer_aliases"].items():
             setattr(self, alias, optimizers[target])
 

@@ -302,3 +302,5 @@ def test_a_checkpoint_resumes_on_the_other_input_path(fast, first, then):
         moment = trainer.optimizer.state[first_layer][key]
         assert moment.shape == first_layer.shape
         assert torch.equal(moment, saved_moments[key].t())
+    # and it steps with the kernel of its own path, not the checkpoint's
+    assert bool(trainer.optimizer.param_groups[0]["fused"]) is then
