@@ -234,6 +234,9 @@ def bench_dataset(name, variants, reps, max_batches, eval_users, overrides):
     def train_once(variant):
         model, trainer = built[variant]
         loader = limited(train_data, max_batches)
+        # every timed epoch starts as one after an evaluation does (the plugin's models free their
+        # training buffer in eval mode), whether or not an evaluation ran since the last epoch
+        model.eval()
         gc.collect()
         with PeakMemory(device) as mem:
             start = time.perf_counter()

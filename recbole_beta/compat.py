@@ -384,21 +384,36 @@ def main(argv=None):
     return 0
 
 
-def _transpose_to_fit(optimizer):
-    """Transpose each 2-d state tensor (Adam's moments) whose parameter holds the transposed shape.
+def _transposed(model, optimizer):
+    """Positions, in ``optimizer``'s parameter order, of the parameters a module of ``model`` holds
+    transposed: the names in its class's ``transposed_parameters`` (the plugin's sparse input path
+    holds its first layer's weight as W^T, ``TransposedLinear``; the dense path as W)."""
+    ids = {id(getattr(module, name)) for module in model.modules()
+           for name in getattr(type(module), "transposed_parameters", ())}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return [i for i, p in enumerate(params) if id(p) in ids]
 
-    The plugin's sparse input path holds its first layer's weight as W^T (``TransposedLinear``),
-    the dense path as W; model state dicts hold W either way, optimizer states the parameter's own
-    layout. So a checkpoint resumed on the other input path needs its moments transposed, which
-    torch's ``load_state_dict`` (it checks parameter counts, not shapes) would leave to fail at the
-    next step."""
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            state = optimizer.state.get(param, {})
-            for key, value in state.items():
-                if torch.is_tensor(value) and value.dim() == 2 == param.dim() and value.shape != param.shape \
-                        and value.t().shape == param.shape:
-                    state[key] = value.t().contiguous()
+
+def _transpose_to_fit(optimizer, saved, here):
+    """Transpose the 2-d state tensors (Adam's moments) of each parameter held transposed in the
+    checkpoint (positions ``saved``) but not in this run (``here``), or the other way round: model
+    state dicts hold W either way, optimizer states the parameter's own layout. torch's
+    ``load_state_dict`` checks parameter counts, not shapes, and its fused Adam steps on moments of
+    the right size in the wrong shape without a word. A checkpoint that does not say (``saved`` is
+    None, written before the layouts were recorded) is read by shape: moments whose transpose has
+    the parameter's shape are transposed."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for position, param in enumerate(params):
+        state = optimizer.state.get(param, {})
+        for key, value in state.items():
+            if not (torch.is_tensor(value) and value.dim() == 2 == param.dim()):
+                continue
+            if saved is None:
+                flip = value.shape != param.shape and value.t().shape == param.shape
+            else:
+                flip = (position in saved) != (position in here)
+            if flip:
+                state[key] = value.t().contiguous()
 
 
 class SafeCheckpointMixin:
@@ -448,19 +463,21 @@ class SafeCheckpointMixin:
             else:
                 seen[id(optimizer)] = name
                 states[name] = optimizer.state_dict()
-        return {"optimizers": states, "optimizer_aliases": aliases}
+        transposed = {name: _transposed(self.model, self._optimizers()[name]) for name in states}
+        return {"optimizers": states, "optimizer_aliases": aliases, "optimizer_transposed": transposed}
 
     def _load_optimizer_states(self, checkpoint):
         optimizers = self._optimizers()
+        saved_transposed = checkpoint.get("optimizer_transposed", {})
         for name, state in checkpoint["optimizers"].items():
             optimizer = optimizers[name]
             # which kernel steps (torch's fused or foreach) is this run's choice, not the checkpoint's:
-            # the plugin's sparse path steps with the fused one, the dense path with RecBole's loop
-            kernels = [{k: group[k] for k in ("fused", "foreach") if k in group} for group in optimizer.param_groups]
-            optimizer.load_state_dict(state)
-            for group, kept in zip(optimizer.param_groups, kernels):
-                group.update(kept)
-            _transpose_to_fit(optimizer)
+            # the plugin's sparse path steps with the fused one, the dense path with RecBole's loop.
+            # Set before loading: torch places the loaded state (Adam's step count) by these flags.
+            groups = [{**saved, **{k: group[k] for k in ("fused", "foreach") if k in group}}
+                      for saved, group in zip(state["param_groups"], optimizer.param_groups)]
+            optimizer.load_state_dict({**state, "param_groups": groups + state["param_groups"][len(groups):]})
+            _transpose_to_fit(optimizer, saved_transposed.get(name), _transposed(self.model, optimizer))
         for alias, target in checkpoint["optimizer_aliases"].items():
             setattr(self, alias, optimizers[target])
 

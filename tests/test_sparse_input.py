@@ -275,12 +275,17 @@ def test_the_sparse_path_steps_with_fused_adam_as_recboles_loop_does():
     assert not prepare(dense)[3].optimizer.param_groups[0]["fused"]
 
 
-@pytest.mark.parametrize("first,then", [(False, True), (True, False)])
-def test_a_checkpoint_resumes_on_the_other_input_path(fast, first, then):
+@pytest.mark.parametrize("first,then,hidden", [
+    (False, True, [600]),
+    (True, False, [600]),
+    (True, False, [1683]),  # a square first layer (ml-100k's 1,683 item ids): its shape cannot tell
+])
+def test_a_checkpoint_resumes_on_the_other_input_path(fast, first, then, hidden):
     """The sparse path holds its first layer's weight transposed (TransposedLinear), Adam's moments
     with it: a checkpoint of one path resumes on the other, its moments transposed to fit."""
     from recbole_beta.compat import load_checkpoint
 
+    fast = {**fast, "mlp_hidden_size": hidden}
     saved = run_recbole_beta("BetaMultVAE", "ml-100k", config_dict={**fast, "epochs": 1, "sparse_input": first})
     checkpoint = load_checkpoint(saved["checkpoint"])  # the resumed run below saves over the file
     resumed = run_recbole_beta("BetaMultVAE", "ml-100k", resume=saved["checkpoint"],

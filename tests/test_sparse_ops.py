@@ -1,13 +1,16 @@
 """The sparse path's building blocks on their own: the fused output layer + multinomial likelihood,
 its reused logits buffer, and the first layer stored as W^T (recbole_beta.model.sparse)."""
 
+import copy
 import math
+import pickle
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recbole_beta.model import sparse
 from recbole_beta.model.sparse import SparseBatch, TransposedLinear, Workspace, linear_multinomial_nll
 
 
@@ -24,16 +27,17 @@ def reference_nll(linear, h, batch):
     return -(F.log_softmax(linear(h), 1) * dense).sum(1)
 
 
-def small_case(dtype=torch.float64, seed=0):
+def small_case(dtype=torch.float64, seed=0, bias=True, n_items=7):
     generator = torch.Generator().manual_seed(seed)
-    linear = nn.Linear(4, 7).to(dtype)
+    linear = nn.Linear(4, n_items, bias=bias).to(dtype)
     with torch.no_grad():
-        linear.weight.copy_(torch.randn(7, 4, generator=generator))
-        linear.bias.copy_(torch.randn(7, generator=generator))
+        linear.weight.copy_(torch.randn(n_items, 4, generator=generator))
+        if bias:
+            linear.bias.copy_(torch.randn(n_items, generator=generator))
     h = torch.randn(5, 4, dtype=dtype, generator=generator, requires_grad=True)
     # row 2 has no entries (its term is 0); values other than 1 exercise sum_i x_ui
     values = torch.tensor([1.0, 2.0, 1.0, 0.5, 1.0, 3.0, 1.0], dtype=dtype)
-    batch = sparse_batch([0, 0, 1, 3, 3, 3, 4], [1, 4, 0, 2, 5, 6, 3], values, 5, 7)
+    batch = sparse_batch([0, 0, 1, 3, 3, 3, 4], [1, 4, 0, 2, 5, 6, 3], values, 5, n_items)
     upstream = torch.randn(5, dtype=dtype, generator=generator)
     return linear, h, batch, upstream
 
@@ -49,15 +53,41 @@ def test_the_fused_layer_and_likelihood_by_hand():
     assert nll.item() == pytest.approx(-(2 * math.log(1 / 6) + math.log(1 / 2)), rel=1e-12)
 
 
-def test_the_fused_layer_and_likelihood_equal_linear_then_log_softmax_with_gradients():
-    linear, h, batch, upstream = small_case()
+@pytest.mark.parametrize("block", [3, 1024])  # several column blocks, or one
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_the_fused_layer_and_likelihood_equal_linear_then_log_softmax_with_gradients(
+        monkeypatch, block, bias, dtype, tolerance):
+    monkeypatch.setattr(sparse, "CPU_COLUMN_BLOCK", block)
+    linear, h, batch, upstream = small_case(dtype, bias=bias, n_items=11)
+    inputs = [h, *linear.parameters()]
     nll = linear_multinomial_nll(linear, h, batch, Workspace())
-    fused = torch.autograd.grad((nll * upstream).sum(), [h, linear.weight, linear.bias])
+    fused = torch.autograd.grad((nll * upstream).sum(), inputs)
     expected = reference_nll(linear, h, batch)
-    reference = torch.autograd.grad((expected * upstream).sum(), [h, linear.weight, linear.bias])
-    assert torch.allclose(nll, expected, rtol=1e-12, atol=1e-12)
-    for name, got, want in zip(("h", "weight", "bias"), fused, reference):
-        assert torch.allclose(got, want, rtol=1e-12, atol=1e-12), name
+    reference = torch.autograd.grad((expected * upstream).sum(), inputs)
+    assert torch.allclose(nll, expected, rtol=tolerance, atol=tolerance)
+    for got, want in zip(fused, reference):
+        assert torch.allclose(got, want, rtol=tolerance, atol=tolerance)
+
+
+def test_only_what_needs_a_gradient_gets_one():
+    linear, h, batch, upstream = small_case()
+    linear.weight.requires_grad_(False)  # a frozen weight, and an input without gradient
+    h = h.detach()
+    nll = linear_multinomial_nll(linear, h, batch, Workspace())
+    (bias_grad,) = torch.autograd.grad((nll * upstream).sum(), [linear.bias])
+    (want,) = torch.autograd.grad((reference_nll(linear, h, batch) * upstream).sum(), [linear.bias])
+    assert torch.allclose(bias_grad, want, rtol=1e-12, atol=1e-12)
+    assert linear.weight.grad is None
+
+
+def test_a_second_derivative_is_refused_not_wrong():
+    linear, h, batch, _ = small_case()
+    (grad_h,) = torch.autograd.grad(linear_multinomial_nll(linear, h, batch, Workspace()).sum(), h, create_graph=True)
+    # the backward is not itself differentiable (it works in place): no graph through it, so the
+    # second derivative fails loudly instead of coming out without the softmax's own derivative
+    with pytest.raises(RuntimeError, match="does not require grad|once_differentiable"):
+        grad_h.sum().backward()
 
 
 def test_a_probability_below_float32s_range_keeps_its_exact_log():
@@ -102,11 +132,16 @@ def test_the_logits_buffer_is_reused_only_once_its_graph_is_done():
     owner_free = linear_multinomial_nll(linear, h, batch, workspace)
     assert workspace._buffer.data_ptr() == buffer.data_ptr()
     del owner_free
-    # without gradients nothing is saved: the buffer is free at once
+    # without gradients nothing is saved: the buffer is given back at once, its result still alive
     with torch.no_grad():
-        linear_multinomial_nll(linear, h, batch, workspace)
+        kept = linear_multinomial_nll(linear, h, batch, workspace)
+    assert workspace._owner is None
     fourth = linear_multinomial_nll(linear, h, batch, workspace)
     assert torch.allclose(fourth, reference_nll(linear, h, batch), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(kept, fourth.detach(), rtol=1e-12, atol=1e-12)
+    # a copy or a pickle (of the model holding it) starts empty, even while a graph holds the buffer
+    for other in (copy.deepcopy(workspace), pickle.loads(pickle.dumps(workspace))):
+        assert other._buffer is None and other._owner is None
 
 
 def test_a_smaller_batch_uses_the_front_of_the_buffer():
@@ -154,3 +189,5 @@ def test_transposed_linear_is_the_same_layer_with_linears_state_dict():
         other.weight.mul_(2)
     layer.load_state_dict(other.state_dict())
     assert torch.equal(layer.weight, other.weight) and layer.weight_t.is_contiguous()
+    layer.load_state_dict(linear.state_dict(), assign=True)  # takes the tensors it is given
+    assert torch.equal(layer.weight, linear.weight) and layer.weight_t.is_contiguous()

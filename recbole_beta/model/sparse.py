@@ -106,6 +106,7 @@ class _MultinomialNLL(torch.autograd.Function):
         return nll
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         if ctx.spent:
             raise RuntimeError("multinomial_nll's backward runs once per forward (it reuses its buffer): no retain_graph")
@@ -157,6 +158,11 @@ class Workspace:
         """Drop the buffer (a graph still holding it keeps its own reference)."""
         self._buffer, self._owner = None, None
 
+    def __getstate__(self):
+        # a copy or a pickle of the model starts with no buffer (and no weak reference, which
+        # pickle refuses)
+        return {"_buffer": None, "_owner": None}
+
 
 #: output columns per matrix product of the CPU forward in :func:`_linear_into`
 CPU_COLUMN_BLOCK = 1024
@@ -184,7 +190,7 @@ class _LinearMultinomialNLL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, weight, bias, rows, cols, values, workspace):
+    def forward(ctx, h, weight, bias, rows, cols, values, workspace, keep):
         logits = workspace.take(ctx, h.shape[0], weight.shape[0], h.dtype, h.device)
         _linear_into(logits, h, weight, bias)
         picked = logits[rows, cols]
@@ -196,7 +202,7 @@ class _LinearMultinomialNLL(torch.autograd.Function):
         log_probs = picked - top[rows] - log_sum[rows]
         total = torch.zeros(h.shape[0], dtype=h.dtype, device=h.device).index_add_(0, rows, values)
         nll = torch.zeros_like(total).index_add_(0, rows, log_probs * values).neg_()
-        if any(ctx.needs_input_grad):
+        if keep and any(ctx.needs_input_grad):  # keep: gradients were on (inside, they never are)
             ctx.save_for_backward(h, weight, probs, rows, cols, values, total)
             ctx.workspace, ctx.spent = workspace, False
         else:
@@ -204,6 +210,7 @@ class _LinearMultinomialNLL(torch.autograd.Function):
         return nll
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         if ctx.spent:
             raise RuntimeError("linear_multinomial_nll's backward runs once per forward (it reuses its buffer): no retain_graph")
@@ -216,7 +223,7 @@ class _LinearMultinomialNLL(torch.autograd.Function):
         grad_weight = grad_logits.t() @ h if need_weight else None
         grad_bias = grad_logits.sum(0) if need_bias else None
         ctx.workspace.give_back(ctx)
-        return grad_h, grad_weight, grad_bias, None, None, None, None
+        return grad_h, grad_weight, grad_bias, None, None, None, None, None
 
 
 def linear_multinomial_nll(linear, h, batch, workspace):
@@ -227,7 +234,8 @@ def linear_multinomial_nll(linear, h, batch, workspace):
     if torch.is_autocast_enabled(h.device.type) or h.dtype not in (torch.float32, torch.float64):
         return multinomial_nll(linear(h), batch.rows, batch.cols, batch.values)
     values = batch.values.to(h.dtype)
-    return _LinearMultinomialNLL.apply(h, linear.weight, linear.bias, batch.rows, batch.cols, values, workspace)
+    return _LinearMultinomialNLL.apply(h, linear.weight, linear.bias, batch.rows, batch.cols, values, workspace,
+                                       torch.is_grad_enabled())
 
 
 class TransposedLinear(nn.Module):
@@ -240,6 +248,10 @@ class TransposedLinear(nn.Module):
     the fused Adam step, which copies non-contiguous parameters.) State dicts hold ``weight`` as
     ``nn.Linear``'s, so checkpoints move between this layer and RecBole's.
     """
+
+    #: parameters held transposed, for whoever must map state kept per parameter (optimizer
+    #: moments in checkpoints, recbole_beta.compat) between this layer and nn.Linear
+    transposed_parameters = ("weight_t",)
 
     def __init__(self, weight, bias):
         super().__init__()
@@ -278,4 +290,5 @@ def _save_as_linear(module, state_dict, prefix, local_metadata):
 
 def _load_from_linear(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
     if prefix + "weight" in state_dict:
-        state_dict[prefix + "weight_t"] = state_dict.pop(prefix + "weight").t()
+        # contiguous, also where load_state_dict(assign=True) takes the tensor as it is
+        state_dict[prefix + "weight_t"] = state_dict.pop(prefix + "weight").t().contiguous()
