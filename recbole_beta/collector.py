@@ -28,20 +28,18 @@ class _RegisterWithout:
         return getattr(self._register, name)
 
 
-def topk_hits(scores_tensor, positive_u, positive_i, k):
-    """RecBole's ``rec.topk`` rows for one batch, and the top-k item indices they were taken at.
+def topk_hits(topk_idx, positive_u, positive_i, n_items):
+    """RecBole's ``rec.topk`` rows for one batch whose top-k item indices are ``topk_idx`` (B x k).
 
     Mirrors the ``rec.topk`` branch of ``recbole.evaluator.collector.Collector.eval_batch_collect``
     (RecBole 1.2.1) without its B x I ``pos_matrix``: the row sums are a bincount of the distinct
     positives' rows, the gathered hits a membership test of the top-k (row, item) keys.
 
-    Returns ``(result, topk_idx)``: ``result`` is B x (k + 1), the 0/1 hit of each of the k top-scored
-    items followed by the user's number of distinct positives, as RecBole's collector makes it
-    (int64: its int32 hits are concatenated with the int64 row sums); ``topk_idx`` is B x k.
+    Returns B x (k + 1): the 0/1 hit of each of the k top-scored items followed by the user's
+    number of distinct positives, as RecBole's collector makes it (int64: its int32 hits are
+    concatenated with the int64 row sums).
     """
-    n_rows, n_items = scores_tensor.shape
-    device = scores_tensor.device
-    _, topk_idx = torch.topk(scores_tensor, k, dim=-1)  # n_users x k, the same call as RecBole's
+    n_rows, device = topk_idx.shape[0], topk_idx.device
     # RecBole sets pos_matrix[u, i] = 1: a (u, i) listed twice is one positive, so dedupe the keys
     pos_keys = positive_u.to(device=device, dtype=torch.long) * n_items + positive_i.to(device=device, dtype=torch.long)
     pos_keys = torch.unique(pos_keys)
@@ -50,8 +48,7 @@ def topk_hits(scores_tensor, positive_u, positive_i, k):
     topk_keys = rows * n_items + topk_idx
     # both sides hold distinct keys (topk's indices in a row are distinct): isin's one-sort path
     hits = torch.isin(topk_keys, pos_keys, assume_unique=True)
-    result = torch.cat((hits.to(torch.int), pos_len.unsqueeze(1)), dim=1)
-    return result, topk_idx
+    return torch.cat((hits.to(torch.int), pos_len.unsqueeze(1)), dim=1)
 
 
 class FastCollector(Collector):
@@ -80,15 +77,13 @@ class FastCollector(Collector):
         need_items = self.register.need("rec.items")
         need_topk = self.register.need("rec.topk")
         if need_items or need_topk:
-            k = max(self.topk)
-            if need_topk:
-                result, topk_idx = topk_hits(scores_tensor, positive_u, positive_i, k)
-            else:
-                _, topk_idx = torch.topk(scores_tensor, k, dim=-1)
+            # once for both keys (RecBole calls torch.topk for each), the same call as RecBole's
+            _, topk_idx = torch.topk(scores_tensor, max(self.topk), dim=-1)
             if need_items:
                 self._batches["rec.items"].append(topk_idx)
             if need_topk:
-                self._batches["rec.topk"].append(result)
+                hits = topk_hits(topk_idx, positive_u, positive_i, scores_tensor.shape[1])
+                self._batches["rec.topk"].append(hits)
         # the rest is RecBole's, told that the two keys above are collected already
         register = self.register
         self.register = _RegisterWithout(register, _OWN_KEYS)

@@ -399,20 +399,12 @@ def _transpose_to_fit(optimizer, saved, here):
     checkpoint (positions ``saved``) but not in this run (``here``), or the other way round: model
     state dicts hold W either way, optimizer states the parameter's own layout. torch's
     ``load_state_dict`` checks parameter counts, not shapes, and its fused Adam steps on moments of
-    the right size in the wrong shape without a word. A checkpoint that does not say (``saved`` is
-    None, written before the layouts were recorded) is read by shape: moments whose transpose has
-    the parameter's shape are transposed."""
+    the right size in the wrong shape without a word."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    for position, param in enumerate(params):
-        state = optimizer.state.get(param, {})
+    for position in set(saved) ^ set(here):
+        state = optimizer.state.get(params[position], {})
         for key, value in state.items():
-            if not (torch.is_tensor(value) and value.dim() == 2 == param.dim()):
-                continue
-            if saved is None:
-                flip = value.shape != param.shape and value.t().shape == param.shape
-            else:
-                flip = (position in saved) != (position in here)
-            if flip:
+            if torch.is_tensor(value) and value.dim() == 2:
                 state[key] = value.t().contiguous()
 
 
@@ -468,6 +460,8 @@ class SafeCheckpointMixin:
 
     def _load_optimizer_states(self, checkpoint):
         optimizers = self._optimizers()
+        # checkpoints written before the layouts were recorded (RecBole's, converted, and the plugin's
+        # own) hold every parameter as nn.Linear does: nothing transposed
         saved_transposed = checkpoint.get("optimizer_transposed", {})
         for name, state in checkpoint["optimizers"].items():
             optimizer = optimizers[name]
@@ -477,7 +471,7 @@ class SafeCheckpointMixin:
             groups = [{**saved, **{k: group[k] for k in ("fused", "foreach") if k in group}}
                       for saved, group in zip(state["param_groups"], optimizer.param_groups)]
             optimizer.load_state_dict({**state, "param_groups": groups + state["param_groups"][len(groups):]})
-            _transpose_to_fit(optimizer, saved_transposed.get(name), _transposed(self.model, optimizer))
+            _transpose_to_fit(optimizer, saved_transposed.get(name, []), _transposed(self.model, optimizer))
         for alias, target in checkpoint["optimizer_aliases"].items():
             setattr(self, alias, optimizers[target])
 

@@ -164,7 +164,8 @@ class PluginDataset(Dataset):
         if empty is None:
             return None
         columns = list(empty.columns)
-        usecols = [field for field in fields if field.split(":")[0] in set(columns)]
+        loaded = set(columns)
+        usecols = [field for field in fields if field.split(":")[0] in loaded]
         if [field.split(":")[0] for field in usecols] != columns:  # a field named twice in the header
             return super()._load_feat(filepath, source)
         dtype = {

@@ -88,6 +88,25 @@ class SparseBatch(NamedTuple):
                                        (len(self.crow) - 1, self.n_items), is_coalesced=True, check_invariants=False)
 
 
+def _sparse_nll(log_probs, rows, values, n_rows):
+    """-sum_i x_ui log p_ui of each row from the non-zeros' log-probabilities, and sum_i x_ui."""
+    total = torch.zeros(n_rows, dtype=values.dtype, device=values.device).index_add_(0, rows, values)
+    return torch.zeros_like(total).index_add_(0, rows, log_probs * values).neg_(), total
+
+
+def _logits_grad_(probs, grad, total, rows, cols, values):
+    """The logits' gradient g_u * (softmax(z_u) * sum_i x_ui - x_u), written over ``probs``."""
+    probs.mul_((grad * total).unsqueeze(1))
+    return probs.index_put_((rows, cols), -(grad[rows] * values), accumulate=True)
+
+
+def _spend(ctx, name):
+    """A backward that turns its forward's batch x items tensor into the gradient runs once."""
+    if ctx.spent:
+        raise RuntimeError(f"{name}'s backward runs once per forward (it reuses its buffer): no retain_graph")
+    ctx.spent = True
+
+
 class _MultinomialNLL(torch.autograd.Function):
     """-sum_i x_ui log softmax(z_u)_i for every row u, with x sparse.
 
@@ -99,8 +118,7 @@ class _MultinomialNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, rows, cols, values):
         log_probs = torch.log_softmax(logits, dim=1)
-        total = torch.zeros(logits.shape[0], dtype=logits.dtype, device=logits.device).index_add_(0, rows, values)
-        nll = torch.zeros_like(total).index_add_(0, rows, log_probs[rows, cols] * values).neg_()
+        nll, total = _sparse_nll(log_probs[rows, cols], rows, values, logits.shape[0])
         ctx.save_for_backward(log_probs, rows, cols, values, total)
         ctx.spent = False
         return nll
@@ -108,13 +126,9 @@ class _MultinomialNLL(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        if ctx.spent:
-            raise RuntimeError("multinomial_nll's backward runs once per forward (it reuses its buffer): no retain_graph")
-        ctx.spent = True
+        _spend(ctx, "multinomial_nll")
         log_probs, rows, cols, values, total = ctx.saved_tensors
-        grad_logits = log_probs.exp_().mul_((grad * total).unsqueeze(1))  # softmax, scaled, in place
-        grad_logits.index_put_((rows, cols), -(grad[rows] * values), accumulate=True)
-        return grad_logits, None, None, None
+        return _logits_grad_(log_probs.exp_(), grad, total, rows, cols, values), None, None, None
 
 
 def multinomial_nll(logits, rows, cols, values):
@@ -140,8 +154,12 @@ class Workspace:
     def __init__(self):
         self._buffer, self._owner = None, None
 
+    def _lent_to(self):
+        """The graph's context the buffer is lent to, or None."""
+        return None if self._owner is None else self._owner()
+
     def take(self, owner, n_rows, n_cols, dtype, device):
-        if self._owner is not None and self._owner() is not None:
+        if self._lent_to() is not None:
             return torch.empty(n_rows, n_cols, dtype=dtype, device=device)
         size = n_rows * n_cols
         buffer = self._buffer
@@ -151,7 +169,7 @@ class Workspace:
         return buffer[:size].view(n_rows, n_cols)
 
     def give_back(self, owner):
-        if self._owner is not None and self._owner() is owner:
+        if self._lent_to() is owner:
             self._owner = None
 
     def clear(self):
@@ -199,9 +217,7 @@ class _LinearMultinomialNLL(torch.autograd.Function):
         # log softmax(z)_i = z_i - max(z) - log(sum exp(z - max(z))), as log_softmax computes it; the
         # sum is 1 / (the largest probability), that of max(z), as exp(0) = 1
         log_sum = probs.amax(1).log_().neg_()
-        log_probs = picked - top[rows] - log_sum[rows]
-        total = torch.zeros(h.shape[0], dtype=h.dtype, device=h.device).index_add_(0, rows, values)
-        nll = torch.zeros_like(total).index_add_(0, rows, log_probs * values).neg_()
+        nll, total = _sparse_nll(picked - top[rows] - log_sum[rows], rows, values, h.shape[0])
         if keep and any(ctx.needs_input_grad):  # keep: gradients were on (inside, they never are)
             ctx.save_for_backward(h, weight, probs, rows, cols, values, total)
             ctx.workspace, ctx.spent = workspace, False
@@ -212,12 +228,9 @@ class _LinearMultinomialNLL(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        if ctx.spent:
-            raise RuntimeError("linear_multinomial_nll's backward runs once per forward (it reuses its buffer): no retain_graph")
-        ctx.spent = True
+        _spend(ctx, "linear_multinomial_nll")
         h, weight, probs, rows, cols, values, total = ctx.saved_tensors
-        grad_logits = probs.mul_((grad * total).unsqueeze(1))  # g_u * softmax(z_u) * sum_i x_ui, in place
-        grad_logits.index_put_((rows, cols), -(grad[rows] * values), accumulate=True)
+        grad_logits = _logits_grad_(probs, grad, total, rows, cols, values)
         need_h, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_h = grad_logits @ weight if need_h else None
         grad_weight = grad_logits.t() @ h if need_weight else None
