@@ -178,8 +178,18 @@ def check_protocol_keys(config):
         close = difflib.get_close_matches(str(protocol), PROTOCOLS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError("eval_protocol", protocol, f"must be one of {', '.join(PROTOCOLS)}{hint}")
+    folds, fold = config["heldout_folds"], config["fold"]
     if protocol != "strong":
+        check("heldout_folds", folds, not folds, "folds of held-out users need eval_protocol=strong")
+        check("fold", fold, fold is None, "a test fold needs eval_protocol=strong and heldout_folds")
         return
+    check("heldout_folds", folds,
+          isinstance(folds, int) and not isinstance(folds, bool) and (folds == 0 or folds >= 3),
+          "must be 0 (one split) or an integer >= 3 (folds of held-out users)")
+    if fold is not None:
+        check("fold", fold, bool(folds), "a test fold needs heldout_folds (an integer >= 3)")
+        check("fold", fold, isinstance(fold, int) and not isinstance(fold, bool) and 0 <= fold < folds,
+              f"must be an integer in [0, {int(folds)}) (heldout_folds={int(folds)})")
     heldout = config["heldout_users"]
     check(
         "heldout_users",

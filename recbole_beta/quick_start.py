@@ -214,11 +214,16 @@ def run_recbole_beta(
         "checkpoint": trainer.saved_model_file if saved else None,
         "config": config.final_config_dict,
     }
+    groups = getattr(dataset, "protocol_users", None)
+    if groups is not None:  # eval_protocol=strong: how many users trained, validated and tested
+        result["protocol_users"] = {name: len(users) for name, users in groups.items()}
     result["result_file"] = write_result(config, result)
     if per_user:
         # what the model was given of each user: training rows, or a held-out user's fold-in
         activity = training_activity(getattr(dataset, "seen_dataset", train_data._dataset))
         result["per_user"] = per_user_metrics(trainer.evaluator, test_data, activity)
+        # the dataset's own user ids: RecBole's internal ids are renumbered with each split (fold)
+        result["per_user"]["user_token"] = dataset.id2token(dataset.uid_field, result["per_user"]["user_id"]).astype(str)
     if result["result_file"]:
         logger.info(set_color("result file", "yellow") + f": {result['result_file']}")
 

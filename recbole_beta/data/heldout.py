@@ -20,6 +20,15 @@ users, the generator is seeded afresh and each user (ascending id, rows in file 
 its targets with ``choice(n, int(ratio * n), replace=False)``. A dataset whose ``.inter`` file has
 a ``protocol_role`` column (written by ``python -m recbole_beta.data convert --format vae_cf``)
 is not drawn at all: its rows keep the roles the file gives.
+
+Cross-validated held-out users (``heldout_folds: K``, ``fold: k``): the permuted users are cut into
+K folds of near-equal size; fold k holds the test users, the first ``heldout_users`` of the other
+folds (in permuted order, from fold k+1 on) are the validation users, the rest train. Over
+k = 0..K-1 every user is tested exactly once. A held-out user's targets are then drawn once for all
+folds: every interaction gets a uniform key from ``RandomState(split_seed)`` (file order), and a user
+with at least 5 interactions gives its ``int(heldout_ratio * n)`` lowest-keyed ones as targets, so the
+draw does not depend on k (what changes with k is only the item set: a target no training user of
+fold k has is dropped, as any held-out interaction with such an item is).
 """
 
 import os
@@ -45,6 +54,9 @@ _DROPPED = -1  # a held-out user's interaction with an item no training user has
 
 #: the reference code gives targets only to held-out users with at least this many interactions
 MIN_INTERACTIONS_FOR_TARGETS = 5
+
+_PRESPLIT_FOLDS = (f"the dataset's {ROLE_FIELD} column fixes one split (imported with `convert --format vae_cf`); "
+                   "folds need a split drawn at run time: unset heldout_folds or use a dataset without that column")
 
 
 
@@ -75,17 +87,40 @@ def _ascending(tokens):
     return unique[order]
 
 
-def draw_roles(users, items, heldout_users, heldout_ratio, split_seed):
-    """The role (TRAIN, VALID_IN, ...; -1 dropped) of every interaction, drawn as the reference code draws.
+def fold_groups(permuted, heldout_users, folds, fold):
+    """(training, validation, test) users of fold ``fold`` of ``folds``: see the module's docstring."""
+    n = len(permuted)
+    if n < folds:
+        raise ConfigError("heldout_folds", folds, f"cuts {n} users into folds that hold no test user: "
+                                                  f"need at most {n} folds")
+    parts = np.array_split(permuted, folds)
+    rest = np.concatenate(parts[fold + 1:] + parts[:fold])
+    h = int(heldout_users * n) if isinstance(heldout_users, float) else int(heldout_users)
+    if h < 1 or h >= len(rest):
+        raise ConfigError(
+            "heldout_users", heldout_users,
+            f"gives {h} validation users of the {len(rest)} outside test fold {fold} of {folds}: need at least 1 and "
+            f"some training users (heldout_users < {len(rest)})",
+        )
+    return rest[h:], rest[:h], parts[fold]
+
+
+def draw_roles(users, items, heldout_users, heldout_ratio, split_seed, folds=0, fold=0):
+    """The role (TRAIN, VALID_IN, ...; -1 dropped) of every interaction, drawn as the reference code draws
+    (``folds`` = 0), or for fold ``fold`` of ``folds`` cross-validated ones (see the module's docstring).
 
     ``users`` and ``items`` hold one raw token per interaction, in file order.
     """
     users, items = np.asarray(users), np.asarray(items)
     ordered = _ascending(users)
-    h = n_heldout(heldout_users, len(ordered))
     permuted = ordered[np.random.RandomState(split_seed).permutation(len(ordered))]
-    n_train = len(permuted) - 2 * h
-    group_of = pd.Series(np.repeat([TRAIN, VALID_IN, TEST_IN], [n_train, h, h]), index=permuted)
+    if folds:
+        groups = fold_groups(permuted, heldout_users, folds, fold)
+    else:
+        h = n_heldout(heldout_users, len(ordered))
+        groups = (permuted[: len(permuted) - 2 * h], permuted[len(permuted) - 2 * h: len(permuted) - h],
+                  permuted[len(permuted) - h:])
+    group_of = pd.Series(np.repeat([TRAIN, VALID_IN, TEST_IN], [len(g) for g in groups]), index=np.concatenate(groups))
     user_group = group_of.reindex(users).to_numpy()
 
     roles = np.full(len(users), _DROPPED, dtype=np.int8)
@@ -93,6 +128,8 @@ def draw_roles(users, items, heldout_users, heldout_ratio, split_seed):
     # pandas' hash-based isin: numpy's on 10M string tokens sorts them (minutes at the ML-20M shape)
     kept = pd.Series(items).isin(pd.unique(items[user_group == TRAIN])).to_numpy()
     rank = pd.Series(np.arange(len(ordered)), index=ordered).reindex(users).to_numpy()
+    if folds:
+        return _fold_targets(roles, user_group, kept, rank, heldout_ratio, split_seed)
     for fold_in, target in ((VALID_IN, VALID_TARGET), (TEST_IN, TEST_TARGET)):
         rows = np.flatnonzero((user_group == fold_in) & kept)
         rows = rows[np.argsort(rank[rows], kind="stable")]  # by user id, file order within a user
@@ -104,6 +141,26 @@ def draw_roles(users, items, heldout_users, heldout_ratio, split_seed):
             if n >= MIN_INTERACTIONS_FOR_TARGETS:
                 picked = rng.choice(n, size=int(heldout_ratio * n), replace=False)
                 roles[rows[start + picked]] = target
+    return roles
+
+
+def _fold_targets(roles, user_group, kept, rank, heldout_ratio, split_seed):
+    """Held-out users' roles under folds: targets drawn on each user's whole history, independent of the fold.
+
+    Every interaction gets a key from one uniform draw in file order; a user's ``int(heldout_ratio * n)``
+    lowest-keyed interactions (n: all of its interactions, so the same n in every fold) are targets.
+    """
+    keys = np.random.RandomState(split_seed).random_sample(len(roles))
+    heldout = np.flatnonzero((user_group == VALID_IN) | (user_group == TEST_IN))
+    order = heldout[np.lexsort((keys[heldout], rank[heldout]))]  # by user, then by key
+    starts = np.flatnonzero(np.r_[True, rank[order][1:] != rank[order][:-1]])
+    sizes = np.diff(np.r_[starts, len(order)])
+    position = np.arange(len(order)) - np.repeat(starts, sizes)  # a row's place among its user's keys
+    n = np.repeat(sizes, sizes)
+    is_target = (n >= MIN_INTERACTIONS_FOR_TARGETS) & (position < (heldout_ratio * n).astype(np.int64))
+    group = user_group[order]
+    roles[order] = np.where(is_target, np.where(group == VALID_IN, VALID_TARGET, TEST_TARGET), group)
+    roles[~kept & (roles != TRAIN)] = _DROPPED  # an item no training user of this fold has
     return roles
 
 
@@ -129,7 +186,10 @@ class HeldOutDataset(PluginDataset):
         # pre-split file's roles must be loaded too
         load_col = config["load_col"]
         inter_cols = load_col.get("inter") if isinstance(load_col, dict) else None
-        if inter_cols is not None and ROLE_FIELD not in inter_cols and _has_role_column(config):
+        has_roles = _has_role_column(config)
+        if has_roles and config["heldout_folds"]:  # before any data is read
+            raise ConfigError("heldout_folds", config["heldout_folds"], _PRESPLIT_FOLDS)
+        if inter_cols is not None and ROLE_FIELD not in inter_cols and has_roles:
             config["load_col"] = {**load_col, "inter": [*inter_cols, ROLE_FIELD]}
         super().__init__(config)
 
@@ -137,6 +197,8 @@ class HeldOutDataset(PluginDataset):
         super()._data_filtering()
         inter = self.inter_feat
         if ROLE_FIELD in inter:
+            if self.config["heldout_folds"]:  # checked before loading too; this catches a renamed column's data
+                raise ConfigError("heldout_folds", self.config["heldout_folds"], _PRESPLIT_FOLDS)
             roles = self._given_roles(inter[ROLE_FIELD])
             self._del_col(inter, ROLE_FIELD)
             self._rest_fields = np.setdiff1d(self._rest_fields, [ROLE_FIELD])  # nothing left to remap
@@ -148,6 +210,8 @@ class HeldOutDataset(PluginDataset):
                 self.config["heldout_users"],
                 self.config["heldout_ratio"],
                 self.config["split_seed"],
+                self.config["heldout_folds"] or 0,
+                self.config["fold"] or 0,
             )
         keep = roles != _DROPPED
         self.inter_feat = inter[keep]

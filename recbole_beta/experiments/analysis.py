@@ -1,5 +1,10 @@
-"""From run records to tables: mean +- std over seeds, paired significance tests over users, and
-metrics per user-activity bucket."""
+"""From run records to tables: mean +- std over seeds, paired significance tests over users with
+equivalence verdicts (TOST) and the minimum detectable effect, the corrected resampled t-test over
+folds, and metrics per user-activity bucket.
+
+Under cross-validated held-out users (runs with a ``fold``) every table pools the folds: a user's
+metric comes from the fold that tested it, averaged over seeds.
+"""
 
 import json
 import math
@@ -8,17 +13,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import stats
+from statsmodels.stats.power import TTestPower
+from statsmodels.stats.weightstats import ttost_paired
 
 #: the metrics every table shows first (others the config names follow), and the ones the paired
 #: tests run on by default, those of them the per-user tables hold: RecBole's NDCG and Recall, and
 #: the paper's Recall (TruncatedRecall; RecBole lower-cases metric names)
 MAIN_METRICS = ("ndcg@100", "recall@20", "recall@50", "truncatedrecall@20", "truncatedrecall@50")
 
-#: the columns of a per-user table that are not metrics
-USER_COLUMNS = ("user_id", "activity")
+#: the columns of a per-user table that are not metrics (``user_token``: the dataset's own user id,
+#: the same in every fold; older tables have RecBole's internal ``user_id`` only)
+USER_COLUMNS = ("user_id", "activity", "user_token")
 
 #: the confidence level of the intervals of the mean per-user difference
 CONFIDENCE = 0.95
+
+#: the tests' alpha: "different" below it (BH-adjusted), "equivalent" when both one-sided tests are
+#: below it (the 1 - 2 alpha = 90% interval inside the margin)
+ALPHA = 1 - CONFIDENCE
+
+#: the power at which the minimum detectable effect is given
+POWER = 0.8
 
 #: activity "barely varies" when its IQR / median or its coefficient of variation is below this
 FLAT_ACTIVITY = 0.1
@@ -39,6 +54,20 @@ def load_runs(out_dir):
 def load_per_user(out_dir, record):
     with np.load(Path(out_dir) / "runs" / f"{record['run_id']}.per_user.npz") as data:
         return pd.DataFrame({k: data[k] for k in data.files})
+
+
+def user_key(table):
+    """The column that names a user across runs: the dataset's own id where the table has it."""
+    return "user_token" if "user_token" in table else "user_id"
+
+
+def run_key(record):
+    """(fold, seed) of a run: what two methods' runs are paired on (fold None without folds)."""
+    return record.get("fold"), record["seed"]
+
+
+def has_folds(runs):
+    return any(r.get("fold") is not None for r in runs)
 
 
 def _ordered(names):
@@ -77,12 +106,46 @@ def _std(values):
     return float(np.std(values.to_numpy(dtype=float), ddof=1)) if len(values) > 1 else 0.0
 
 
-def summarize(runs):
+def _pooled_results(out_dir, ok):
+    """Under folds: per group and seed, each metric over every user its folds tested (one row each), from
+    the per-user tables (exact: RecBole's results are rounded); train seconds and epochs summed and
+    averaged over the folds."""
+    rows = []
+    keys = list(dict.fromkeys((r["group"], r["seed"]) for r in ok))
+    for group, seed in keys:
+        members = [r for r in ok if (r["group"], r["seed"]) == (group, seed)]
+        table = pd.concat([load_per_user(out_dir, r) for r in members], ignore_index=True)
+        metrics = [c for c in table.columns if c not in USER_COLUMNS]
+        rows.append({"label": group, "model": members[0]["model"], "seed": seed,
+                     "folds": sorted(r["fold"] for r in members), "n_users": int(table[user_key(table)].nunique()),
+                     **{m: float(table[m].mean()) for m in metrics},
+                     "train_seconds": float(np.mean([r["train_seconds"] for r in members])),
+                     "epochs": float(np.mean([len(r["history"]) for r in members]))})
+    return pd.DataFrame(rows)
+
+
+def summarize(runs, out_dir=None):
     """One row per group (model label plus cell): mean and std (ddof 1; 0 for one seed) over seeds of
-    every test metric."""
+    every test metric.
+
+    Under folds (``out_dir`` needed) a seed's metric pools its folds: the mean over every user they
+    tested; ``n_folds`` and ``n_users`` say how many, and train seconds and epochs are per fold.
+    """
     ok = [r for r in runs if r["status"] == "ok"]
     if not ok:
         return pd.DataFrame()
+    if has_folds(ok):
+        table = _pooled_results(out_dir, ok)
+        metrics = _ordered(c for c in table.columns if "@" in c)
+        summary = table.groupby("label", sort=False).agg(
+            model=("model", "first"), n_seeds=("seed", "size"), seeds=("seed", sorted),
+            n_folds=("folds", lambda f: len(set().union(*map(set, f)))), n_users=("n_users", "max"),
+            **{f"{m}_{name}": (m, stat) for m in metrics for name, stat in (("mean", _mean), ("std", _std))},
+            train_seconds_mean=("train_seconds", _mean), epochs_mean=("epochs", _mean),
+        )
+        cells = [next(r["cell"] for r in ok if r["group"] == g) for g in summary.index]
+        summary = pd.concat([summary.reset_index(), pd.DataFrame(cells)], axis=1)
+        return summary
     metrics = metric_names(ok)
     table = pd.DataFrame([{"label": r["group"], "model": r["model"], "seed": r["seed"], **r["test_result"],
                            "train_seconds": r["train_seconds"], "epochs": len(r["history"])} for r in ok])
@@ -103,9 +166,77 @@ def summarize(runs):
 
 
 def _user_means(out_dir, members, metrics):
-    """Per-user metrics averaged over the seeds given, indexed by user id (NaN: a table lacks it)."""
-    tables = [load_per_user(out_dir, r).set_index("user_id").reindex(columns=list(metrics)) for r in members]
+    """Per-user metrics averaged over the runs given (seeds; under folds, each user's runs are those of the
+    fold that tested it), indexed by user (NaN: a table lacks the metric)."""
+    tables = []
+    for r in members:
+        table = load_per_user(out_dir, r)
+        tables.append(table.set_index(user_key(table)).reindex(columns=list(metrics)))
     return pd.concat(tables).groupby(level=0).mean()
+
+
+def tost_paired(a, b, margin):
+    """Two one-sided paired t-tests (statsmodels' ``ttost_paired``) of |mean(a - b)| < ``margin``: the
+    p-value (the larger of the two) and the (1 - 2 alpha) = 90% interval of the mean difference."""
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if len(diff) < 2:
+        return {"p_tost": float("nan"), "ci90_low": float("nan"), "ci90_high": float("nan")}
+    if np.ptp(diff) <= 1e-12 * max(1.0, abs(diff.mean())):  # no spread: the mean is the interval
+        mean = float(diff.mean())
+        return {"p_tost": 0.0 if abs(mean) < margin else 1.0, "ci90_low": mean, "ci90_high": mean}
+    p = ttost_paired(np.asarray(a, dtype=float), np.asarray(b, dtype=float), -margin, margin)[0]
+    ci = stats.ttest_1samp(diff, 0.0).confidence_interval(1 - 2 * ALPHA)
+    return {"p_tost": float(p), "ci90_low": float(ci.low), "ci90_high": float(ci.high)}
+
+
+def minimum_detectable_effect(sd, n_users, alpha=ALPHA, power=POWER):
+    """The smallest mean paired difference a two-sided paired t-test at ``alpha`` detects with ``power``,
+    given the differences' standard deviation ``sd`` over ``n_users`` users (statsmodels' TTestPower)."""
+    if n_users < 2 or not np.isfinite(sd):
+        return float("nan")
+    if sd == 0:
+        return 0.0
+    effect = TTestPower().solve_power(effect_size=None, nobs=n_users, alpha=alpha, power=power,
+                                      alternative="two-sided")
+    return float(effect * sd)
+
+
+def corrected_resampled_ttest(diffs, test_train_ratio):
+    """Nadeau and Bengio's (2003) corrected resampled t-test over J paired run differences ``diffs``
+    (one per fold x seed): t = mean / sqrt((1/J + n_test / n_train) var), J - 1 degrees of freedom. The
+    runs share training users, so the plain t-test's variance 1/J var is too small."""
+    d = np.asarray(diffs, dtype=float)
+    j = len(d)
+    if j < 2:
+        return {"n_runs": j, "mean_diff_runs": float(d.mean()) if j else float("nan"), "t_nb": float("nan"),
+                "p_nb": float("nan")}
+    var = d.var(ddof=1)
+    mean = float(d.mean())
+    if var == 0:
+        t = 0.0 if mean == 0 else float("inf") * np.sign(mean)
+    else:
+        t = mean / np.sqrt((1 / j + test_train_ratio) * var)
+    return {"n_runs": j, "mean_diff_runs": mean, "t_nb": float(t), "p_nb": float(2 * stats.t.sf(abs(t), j - 1))}
+
+
+def verdict(ci90_low, ci90_high, margin, p_adjusted, alpha=ALPHA):
+    """``equivalent`` when the 90% interval lies inside (-margin, margin); else ``different`` when the
+    BH-adjusted p-value is below ``alpha`` (the 95% interval excludes 0); else ``inconclusive``. An
+    equivalent pair may also differ significantly: the difference is then real but inside the margin."""
+    if margin is not None and np.isfinite(ci90_low) and -margin < ci90_low and ci90_high < margin:
+        return "equivalent"
+    if np.isfinite(p_adjusted) and p_adjusted < alpha:
+        return "different"
+    return "inconclusive"
+
+
+def _run_means(out_dir, members, metrics):
+    """Each run's mean of the per-user metrics (over its test users): {(fold, seed): {metric: mean}}."""
+    means = {}
+    for r in members:
+        table = load_per_user(out_dir, r)
+        means[run_key(r)] = {m: float(table[m].mean()) if m in table else float("nan") for m in metrics}
+    return means
 
 
 def paired_tests(a, b):
@@ -156,16 +287,23 @@ def adjust_pvalues(pvalues):
     return adjusted
 
 
-def significance(out_dir, runs, reference, metrics=None):
-    """Each group against the reference label, per metric, on the seeds both ran.
+def significance(out_dir, runs, reference, metrics=None, margins=None):
+    """Each group against the reference label, per metric, on the (fold, seed) runs both have.
 
-    Per-user metrics are first averaged over those seeds, so each user is one pair. ``metrics``:
-    by default those of :data:`MAIN_METRICS` the per-user tables hold (every per-user metric if they
-    hold none of them); a metric asked for that no table holds is an error, not left out.
+    Per-user metrics are first averaged over those seeds, so each user is one pair; under folds each
+    user's pair comes from the fold that tested it. ``metrics``: by default those of
+    :data:`MAIN_METRICS` the per-user tables hold (every per-user metric if they hold none of them),
+    and every metric ``margins`` names; a metric asked for that no table holds is an error, not left out.
 
-    ``p_t_adj`` and ``p_wilcoxon_adj`` are adjusted (Benjamini-Hochberg) over the family of every
-    comparison in the table, i.e. every method x metric against the reference, each test on its own.
+    ``p_t_adj``, ``p_wilcoxon_adj`` (and ``p_nb_adj``) are adjusted (Benjamini-Hochberg) over the family of
+    every comparison in the table, i.e. every method x metric against the reference, each test on its own.
+
+    ``margins`` (metric -> margin) adds ``p_tost`` (two one-sided tests) and a ``verdict`` (:func:`verdict`);
+    every row has ``mde``, the minimum detectable effect at :data:`POWER` and :data:`ALPHA` from the
+    observed spread of the paired differences. Under folds, ``t_nb`` and ``p_nb`` are the corrected
+    resampled t-test over the fold x seed run means (:func:`corrected_resampled_ttest`).
     """
+    margins = dict(margins or {})
     ok = [r for r in runs if r["status"] == "ok"]
     groups = list(dict.fromkeys(r["group"] for r in ok))
     ref_runs = [r for r in ok if r["group"] == reference]
@@ -174,31 +312,89 @@ def significance(out_dir, runs, reference, metrics=None):
     available = per_user_metric_names(out_dir, ok)
     if metrics is None:
         metrics = [m for m in MAIN_METRICS if m in available] or available
+        metrics = _ordered([*metrics, *margins])
+        missing = [m for m in margins if m not in available]
+        if missing:
+            raise ValueError(f"no per-user {', '.join(missing)} in the runs' tables for its equivalence margin; "
+                             f"they hold {', '.join(available)}")
     else:
         missing = [m for m in metrics if m not in available]
         if missing:
             raise ValueError(f"no per-user {', '.join(missing)} in the runs' tables; they hold {', '.join(available)}")
+    folds = has_folds(ok)
     rows = []
     for group in groups:
         if group == reference:
             continue
         members = [r for r in ok if r["group"] == group]
-        seeds = sorted({r["seed"] for r in members} & {r["seed"] for r in ref_runs})
-        if not seeds:
+        shared = {run_key(r) for r in members} & {run_key(r) for r in ref_runs}
+        if not shared:
             continue
-        ours = _user_means(out_dir, [r for r in members if r["seed"] in seeds], metrics)
-        theirs = _user_means(out_dir, [r for r in ref_runs if r["seed"] in seeds], metrics)
+        ours_runs = [r for r in members if run_key(r) in shared]
+        ref_shared = [r for r in ref_runs if run_key(r) in shared]
+        ours = _user_means(out_dir, ours_runs, metrics)
+        theirs = _user_means(out_dir, ref_shared, metrics)
+        if folds:
+            mine, ref = _run_means(out_dir, ours_runs, metrics), _run_means(out_dir, ref_shared, metrics)
+            # n_test / n_train of the corrected resampled t-test: the folds' own user counts
+            ratio = np.mean([r["protocol_users"]["test"] / r["protocol_users"]["train"]
+                             for r in ref_shared if r.get("protocol_users")] or [float("nan")])
         for metric in metrics:
             pairs = pd.concat([ours[metric], theirs[metric]], axis=1, join="inner").dropna()
             if pairs.empty:  # a metric one side's tables lack
                 continue
-            test = paired_tests(pairs.iloc[:, 0].to_numpy(), pairs.iloc[:, 1].to_numpy())
-            rows.append({"label": group, "reference": reference, "metric": metric, "n_seeds": len(seeds), **test})
+            a, b = pairs.iloc[:, 0].to_numpy(), pairs.iloc[:, 1].to_numpy()
+            test = paired_tests(a, b)
+            sd = float(np.std(a - b, ddof=1)) if len(a) > 1 else float("nan")
+            row = {"label": group, "reference": reference, "metric": metric,
+                   "n_seeds": len({seed for _, seed in shared}), **test}
+            if folds:
+                row["n_folds"] = len({fold for fold, _ in shared})
+            margin = margins.get(metric)
+            row.update(margin=margin if margin is not None else float("nan"),
+                       **(tost_paired(a, b, margin) if margin is not None
+                          else {"p_tost": float("nan"), "ci90_low": float("nan"), "ci90_high": float("nan")}),
+                       mde=minimum_detectable_effect(sd, len(a)))
+            if folds:
+                row.update(corrected_resampled_ttest([mine[k][metric] - ref[k][metric] for k in sorted(shared)], ratio))
+            rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
         table.insert(table.columns.get_loc("p_t") + 1, "p_t_adj", adjust_pvalues(table["p_t"]))
         table.insert(table.columns.get_loc("p_wilcoxon") + 1, "p_wilcoxon_adj", adjust_pvalues(table["p_wilcoxon"]))
+        if "p_nb" in table:
+            table.insert(table.columns.get_loc("p_nb") + 1, "p_nb_adj", adjust_pvalues(table["p_nb"]))
+        table["verdict"] = [
+            verdict(row.ci90_low, row.ci90_high, None if pd.isna(row.margin) else row.margin, row.p_t_adj)
+            for row in table.itertuples()
+        ]
     return table
+
+
+def per_user_table(out_dir, runs, metrics=None):
+    """Every evaluated user, one row per group: its test metrics averaged over seeds (under folds, the
+    seeds of the fold that tested it), its activity and fold."""
+    ok = [r for r in runs if r["status"] == "ok"]
+    if not ok:
+        return pd.DataFrame()
+    metrics = metrics or per_user_metric_names(out_dir, ok)
+    frames = []
+    for r in ok:
+        table = load_per_user(out_dir, r)
+        key = user_key(table)
+        frames.append(pd.DataFrame({"label": r["group"], "user": table[key].astype(str), "fold": r.get("fold"),
+                                    "seed": r["seed"], "activity": table["activity"],
+                                    **{m: table[m] if m in table else np.nan for m in metrics}}))
+    rows = pd.concat(frames, ignore_index=True)
+    order = {g: i for i, g in enumerate(dict.fromkeys(r["group"] for r in ok))}
+    table = (rows.groupby(["label", "user"], sort=False)
+             .agg(fold=("fold", "first"), n_seeds=("seed", "nunique"), activity=("activity", "mean"),
+                  **{m: (m, "mean") for m in metrics})
+             .reset_index())
+    table["_order"] = table["label"].map(order)
+    if not has_folds(ok):
+        table = table.drop(columns="fold")
+    return table.sort_values(["_order", "user"], kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
 def eval_protocol(record):
@@ -271,7 +467,10 @@ def _bucket_names(activity, bins):
 
 
 def _activity_rows(out_dir, ok):
-    return pd.concat([load_per_user(out_dir, r)[["user_id", "activity"]] for r in ok], ignore_index=True)
+    """(user, activity) of every evaluated user of every run."""
+    tables = [load_per_user(out_dir, r) for r in ok]
+    return pd.concat([pd.DataFrame({"user": t[user_key(t)], "activity": t["activity"]}) for t in tables],
+                     ignore_index=True)
 
 
 def activity_summary(out_dir, runs):
@@ -284,6 +483,7 @@ def activity_summary(out_dir, runs):
     if not ok:
         return {}
     rows = _activity_rows(out_dir, ok)
+    n_users = int(rows["user"].nunique())
     activity = rows["activity"].astype(float)
     q25, median, q75 = activity.quantile([0.25, 0.5, 0.75])
     mean = activity.mean()
@@ -291,8 +491,8 @@ def activity_summary(out_dir, runs):
     iqr_over_median = float((q75 - q25) / median) if median > 0 else float("nan")
     return {
         "measure": activity_measure(ok),
-        "n_users": int(rows["user_id"].nunique()),
-        "min_bucket_users": min_bucket_users(len(rows) / len(ok)),
+        "n_users": n_users,
+        "min_bucket_users": min_bucket_users(n_users),
         "min": float(activity.min()), "q25": float(q25), "median": float(median), "q75": float(q75),
         "max": float(activity.max()), "mean": float(mean), "cv": cv, "iqr_over_median": iqr_over_median,
         "barely_varies": bool(cv < FLAT_ACTIVITY or iqr_over_median < FLAT_ACTIVITY),
@@ -311,7 +511,9 @@ def activity_buckets(out_dir, runs, quantiles=(0.25, 0.5, 0.75), min_users=None)
         return pd.DataFrame()
     tables = {r["run_id"]: load_per_user(out_dir, r) for r in ok}
     activity = pd.concat([t["activity"] for t in tables.values()], ignore_index=True).to_numpy()
-    bins = activity_bins(activity, quantiles, min_users, n_runs=len(ok))
+    n_users = pd.concat([t[user_key(t)] for t in tables.values()], ignore_index=True).nunique()
+    # every user appears this many times (once per run that evaluated it)
+    bins = activity_bins(activity, quantiles, min_users, n_runs=len(activity) / n_users)
     names = _bucket_names(activity, bins)
     measure = activity_measure(ok)
     metrics = _ordered(c for t in tables.values() for c in t.columns if c not in USER_COLUMNS)
@@ -325,6 +527,6 @@ def activity_buckets(out_dir, runs, quantiles=(0.25, 0.5, 0.75), min_users=None)
             if part.empty:
                 continue
             rows.append({"label": group, "bucket": name, "bucket_index": i,
-                         "n_users": int(round(len(part) / len(members))), "activity_measure": measure,
+                         "n_users": int(part[user_key(part)].nunique()), "activity_measure": measure,
                          **{m: float(part[m].mean()) if m in part else float("nan") for m in metrics}})
     return pd.DataFrame(rows)

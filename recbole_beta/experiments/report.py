@@ -52,23 +52,68 @@ def metric_label(metric):
     return f"{cls.__name__ if cls else name}{sep}{k}"
 
 
+def _margin(value):
+    return "–" if pd.isna(value) else f"±{value:g}"
+
+
+def _verdict_section(sig, reference):
+    """The verdict table: equivalence (TOST) against the margins, difference after adjustment, and the
+    minimum detectable effect, one row per method x metric."""
+    confidence = f"{analysis.CONFIDENCE:.0%}"
+    level = f"{1 - 2 * analysis.ALPHA:.0%}"
+    out = [f"## Verdicts against {reference}", "",
+           f"**equivalent**: the {level} interval of Δ lies inside ± the margin (both one-sided tests of TOST, "
+           f"statsmodels' `ttost_paired`, below {analysis.ALPHA:g}); **different**: the BH-adjusted p_t is below "
+           f"{analysis.ALPHA:g} (the {confidence} interval excludes 0, after adjustment); **inconclusive**: neither. "
+           "A pair can be equivalent and still differ significantly: its difference is then real but inside the "
+           "margin (p_t (BH) says so). MDE: the smallest mean difference a paired t-test at "
+           f"alpha = {analysis.ALPHA:g} detects with {analysis.POWER:.0%} power over these users, from the observed "
+           "spread of the differences (statsmodels' `TTestPower`).", "",
+           f"| method | metric | users | Δ | {level} CI of Δ | margin | p_TOST | p_t (BH) | verdict | MDE |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for _, row in sig.iterrows():
+        out.append(f"| {row['label']} | {metric_label(row['metric'])} | {row['n_users']} | {row['mean_diff']:+.4f} | "
+                   f"{_ci(row['ci90_low'], row['ci90_high'])} | {_margin(row['margin'])} | {_p(row['p_tost'])} | "
+                   f"{_p(row['p_t_adj'])} | **{row['verdict']}** | {row['mde']:.4f} |")
+    return out + [""]
+
+
+def _resampled_section(sig, reference):
+    """The corrected resampled t-test over the fold x seed run means."""
+    out = [f"## Corrected resampled t-test against {reference} (fold x seed means)", "",
+           "Each run's mean over its test users, paired with the reference's run on the same fold and seed; "
+           "t = mean / sqrt((1/J + n_test/n_train) s²) with J - 1 degrees of freedom (Nadeau and Bengio, 2003), "
+           "since the folds share training users; p (BH) adjusted over this table.", "",
+           "| method | metric | runs J | Δ of run means | t | p | p (BH) |", "|---|---|---|---|---|---|---|"]
+    for _, row in sig.iterrows():
+        out.append(f"| {row['label']} | {metric_label(row['metric'])} | {row['n_runs']} | "
+                   f"{row['mean_diff_runs']:+.4f} | {row['t_nb']:+.3f} | {_p(row['p_nb'])} | {_p(row['p_nb_adj'])} |")
+    return out + [""]
+
+
 def markdown_tables(summary, sig, buckets, reference, metrics, activity=None, quantiles=(0.25, 0.5, 0.75)):
     """The results section: a metrics table, the tests against the reference, the buckets.
 
     ``activity``: :func:`recbole_beta.experiments.analysis.activity_summary` of the runs, for what the
     bucket section says about |x_u|.
     """
-    lines = ["| method | seeds | " + " | ".join(metric_label(m) for m in metrics) + " | epochs | train s |",
-             "|---|---|" + "---|" * len(metrics) + "---|---|"]
+    folds = "n_folds" in summary
+    extra = " folds | users |" if folds else ""
+    lines = ["| method | seeds |" + extra + " " + " | ".join(metric_label(m) for m in metrics) + " | epochs | train s |",
+             "|---|---|" + ("---|---|" if folds else "") + "---|" * len(metrics) + "---|---|"]
     for _, row in summary.iterrows():
         cells = [_pm(row[f"{m}_mean"], row[f"{m}_std"]) for m in metrics]
-        lines.append(f"| {row['label']} | {row['n_seeds']} | " + " | ".join(cells)
+        counts = f" {row['n_folds']} | {row['n_users']} |" if folds else ""
+        lines.append(f"| {row['label']} | {row['n_seeds']} |{counts} " + " | ".join(cells)
                      + f" | {row['epochs_mean']:.0f} | {row['train_seconds_mean']:.1f} |")
-    out = ["## Test metrics (mean ± std over seeds)", "", *lines, ""]
+    title = ("## Test metrics over every tested user, folds pooled (mean ± std over seeds; epochs and train s per fold)"
+             if folds else "## Test metrics (mean ± std over seeds)")
+    out = [title, "", *lines, ""]
     if not sig.empty:
         confidence = f"{analysis.CONFIDENCE:.0%}"
         n_methods, n_metrics = sig["label"].nunique(), sig["metric"].nunique()
-        out += [f"## Paired tests against {reference} (per user, averaged over shared seeds)", "",
+        pooled = " (folds pooled: each user from the fold that tested it)" if "n_folds" in sig else ""
+        out += [f"## Paired tests against {reference} (per user, averaged over shared seeds){pooled}", "",
                 f"Δ is the mean per-user difference (method - reference), with its {confidence} confidence interval "
                 "from the paired t-test; p_t from the paired t-test, p_W from the Wilcoxon signed-rank test "
                 "(scipy.stats); d_z = Δ / sd of the differences; r = matched-pairs rank-biserial correlation.", "",
@@ -84,6 +129,9 @@ def markdown_tables(summary, sig, buckets, reference, metrics, activity=None, qu
                        f"{row['d_z']:+.3f} | {_p(row['p_wilcoxon'])} | {_p(row['p_wilcoxon_adj'])} | "
                        f"{row['r_rb']:+.3f} |")
         out.append("")
+        out += _verdict_section(sig, reference)
+        if "p_nb" in sig:
+            out += _resampled_section(sig, reference)
     if not buckets.empty:
         metric = next((m for m in metrics if m in buckets), metrics[0])
         table = buckets.pivot(index="label", columns="bucket_index", values=metric)
@@ -106,11 +154,13 @@ def write_report(out_dir, spec=None, figures=True):
     runs = analysis.load_runs(out_dir)
     ok = [r for r in runs if r["status"] == "ok"]
     failed = [r for r in runs if r["status"] != "ok"]
-    summary = analysis.summarize(runs)
+    summary = analysis.summarize(runs, out_dir)
     reference = spec_dict.get("reference")
     if reference is None and ok:
         reference = ok[0]["group"]
-    sig = analysis.significance(out_dir, runs, reference) if ok else pd.DataFrame()
+    margins = spec_dict.get("equivalence_margin") or {}
+    sig = analysis.significance(out_dir, runs, reference, margins=margins) if ok else pd.DataFrame()
+    per_user = analysis.per_user_table(out_dir, runs)
     quantiles = spec_dict.get("activity_quantiles", [0.25, 0.5, 0.75])
     buckets = analysis.activity_buckets(out_dir, runs, quantiles)
     activity = analysis.activity_summary(out_dir, runs)
@@ -118,7 +168,8 @@ def write_report(out_dir, spec=None, figures=True):
     metrics = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean") and "@" in c]
 
     written = []
-    for name, table in (("summary", summary), ("significance", sig), ("activity_buckets", buckets)):
+    for name, table in (("summary", summary), ("significance", sig), ("activity_buckets", buckets),
+                        ("per_user", per_user)):
         table.to_csv(out_dir / f"{name}.csv", index=False)
         written.append(out_dir / f"{name}.csv")
     write_json(out_dir / "summary.json", {"spec": spec_dict, "summary": summary.to_dict("records"),
@@ -129,6 +180,11 @@ def write_report(out_dir, spec=None, figures=True):
 
     body = [f"# {spec_dict.get('name', 'sweep')}: {spec_dict['dataset']}", "",
             f"{len(ok)} runs finished, {len(failed)} failed; seeds {spec_dict['seeds']}.", ""]
+    if analysis.has_folds(ok):
+        tested = per_user.drop_duplicates("user")
+        body += [f"Cross-validated held-out users: folds {sorted({r['fold'] for r in ok})} of "
+                 f"{spec_dict.get('config', {}).get('heldout_folds', '?')}; {len(tested)} users tested, each in one "
+                 "fold; a user's metrics are averaged over its fold's seeds (`per_user.csv`).", ""]
     if ok:
         body.append(markdown_tables(summary, sig, buckets, reference, metrics, activity, quantiles))
     if failed:

@@ -51,8 +51,11 @@ def new_record(run, spec, out_dir, index=0, overrides=None):
         "checkpoint_dir": str(checkpoints),
         "show_progress": False,
     }
-    return {"run_id": run.run_id, "index": index, "label": run.label, "group": run.group, "model": run.model,
-            "seed": run.seed, "cell": run.cell, "config": config, "dataset": spec.dataset}
+    record = {"run_id": run.run_id, "index": index, "label": run.label, "group": run.group, "model": run.model,
+              "seed": run.seed, "cell": run.cell, "config": config, "dataset": spec.dataset}
+    if run.fold is not None:
+        record["fold"] = run.fold
+    return record
 
 
 def execute(run, spec, out_dir, index=0, overrides=None):
@@ -78,6 +81,7 @@ def execute(run, spec, out_dir, index=0, overrides=None):
         best_valid_result=dict(result["best_valid_result"] or {}),
         test_result=dict(result["test_result"]),
         history=result["history"],
+        **({"protocol_users": result["protocol_users"]} if result.get("protocol_users") else {}),
         train_seconds=result["train_seconds"],
         wall_seconds=time.time() - start,
     )
@@ -93,15 +97,15 @@ def write_run(out_dir, run, record, per_user):
     write_json(record_path, record)
 
 
-def _run_key(label, cell, seed):
-    return label, json.dumps(cell or {}, sort_keys=True, default=str), seed
+def _run_key(label, cell, seed, fold=None):
+    return label, json.dumps(cell or {}, sort_keys=True, default=str), seed, fold
 
 
 def drop_superseded_failures(out_dir, runs):
     """Remove failed records of runs that ``runs`` now configure differently: the same label, cell and
     seed under another run id (the spec was fixed). Return the paths removed."""
     ids = {run.run_id for run in runs}
-    keys = {_run_key(run.label, run.cell, run.seed) for run in runs}
+    keys = {_run_key(run.label, run.cell, run.seed, run.fold) for run in runs}
     removed = []
     for path in sorted((Path(out_dir) / "runs").glob("*.json")):
         try:
@@ -109,7 +113,7 @@ def drop_superseded_failures(out_dir, runs):
         except (OSError, ValueError):
             continue
         if (record.get("status") != "ok" and record.get("run_id") not in ids
-                and _run_key(record.get("label"), record.get("cell"), record.get("seed")) in keys):
+                and _run_key(record.get("label"), record.get("cell"), record.get("seed"), record.get("fold")) in keys):
             path.unlink()
             removed.append(path)
     return removed

@@ -16,6 +16,11 @@ a list of cells of config keys, each run for every model and seed::
     grid:                                 # ablation: every combination, for every model
       activation: [tanh, relu]
       latent_dimension: [64, 128]
+
+Under cross-validated held-out users (``config: {eval_protocol: strong, heldout_folds: 5}``),
+``folds: all`` (or a list of fold numbers) runs every fold x seed x model; the report pools the folds,
+each user tested once. ``equivalence_margin`` maps a metric to the margin within which two methods
+count as equivalent (``{NDCG@100: 0.005}``); the report gives each comparison's TOST verdict.
 """
 
 import hashlib
@@ -26,9 +31,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import math
+
 import yaml
 
 from recbole_beta.config import closest_known_key, known_keys
+from recbole_beta.defaults import properties_dir
 from recbole_beta.errors import ConfigError, RecBoleBetaError
 from recbole_beta.registry import get_model
 
@@ -54,12 +62,15 @@ class Run:
     seed: int
     cell: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    #: the test fold under cross-validated held-out users (also in ``config``); None: one split
+    fold: int = None
 
     @property
     def run_id(self):
         cell = "-".join(f"{k}={_short(v)}" for k, v in sorted(self.cell.items()))
         digest = hashlib.sha1(json.dumps([self.label, self.cell, self.config], sort_keys=True, default=str).encode())
-        name = "__".join(p for p in (self.label, cell, f"seed{self.seed}") if p)
+        fold = f"fold{self.fold}" if self.fold is not None else ""
+        name = "__".join(p for p in (self.label, cell, fold, f"seed{self.seed}") if p)
         return f"{_slug(name)[:120]}__{digest.hexdigest()[:8]}"
 
     @property
@@ -89,12 +100,24 @@ class Spec:
     reference: str = None
     activity_quantiles: list = field(default_factory=lambda: [0.25, 0.5, 0.75])
     name: str = "sweep"
+    #: the test folds to run (cross-validated held-out users); None: the one split
+    folds: list = None
+    #: metric (lower-case, as RecBole reports it) -> equivalence margin
+    equivalence_margin: dict = field(default_factory=dict)
 
     def runs(self):
-        """Every run, model by model, cell by cell, seed by seed."""
+        """Every run: model by model, cell by cell, seed by seed; with folds, fold by fold first, so a
+        sweep stopped part-way holds whole folds of every model."""
+        if self.folds is None:
+            return [
+                Run(label=label, model=model, seed=seed, cell=dict(cell), config={**self.config, **config, **cell})
+                for (label, model, config), cell, seed in itertools.product(self.models, self.cells, self.seeds)
+            ]
         return [
-            Run(label=label, model=model, seed=seed, cell=dict(cell), config={**self.config, **config, **cell})
-            for (label, model, config), cell, seed in itertools.product(self.models, self.cells, self.seeds)
+            Run(label=label, model=model, seed=seed, cell=dict(cell), fold=fold,
+                config={**self.config, **config, **cell, "fold": fold})
+            for fold, seed, (label, model, config), cell in itertools.product(self.folds, self.seeds, self.models,
+                                                                              self.cells)
         ]
 
     def to_dict(self):
@@ -108,6 +131,8 @@ class Spec:
             "cells": self.cells,
             "reference": self.reference,
             "activity_quantiles": self.activity_quantiles,
+            **({"folds": self.folds} if self.folds is not None else {}),
+            **({"equivalence_margin": self.equivalence_margin} if self.equivalence_margin else {}),
         }
 
 
@@ -185,7 +210,7 @@ def load_spec(source, overrides=None):
         raise SpecError("a spec is a mapping with at least 'dataset' and 'models'")
     raw = {**raw, **(overrides or {})}
     allowed = {"name", "dataset", "seeds", "models", "config", "config_files", "grid", "cells", "reference",
-               "activity_quantiles"}
+               "activity_quantiles", "folds", "equivalence_margin"}
     unknown = set(raw) - allowed
     if unknown:
         raise SpecError(f"unknown spec fields {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -214,6 +239,8 @@ def load_spec(source, overrides=None):
         reference=raw.get("reference"),
         activity_quantiles=list(quantiles),
         name=str(raw.get("name", name)),
+        folds=_folds(raw.get("folds"), config, files),
+        equivalence_margin=_margins(raw.get("equivalence_margin"), config, files),
     )
     _check_model_configs(spec)
     labels = [label for label, _, _ in models]
@@ -233,3 +260,59 @@ def _check_model_configs(spec):
                 validate({**spec.config, **config, **cell})
             except ConfigError as error:
                 raise SpecError(f"models: {label}: {error}") from None
+
+
+def _settings(config, files, keys):
+    """``keys`` as the runs will see them, without reading data: the spec's config over its config files
+    over the plugin's defaults (``properties/overall.yaml``)."""
+    found = yaml.safe_load((properties_dir() / "overall.yaml").read_text(encoding="utf-8")) or {}
+    for file in files:
+        try:
+            content = yaml.safe_load(Path(file).read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise SpecError(f"config_files: {file} is not valid YAML: {' '.join(str(error).split())}") from None
+        found.update(content if isinstance(content, dict) else {})
+    found.update(config)
+    return {key: found.get(key) for key in keys}
+
+
+def _folds(value, config, files):
+    """The test folds a spec runs: ``all`` (every fold of ``heldout_folds``) or a list of fold numbers."""
+    if value is None:
+        return None
+    settings = _settings(config, files, ("eval_protocol", "heldout_folds"))
+    k = settings["heldout_folds"]
+    if settings["eval_protocol"] != "strong" or not isinstance(k, int) or isinstance(k, bool) or k < 3:
+        raise SpecError(f"folds={value!r} needs config keys eval_protocol: strong and heldout_folds: K (an integer "
+                        f">= 3); the spec gives eval_protocol={settings['eval_protocol']!r}, heldout_folds={k!r}")
+    if value == "all":
+        return list(range(k))
+    if (isinstance(value, list) and value and len(set(value)) == len(value)
+            and all(isinstance(f, int) and not isinstance(f, bool) and 0 <= f < k for f in value)):
+        return value
+    raise SpecError(f"folds={value!r} is not allowed: give 'all' or a list of distinct fold numbers in [0, {k})")
+
+
+def _margins(value, config, files):
+    """``equivalence_margin``: metric -> margin, each metric one the runs compute (a name of ``metrics`` at a
+    k of ``topk``), each margin a finite number > 0; keys lower-cased as RecBole reports metrics."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not value:
+        raise SpecError("equivalence_margin: give a mapping of metrics to margins, e.g. {NDCG@100: 0.005}")
+    settings = _settings(config, files, ("metrics", "topk"))
+    metrics = settings["metrics"] or []
+    metrics = [metrics] if isinstance(metrics, str) else metrics
+    topk = settings["topk"] or []
+    topk = [topk] if isinstance(topk, int) else topk
+    computed = {f"{m.lower()}@{k}" for m in metrics for k in topk}
+    margins = {}
+    for metric, margin in value.items():
+        if str(metric).lower() not in computed:
+            raise SpecError(f"equivalence_margin: {metric} is not a metric the runs compute; they compute "
+                            f"{', '.join(sorted(computed))} (config keys metrics and topk)")
+        if (not isinstance(margin, (int, float)) or isinstance(margin, bool) or not math.isfinite(margin)
+                or margin <= 0):
+            raise SpecError(f"equivalence_margin: {metric}={margin!r} is not allowed: give a finite number > 0")
+        margins[str(metric).lower()] = float(margin)
+    return margins
