@@ -114,6 +114,28 @@ class TestUserScaled:
         assert torch.allclose(w, torch.tensor([0.1, 0.2, 0.4]))
         assert s.beta == pytest.approx(0.2)
 
+    def test_activity_exponent_by_hand(self):
+        activity = torch.tensor([4.0, 16.0, 64.0])
+        flat = UserScaledBeta(gamma=0.1, normalize_activity=False, mean_activity=16.0, activity_exponent=0.5)
+        assert torch.allclose(flat.weights(activity), torch.tensor([0.2, 0.4, 0.8]))  # 0.1 * sqrt(|x_u|)
+        assert flat.beta == pytest.approx(0.4)
+        steep = UserScaledBeta(gamma=0.2, normalize_activity=True, mean_activity=16.0, activity_exponent=2.0)
+        assert torch.allclose(steep.weights(activity), torch.tensor([0.2 / 16, 0.2, 0.2 * 16]))  # 0.2 (x / 16)^2
+        assert steep.beta == pytest.approx(0.2)  # the user of mean activity, whatever alpha
+
+    @pytest.mark.parametrize("normalize", [False, True])
+    def test_exponent_one_is_the_proportional_strategy_bit_for_bit(self, normalize):
+        activity = torch.rand(1000) * 300
+        s = UserScaledBeta(gamma=0.0137, normalize_activity=normalize, mean_activity=53.7, activity_exponent=1.0)
+        scale = 0.0137 / 53.7 if normalize else 0.0137  # the strategy before activity_exponent existed
+        assert torch.equal(s.weights(activity), scale * activity)
+        assert build_strategy({"beta_strategy": "scaled", "gamma": 0.0137, "normalize_activity": normalize},
+                              StrategyContext(mean_activity=53.7)).activity_exponent == 1.0  # the default
+
+    def test_exponent_zero_is_a_constant_gamma(self):
+        s = UserScaledBeta(gamma=0.3, normalize_activity=True, mean_activity=20.0, activity_exponent=0.0)
+        assert torch.equal(s.weights(torch.tensor([0.0, 1.0, 20.0, 500.0])), torch.full((4,), 0.3))
+
 
 class TestPIControl:
     def test_kl_above_target_raises_beta(self):

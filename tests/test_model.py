@@ -135,3 +135,28 @@ def test_named_models_take_their_defaults_from_betamultvae_yaml():
         config = Config(model=name, dataset="ml-100k", argv=[])
         assert {k: config[k] for k in keys} == {k: base[k] for k in keys}, name
         assert config["beta_strategy"] == (model_class.strategy or "annealed"), name
+
+
+@pytest.mark.parametrize("alpha, beta_of", [(0.5, lambda c: 0.1 * np.sqrt(c)), (2.0, lambda c: 0.1 * c**2)])
+def test_activity_exponent_loss_matches_hand_computation(tmp_path, alpha, beta_of):
+    _, train, model = build(ScaledBetaMultVAE, tmp_path, gamma=0.1, activity_exponent=alpha, dropout_prob=0.0,
+                            noise_std=0.0)
+    users = torch.tensor([1, 2, 3, 4])
+    model.train()
+    recon, kl = model.calculate_loss({"user_id": users})
+    exp_recon, exp_kl, _ = numpy_loss(model, train, users.numpy(), beta_of)
+    assert recon.item() == pytest.approx(exp_recon, rel=1e-5)
+    assert kl.item() == pytest.approx(exp_kl, rel=1e-5)
+
+
+def test_activity_exponent_zero_trains_as_a_constant_beta(fast):
+    """Same seed, same losses and metrics: alpha = 0 is ConstantBetaMultVAE with beta = gamma."""
+    from recbole_beta.quick_start import run_recbole_beta
+
+    scaled = run_recbole_beta("ScaledBetaMultVAE", "ml-100k", config_dict={**fast, "gamma": 0.2,
+                                                                           "activity_exponent": 0.0}, saved=False)
+    constant = run_recbole_beta("ConstantBetaMultVAE", "ml-100k", config_dict={**fast, "beta": 0.2}, saved=False)
+    for mine, theirs in zip(scaled["history"], constant["history"]):
+        assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-6)
+        assert mine["beta"] == pytest.approx(0.2)
+    assert scaled["test_result"] == pytest.approx(constant["test_result"], abs=1e-4)
