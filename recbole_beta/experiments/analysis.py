@@ -499,6 +499,50 @@ def activity_summary(out_dir, runs):
     }
 
 
+def _bins(tables, quantiles, min_users):
+    """Bucket edges and names over every evaluated user of the per-user ``tables`` (:func:`activity_bins`)."""
+    tables = list(tables)
+    activity = pd.concat([t["activity"] for t in tables], ignore_index=True).to_numpy()
+    n_users = pd.concat([t[user_key(t)] for t in tables], ignore_index=True).nunique()
+    # every user appears this many times (once per run that evaluated it)
+    bins = activity_bins(activity, quantiles, min_users, n_runs=len(activity) / n_users)
+    return bins, _bucket_names(activity, bins)
+
+
+def bucket_differences(out_dir, runs, reference, metric="ndcg@100", quantiles=(0.25, 0.5, 0.75), min_users=None):
+    """Each group against the reference within each activity bucket (the buckets of :func:`activity_buckets`):
+    the mean per-user difference of ``metric``, its confidence interval and paired t-test, BH-adjusted over
+    the table. Users are paired as in :func:`significance` (folds pooled, seeds averaged)."""
+    ok = [r for r in runs if r["status"] == "ok"]
+    if not any(r["group"] == reference for r in ok):
+        return pd.DataFrame()
+    tables = {r["run_id"]: load_per_user(out_dir, r) for r in ok}
+    if not any(metric in t for t in tables.values()):
+        return pd.DataFrame()
+    bins, names = _bins(tables.values(), quantiles, min_users)
+    users = per_user_table(out_dir, ok, [metric])
+    ref = users[users["label"] == reference].set_index("user")
+    rows = []
+    for group in dict.fromkeys(r["group"] for r in ok):
+        if group == reference:
+            continue
+        mine = users[users["label"] == group].set_index("user")
+        pairs = ref[["activity", metric]].join(mine[[metric]], rsuffix="_method", how="inner").dropna()
+        index = pd.cut(pairs["activity"].astype(float), bins, labels=False).to_numpy()
+        for i, name in enumerate(names):
+            part = pairs[index == i]
+            if len(part) < 2:
+                continue
+            test = paired_tests(part[f"{metric}_method"].to_numpy(), part[metric].to_numpy())
+            rows.append({"label": group, "reference": reference, "metric": metric, "bucket": name, "bucket_index": i,
+                         "n_users": test["n_users"], "mean_diff": test["mean_diff"], "ci_low": test["ci_low"],
+                         "ci_high": test["ci_high"], "p_t": test["p_t"]})
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table["p_t_adj"] = adjust_pvalues(table["p_t"])
+    return table
+
+
 def activity_buckets(out_dir, runs, quantiles=(0.25, 0.5, 0.75), min_users=None):
     """Test metrics per bucket of user activity |x_u|, per group (mean over users and seeds).
 
@@ -510,11 +554,7 @@ def activity_buckets(out_dir, runs, quantiles=(0.25, 0.5, 0.75), min_users=None)
     if not ok:
         return pd.DataFrame()
     tables = {r["run_id"]: load_per_user(out_dir, r) for r in ok}
-    activity = pd.concat([t["activity"] for t in tables.values()], ignore_index=True).to_numpy()
-    n_users = pd.concat([t[user_key(t)] for t in tables.values()], ignore_index=True).nunique()
-    # every user appears this many times (once per run that evaluated it)
-    bins = activity_bins(activity, quantiles, min_users, n_runs=len(activity) / n_users)
-    names = _bucket_names(activity, bins)
+    bins, names = _bins(tables.values(), quantiles, min_users)
     measure = activity_measure(ok)
     metrics = _ordered(c for t in tables.values() for c in t.columns if c not in USER_COLUMNS)
     rows = []

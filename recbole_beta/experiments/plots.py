@@ -232,6 +232,10 @@ def plot_paired_differences(sig, out_dir, colors=None, confidence=0.95):
         part = sig[sig["metric"] == metric]
         lo_lim, hi_lim = difference_limits(part)
         low, high = _interval(part)
+        margin = _finite(part["margin"].iloc[0]) if "margin" in part else None
+        if margin is not None:  # the equivalence margin: a band the whole interval must lie in
+            lo_lim, hi_lim = min(lo_lim, -1.15 * margin), max(hi_lim, 1.15 * margin)
+            ax.axvspan(-margin, margin, color="0.9", zorder=0, label=f"equivalence margin ±{margin:g}")
         ax.axvline(0.0, color="0.3", linewidth=1)
         for (_, row), lo, hi in zip(part.iterrows(), low, high):
             y, color, mean = y_of[row["label"]], colors.get(row["label"]), float(row["mean_diff"])
@@ -260,8 +264,9 @@ def plot_paired_differences(sig, out_dir, colors=None, confidence=0.95):
         ax.set_visible(False)
     axes[0].set_yticks(range(len(labels)), labels)
     axes[0].set_ylim(len(labels) - 0.5, -0.5)  # the table's order, top to bottom
+    band = "; grey band: equivalence margin" if "margin" in sig and sig["margin"].notna().any() else ""
     fig.suptitle(f"Mean per-user difference from {reference} with its {confidence:.0%} confidence interval "
-                 "(filled: Benjamini-Hochberg adjusted p_t < 0.05)", fontsize=10)
+                 f"(filled: Benjamini-Hochberg adjusted p_t < 0.05{band})", fontsize=10)
     return _save(fig, out_dir, "paired_differences")
 
 

@@ -91,8 +91,10 @@ def _resampled_section(sig, reference):
     return out + [""]
 
 
-def markdown_tables(summary, sig, buckets, reference, metrics, activity=None, quantiles=(0.25, 0.5, 0.75)):
-    """The results section: a metrics table, the tests against the reference, the buckets.
+def markdown_tables(summary, sig, buckets, reference, metrics, activity=None, quantiles=(0.25, 0.5, 0.75),
+                    bucket_diffs=None):
+    """The results section: a metrics table, the tests against the reference, the buckets (and, given
+    ``bucket_diffs``, the differences from the reference within each bucket).
 
     ``activity``: :func:`recbole_beta.experiments.analysis.activity_summary` of the runs, for what the
     bucket section says about |x_u|.
@@ -144,7 +146,33 @@ def markdown_tables(summary, sig, buckets, reference, metrics, activity=None, qu
         for label, row in table.reindex(summary["label"]).iterrows():
             out.append(f"| {label} | " + " | ".join(f"{v:.4f}" for v in row) + " |")
         out.append("")
+    if bucket_diffs is not None and not bucket_diffs.empty:
+        out += _bucket_difference_section(bucket_diffs, reference)
     return "\n".join(out)
+
+
+def _bucket_difference_section(diffs, reference):
+    """Δ against the reference within each activity bucket, with its interval; * where BH-adjusted p < alpha."""
+    metric = diffs["metric"].iloc[0]
+    names = diffs.drop_duplicates("bucket_index").set_index("bucket_index").sort_index()
+    header = [f"{names.loc[i, 'bucket']}" for i in names.index]
+    out = [f"## Δ {metric_label(metric)} against {reference} within each activity bucket", "",
+           f"Mean per-user difference (method - {reference}) of the bucket's users with its "
+           f"{analysis.CONFIDENCE:.0%} confidence interval (paired t-test); * where the Benjamini-Hochberg adjusted "
+           f"p (over the {len(diffs)} cells of this table) is below {analysis.ALPHA:g}.", "",
+           "| method | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+    for label in dict.fromkeys(diffs["label"]):
+        part = diffs[diffs["label"] == label].set_index("bucket_index")
+        cells = []
+        for i in names.index:
+            if i not in part.index:
+                cells.append("–")
+                continue
+            row = part.loc[i]
+            star = "*" if row["p_t_adj"] < analysis.ALPHA else ""
+            cells.append(f"{row['mean_diff']:+.4f}{star} {_ci(row['ci_low'], row['ci_high'])}")
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def write_report(out_dir, spec=None, figures=True):
@@ -166,10 +194,14 @@ def write_report(out_dir, spec=None, figures=True):
     activity = analysis.activity_summary(out_dir, runs)
     # the main ones first, then every other metric@k the config names
     metrics = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean") and "@" in c]
+    # the differences within buckets, on the metric the bucket table shows
+    bucket_metric = next((m for m in metrics if m in buckets), None)
+    bucket_diffs = (analysis.bucket_differences(out_dir, runs, reference, bucket_metric, quantiles)
+                    if bucket_metric else pd.DataFrame())
 
     written = []
     for name, table in (("summary", summary), ("significance", sig), ("activity_buckets", buckets),
-                        ("per_user", per_user)):
+                        ("bucket_differences", bucket_diffs), ("per_user", per_user)):
         table.to_csv(out_dir / f"{name}.csv", index=False)
         written.append(out_dir / f"{name}.csv")
     write_json(out_dir / "summary.json", {"spec": spec_dict, "summary": summary.to_dict("records"),
@@ -186,7 +218,7 @@ def write_report(out_dir, spec=None, figures=True):
                  f"{spec_dict.get('config', {}).get('heldout_folds', '?')}; {len(tested)} users tested, each in one "
                  "fold; a user's metrics are averaged over its fold's seeds (`per_user.csv`).", ""]
     if ok:
-        body.append(markdown_tables(summary, sig, buckets, reference, metrics, activity, quantiles))
+        body.append(markdown_tables(summary, sig, buckets, reference, metrics, activity, quantiles, bucket_diffs))
     if failed:
         body += ["## Failed runs", ""] + [f"- `{r['run_id']}`: {r['error'].splitlines()[0]}" for r in failed] + [""]
     if figures and ok:
