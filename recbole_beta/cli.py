@@ -26,7 +26,11 @@ def build_parser():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    args, _ = build_parser().parse_known_args(argv)  # the rest are --key=value, read by RecBole's Config
+    args, rest = build_parser().parse_known_args(argv)  # the rest are --key=value, read by RecBole's Config
+    for arg in rest:  # RecBole's Config reads --key=value only: anything else would be dropped silently
+        if not (arg.startswith("--") and "=" in arg and arg[2:].partition("=")[0]):
+            return fail(f"{arg!r} is not a --key=value argument: write a config key with its value, e.g. "
+                        f"--{arg.lstrip('-').partition('=')[0] or 'epochs'}=VALUE")
     config_files = args.config_files.strip().split(" ") if args.config_files else None
 
     from recbole_beta.quick_start import run  # heavy imports after --help
@@ -38,6 +42,9 @@ def main(argv=None):
         )
     except RecBoleBetaError as error:
         return fail(error)  # 1 when the loss diverged, 2 for bad input
+    except OSError as error:  # a full disk or a folder gone while saving: one line, no traceback
+        where = f" {error.filename}" if error.filename else ""
+        return fail(f"cannot write{where}: {error.strerror or error}")
     if result is not None:
         print(f"best valid: {dict(result['best_valid_result'] or {})}")
         print(f"test result: {dict(result['test_result'] or {})}")

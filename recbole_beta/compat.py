@@ -26,7 +26,8 @@ import torch
 from recbole.utils import init_logger as recbole_init_logger
 from recbole.utils import set_color
 
-from recbole_beta.errors import CheckpointError, fail
+from recbole_beta.data.heldout import describe_split, split_keys
+from recbole_beta.errors import CheckpointError, OutputError, TrainingDivergedError, fail
 from recbole_beta.files import atomic_write, plain
 
 _TAG = "__recbole_beta__"
@@ -270,6 +271,14 @@ def read_checkpoint(path, config=None, device="cpu"):
                 f"cannot resume from {path}: it is a checkpoint of {there[0]} on {there[1]}, "
                 f"not of {here[0]} on {here[1]}"
             )
+        # checkpoints written before the split was recorded carry none: nothing to compare
+        recorded = (checkpoint.get("split") or {}).get("keys")
+        if recorded is not None and plain(recorded) != plain(split_keys(config)):
+            raise CheckpointError(
+                f"cannot resume from {path}: it was trained under {describe_split(recorded)}, this run is "
+                f"{describe_split(split_keys(config))}; resumed, the model would have trained on this run's "
+                "held-out data: resume with the checkpoint's split keys, or train afresh"
+            )
     checkpoint["other_parameter"] = decode(checkpoint.get("other_parameter"))
     return checkpoint
 
@@ -437,8 +446,21 @@ class SafeCheckpointMixin:
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
             return
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        bad = next((name for name, p in self.model.state_dict().items()
+                    if torch.is_tensor(p) and p.is_floating_point() and not torch.isfinite(p).all()), None)
+        if bad is not None:  # never a checkpoint to resume from or test that holds NaN/inf weights
+            kept = (f"the last good checkpoint {saved_model_file} is kept" if os.path.exists(saved_model_file)
+                    else "no checkpoint had been saved")
+            raise TrainingDivergedError(
+                f"the weights became non-finite ({bad}) by epoch {epoch}; stopped without saving them, {kept}. "
+                "Lower learning_rate or the beta keys, or set clip_grad_norm"
+            )
         state = self._checkpoint_state(epoch)
-        atomic_write(saved_model_file, lambda f: torch.save(state, f), binary=True)
+        try:
+            atomic_write(saved_model_file, lambda f: torch.save(state, f), binary=True)
+        except OSError as error:  # a full disk, say: the file written before (if any) is untouched
+            kept = "the last checkpoint written is kept" if os.path.exists(saved_model_file) else "none was written"
+            raise OutputError(f"cannot save the checkpoint {saved_model_file}: {error.strerror or error}; {kept}") from None
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 

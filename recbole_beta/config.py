@@ -15,7 +15,9 @@ import yaml
 from recbole.config import Config as RecBoleConfig
 
 from recbole_beta.defaults import model_files, properties_dir
-from recbole_beta.errors import ConfigError, check, check_number, is_number
+from recbole_beta.errors import (
+    ConfigError, ConfigFileError, RecBoleBetaError, RecBoleConfigError, check, check_number, is_number,
+)
 from recbole_beta.registry import HELDOUT_RECBOLE_MODELS, get_model, supports_heldout_users
 from recbole_beta import metrics  # noqa: F401  (registers TruncatedRecall with RecBole)
 
@@ -82,8 +84,21 @@ class Config(RecBoleConfig):
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None, argv=None):
         # argv: the command line's ``--key=value`` arguments; None reads sys.argv[1:] as RecBole does
         self._argv = argv
-        super().__init__(model, dataset, config_file_list, config_dict)
+        try:
+            super().__init__(model, dataset, config_file_list, config_dict)
+        except ValueError as error:
+            if isinstance(error, RecBoleBetaError):
+                raise
+            # RecBole's own checks (topk, valid_metric, eval_args, ...) raise bare ValueErrors: one line each
+            raise RecBoleConfigError(f"RecBole's Config refused the settings: {' '.join(str(error).split())}") from None
         self.validate()
+
+    def _load_config_files(self, file_list):
+        """RecBole's ``_load_config_files`` (recbole/config/configurator.py lines 120-128), with every file that
+        cannot be used (missing, a folder, not YAML, not a mapping) as one line naming the file and line."""
+        for file in file_list or []:
+            check_config_file(file, self.yaml_loader)
+        return super()._load_config_files(file_list)
 
     def _load_cmd_line(self):
         """RecBole's ``_load_cmd_line`` (recbole/config/configurator.py lines 165-193) on ``argv``,
@@ -152,8 +167,10 @@ class Config(RecBoleConfig):
             config["verbose"] = False
 
     def validate(self):
-        """Check the evaluation protocol's keys and the model's own (raises ConfigError); models
-        without ``validate_config`` pass their own."""
+        """Check RecBole's run keys, the evaluation protocol's keys and the model's own (raises ConfigError);
+        models without ``validate_config`` pass their own."""
+        check_no_empty_values(self.external_config_dict)
+        check_run_keys(self)
         check_protocol_keys(self)
         if self["eval_protocol"] == "strong" and not supports_heldout_users(self.model_class):
             raise ConfigError(
@@ -218,3 +235,54 @@ def check_protocol_keys(config):
         "eval_protocol=strong splits one .inter file (a pre-split one carries a protocol_role column); "
         "unset benchmark_filename",
     )
+
+
+def check_config_file(file, loader):
+    """Raise :class:`ConfigFileError` unless ``file`` is a readable YAML mapping (or empty)."""
+    if not os.path.exists(file):
+        raise ConfigFileError(f"config file {file}: no such file")
+    if not os.path.isfile(file):
+        raise ConfigFileError(f"config file {file}: not a file (give YAML files, separated by spaces)")
+    try:
+        with open(file, encoding="utf-8") as f:
+            content = yaml.load(f.read(), Loader=loader)
+    except UnicodeDecodeError as error:
+        raise ConfigFileError(f"config file {file}: not UTF-8 text (byte {error.start})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or " ".join(str(error).split())
+        raise ConfigFileError(f"config file {file}{where}: not valid YAML: {problem}") from None
+    if content is not None and not isinstance(content, dict):
+        raise ConfigFileError(f"config file {file}: holds a {type(content).__name__}, not a mapping of config keys "
+                              "to values (key: value lines)")
+
+
+def check_no_empty_values(given):
+    """A key given with nothing after ``=`` (``--epochs=``) is refused, not passed on as an empty string."""
+    for key, value in given.items():
+        check(key, value, not (isinstance(value, str) and not value.strip()),
+              "a value is missing: write --key=value (or key: value in a config file)")
+
+
+def _int_list(value):
+    values = [value] if isinstance(value, int) else value
+    return (isinstance(values, (list, tuple)) and len(values) > 0
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values))
+
+
+def check_run_keys(config):
+    """Validate RecBole's own run keys before any data is read (raises ConfigError): numbers finite and in
+    range, integers where integers are meant. ``epochs: 0`` is checked by the run, which knows whether a
+    checkpoint is being evaluated."""
+    check_number("epochs", config["epochs"], integer=True, minimum=0)
+    for key in ("train_batch_size", "eval_batch_size", "stopping_step"):
+        check_number(key, config[key], integer=True, minimum=1)
+    check_number("eval_step", config["eval_step"], integer=True, minimum=0)
+    check_number("learning_rate", config["learning_rate"], minimum=0, min_open=True)
+    check_number("weight_decay", config["weight_decay"], minimum=0)
+    check_number("seed", config["seed"], integer=True, minimum=0, maximum=2**32 - 1)
+    check("topk", config["topk"], _int_list(config["topk"]), "must be an integer >= 1 or a non-empty list of them")
+    if config["clip_grad_norm"] is not None:
+        check("clip_grad_norm", config["clip_grad_norm"], isinstance(config["clip_grad_norm"], dict),
+              "must be a mapping of torch's clip_grad_norm_ arguments, e.g. {max_norm: 5}")

@@ -24,12 +24,29 @@ class ConfigError(RecBoleBetaError, ValueError):
         super().__init__(f"{key}={value!r} is not allowed: {allowed}")
 
 
+class RecBoleConfigError(RecBoleBetaError, ValueError):
+    """A setting RecBole's own Config refuses (its check raises a bare ValueError): its message, in one line."""
+
+
+class ConfigFileError(RecBoleBetaError, ValueError):
+    """A config file (``--config_files``) that cannot be read as YAML key: value lines; the message names
+    the file (and the line, for a YAML error)."""
+
+
+class OutputError(RecBoleBetaError, OSError):
+    """A folder results or checkpoints go to cannot be written; the message names it and why."""
+
+
 class UnknownModelError(RecBoleBetaError, ValueError):
     """``--model`` names neither a plugin model nor a RecBole one."""
 
 
 class DatasetNotFoundError(RecBoleBetaError, FileNotFoundError):
     """The dataset's atomic files are not where the config says they are."""
+
+
+class DatasetError(RecBoleBetaError, ValueError):
+    """The dataset's files are there but cannot serve the run: no interactions left, nothing to evaluate."""
 
 
 class TrainingDivergedError(RecBoleBetaError, ArithmeticError):

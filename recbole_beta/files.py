@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recbole_beta.errors import OutputError
+
 
 def plain(value):
     """``value`` as plain data for JSON or a checkpoint: enums and devices become strings, numpy Python."""
@@ -99,3 +101,16 @@ def write_json(target, data, indent=1, end=""):
 
 def write_text(path, text):
     return atomic_write(path, lambda f: f.write(text))
+
+
+def ensure_writable(folder, what):
+    """Make ``folder`` if needed and write a file in it, so that a run fails at once, in one line naming
+    ``what`` (a config key or option), rather than after its work when its output cannot be written."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        probe = Path(folder) / f".write-test.{os.getpid()}.{secrets.token_hex(4)}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise OutputError(f"{what}={os.fspath(folder)!r} cannot be written: {error.strerror or error}") from None
+    return folder

@@ -4,6 +4,7 @@ It follows RecBole's ``run_recbole`` step for step (same seeding points, so a Re
 here gives RecBole's numbers), with the plugin's Config, model lookup, dataloaders and trainers.
 """
 
+import json
 import os
 import time
 from logging import getLogger
@@ -18,10 +19,12 @@ from recbole.utils import get_environment, get_flops, get_local_time, init_seed,
 from recbole_beta.compat import init_logger, read_checkpoint
 from recbole_beta.data.dataset import create_dataset  # RecBole's, with the plugin's faster reader
 from recbole_beta.data.fullsort import eval_loaders, lean_eval_applies
-from recbole_beta.data.heldout import HeldOutDataset, attach_fold_in, heldout_data_preparation, is_strong
-from recbole_beta.files import plain, write_json
+from recbole_beta.data.heldout import (
+    HeldOutDataset, attach_fold_in, heldout_data_preparation, is_strong, split_fingerprint, split_keys,
+)
+from recbole_beta.files import ensure_writable, plain, write_json
 from recbole_beta.config import Config, unknown_key_warnings
-from recbole_beta.errors import DatasetNotFoundError, check
+from recbole_beta.errors import ConfigError, DatasetError, DatasetNotFoundError, OutputError, RecBoleBetaError, check
 from recbole_beta.evaluation import RecordingEvaluator, per_user_metrics, training_activity
 from recbole_beta.registry import get_model, get_trainer, is_plugin_vae
 
@@ -90,7 +93,18 @@ def prepare(config):
     logger = getLogger()
     check_dataset(config)
     strong = is_strong(config)
-    dataset = HeldOutDataset(config) if strong else create_dataset(config)
+    empty = DatasetError(f"dataset={config['dataset']!r}: no interaction is left after RecBole's filters "
+                         "(val_interval, user_inter_num_interval, item_inter_num_interval, ...): loosen them")
+    try:
+        dataset = HeldOutDataset(config) if strong else create_dataset(config)
+    except ValueError as error:
+        if isinstance(error, RecBoleBetaError):
+            raise
+        if "empty" in str(error):  # RecBole 1.2.1's "Some feat is empty, please check the filtering settings."
+            raise empty from None
+        raise DatasetError(f"dataset={config['dataset']!r}: RecBole cannot build it: {' '.join(str(error).split())}") from None
+    if dataset.inter_num == 0 or dataset.user_num <= 1:
+        raise empty
     n_items = dataset.item_num - 1  # id 0 is padding
     check("topk", config["topk"], max(config["topk"]) <= n_items, f"every k must be <= the number of items ({n_items})")
     if strong:  # the split happens in build(): log the dataset after it, with its user groups
@@ -110,17 +124,37 @@ def prepare(config):
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    if hasattr(trainer, "split"):  # the plugin's trainers record the split in their checkpoints
+        trainer.split = {"keys": split_keys(config), "fingerprint": split_fingerprint(dataset, train_data._dataset)}
     return dataset, (train_data, valid_data, test_data), model, trainer
 
 
+def check_outputs(config, saved=True):
+    """Fail before any data is read if a folder the run writes to cannot be written: ``results_dir`` (rank 0
+    writes the result there) and, when the best model is kept, ``checkpoint_dir``."""
+    if config["results_dir"] and config["local_rank"] == 0:
+        ensure_writable(config["results_dir"], "results_dir")
+    if saved:
+        ensure_writable(config["checkpoint_dir"], "checkpoint_dir")
+
+
 def write_result(config, result):
-    """Write the run's result as JSON under ``results_dir``; return the path (None if disabled)."""
+    """Write the run's result as JSON under ``results_dir``; return the path (None if disabled).
+
+    If it cannot be written after all (the disk filled during the run, say), the result is printed in
+    full on stdout and the run stops with one line naming the folder and why: the result is not lost.
+    """
     directory = config["results_dir"]
     if not directory or config["local_rank"] != 0:
         return None
-    os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"{config['model']}-{config['dataset']}-{get_local_time()}.json")
-    return write_json(path, result, indent=2)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        return write_json(path, result, indent=2)
+    except OSError as error:
+        print(json.dumps(plain(result), indent=1, default=str), flush=True)
+        raise OutputError(f"cannot write the result file in results_dir={directory!r}: "
+                          f"{error.strerror or error}; the result is printed above in full") from None
 
 
 def _from_rank_zero(value):
@@ -173,9 +207,13 @@ def run_recbole_beta(
     for warning in unknown_key_warnings(config.external_config_dict):  # a typo would change nothing silently
         logger.warning(warning)
     # what can fail without the data fails before RecBole's long config dump, so its line comes first
+    check_outputs(config, saved)
     check_dataset(config)
     if resume:
         read_checkpoint(resume, config)  # CheckpointError: missing, not a checkpoint, refused, another run's
+    elif config["epochs"] == 0:
+        raise ConfigError("epochs", 0, "trains nothing: give epochs >= 1, or epochs=0 with --resume to "
+                                       "evaluate a checkpoint")
     logger.info(list(argv))
     logger.info(config)
 
@@ -185,6 +223,9 @@ def run_recbole_beta(
         trainer.saved_model_file = _from_rank_zero(trainer.saved_model_file)
     if resume:
         trainer.resume_checkpoint(resume)
+        if trainer.start_epoch >= config["epochs"]:
+            logger.info(f"epochs={config['epochs']}: the checkpoint's epoch {trainer.start_epoch - 1} is the last; "
+                        "no training, the checkpoint is evaluated")
 
     start = time.time()
     best_valid_score, best_valid_result = trainer.fit(
@@ -257,9 +298,13 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, res
     # rank it would come back as the launcher's traceback)
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict,
                     argv=list(argv))
+    check_outputs(config, saved)
     check_dataset(config)
     if resume:
         read_checkpoint(resume, config)
+    elif config["epochs"] == 0:
+        raise ConfigError("epochs", 0, "trains nothing: give epochs >= 1, or epochs=0 with --resume to "
+                                       "evaluate a checkpoint")
 
     queue = mp.get_context("spawn").SimpleQueue()
     config_dict = dict(config_dict or {})

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from recbole_beta.collector import FastCollector
 from recbole_beta.compat import SafeCheckpointMixin
-from recbole_beta.errors import TrainingDivergedError
+from recbole_beta.errors import CheckpointError, TrainingDivergedError
 from recbole_beta.files import plain
 
 
@@ -86,6 +86,9 @@ class PluginTrainerMixin(SafeCheckpointMixin):
         self._train_data = None  # whose shuffling generator a checkpoint captures
         self._pending_rng = None  # generator states of a resumed checkpoint, restored by fit()
         self._unsaved_valid_result = None  # the latest valid result, until a checkpoint holds it
+        #: the split the run trains on ({"keys": ..., "fingerprint": ...}), set by quick_start.prepare;
+        #: checkpoints record it and a resume on another split is refused
+        self.split = None
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self._train_data = train_data
@@ -148,10 +151,20 @@ class PluginTrainerMixin(SafeCheckpointMixin):
         state["best_valid_result"] = plain(dict(best_valid_result or {}))
         state["history"] = plain(self.history)
         state["rng_state"] = capture_rng(self._train_data)
+        if self.split is not None:
+            state["split"] = plain(self.split)
         return state
 
     def resume_checkpoint(self, resume_file):
         checkpoint = super().resume_checkpoint(resume_file)
+        # the keys were compared before the data was read (compat.read_checkpoint); the data only now
+        recorded = (checkpoint.get("split") or {}).get("fingerprint")
+        if recorded is not None and self.split is not None and recorded != self.split["fingerprint"]:
+            raise CheckpointError(
+                f"cannot resume from {resume_file}: it was trained on another split of the data (split fingerprint "
+                f"{recorded}, this run's {self.split['fingerprint']}): the same split keys over other data or "
+                "filters; resumed, the model could have trained on this run's held-out data"
+            )
         self.best_valid_result = checkpoint.get("best_valid_result") or None
         self.history = list(checkpoint.get("history", []))
         # restored when fit() starts, so nothing drawn in between shifts the streams

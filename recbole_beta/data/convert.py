@@ -329,7 +329,10 @@ def _parser_error(path, layout, err, n_fields):
 
 def iter_chunks(path, layout, chunksize=DEFAULT_CHUNKSIZE):
     """Yield validated chunks of ``path`` as dicts of numpy columns (user, item[, rating][, timestamp])."""
-    reader, offset, n_fields = _reader(path, layout, chunksize)
+    try:
+        reader, offset, n_fields = _reader(path, layout, chunksize)
+    except UnicodeDecodeError:  # pandas reads the first rows as it opens the file
+        raise not_utf8_error(path) from None
     with reader:
         try:
             for chunk in reader:
@@ -338,8 +341,20 @@ def iter_chunks(path, layout, chunksize=DEFAULT_CHUNKSIZE):
                     yield parsed
         except pd.errors.ParserError as err:
             raise _parser_error(path, layout, err, n_fields) from None
-        except UnicodeDecodeError as err:
-            raise ConversionError(f"{path}: not UTF-8 text ({err.reason})") from None
+        except UnicodeDecodeError:
+            raise not_utf8_error(path) from None
+
+
+def not_utf8_error(path):
+    """The error for a file that is not UTF-8, naming the first line that is not."""
+    with open(path, "rb") as f:
+        for line_no, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return ConversionError(f"{path}:{line_no}: not UTF-8 text (byte 0x{line[err.start]:02x} at column "
+                                       f"{err.start + 1}); re-encode the file as UTF-8, e.g. with iconv")
+    return ConversionError(f"{path}: not UTF-8 text; re-encode the file as UTF-8, e.g. with iconv")
 
 
 # ----------------------------------------------------------------------------- filtering

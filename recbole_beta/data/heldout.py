@@ -31,6 +31,7 @@ draw does not depend on k (what changes with k is only the item set: a target no
 fold k has is dropped, as any held-out interaction with such an item is).
 """
 
+import hashlib
 import os
 
 import numpy as np
@@ -44,7 +45,7 @@ from recbole.model.general_recommender import EASE
 
 from recbole_beta.data.dataset import PluginDataset
 from recbole_beta.data.fullsort import eval_loaders, lean_eval_applies
-from recbole_beta.errors import ConfigError
+from recbole_beta.errors import ConfigError, DatasetError
 
 #: the column of a pre-split dataset (e.g. one imported from the reference code's files)
 ROLE_FIELD = "protocol_role"
@@ -55,6 +56,9 @@ _DROPPED = -1  # a held-out user's interaction with an item no training user has
 #: the reference code gives targets only to held-out users with at least this many interactions
 MIN_INTERACTIONS_FOR_TARGETS = 5
 
+#: fewer training users than this: the run warns (it still runs)
+FEW_TRAINING_USERS = 10
+
 _PRESPLIT_FOLDS = (f"the dataset's {ROLE_FIELD} column fixes one split (imported with `convert --format vae_cf`); "
                    "folds need a split drawn at run time: unset heldout_folds or use a dataset without that column")
 
@@ -62,6 +66,41 @@ _PRESPLIT_FOLDS = (f"the dataset's {ROLE_FIELD} column fixes one split (imported
 
 def is_strong(config):
     return config["eval_protocol"] == "strong"
+
+
+def split_keys(config):
+    """The settings that decide which interactions a run trains on, as plain data: a checkpoint records
+    them, and a resume under other ones is refused (it would have trained on this run's held-out data)."""
+    if is_strong(config):
+        folds = config["heldout_folds"] or 0
+        keys = {"heldout_users": config["heldout_users"], "heldout_ratio": config["heldout_ratio"],
+                "split_seed": config["split_seed"], "heldout_folds": folds}
+        if folds:
+            keys["fold"] = config["fold"] or 0
+    else:  # RecBole's split shuffles with the run's seed
+        args = config["eval_args"] or {}
+        keys = {"split": args.get("split"), "order": args.get("order"), "group_by": args.get("group_by"),
+                "seed": config["seed"]}
+    return {"eval_protocol": config["eval_protocol"] or "weak", **keys}
+
+
+def describe_split(keys):
+    """``eval_protocol=strong (heldout_users=69, ...)``: a split's keys in one line."""
+    rest = ", ".join(f"{k}={v!r}" for k, v in keys.items() if k != "eval_protocol")
+    return f"eval_protocol={keys.get('eval_protocol')} ({rest})"
+
+
+def split_fingerprint(dataset, train_dataset):
+    """A short hash of which (user, item) interactions a run trains on and, under the strong protocol, of
+    every interaction's role: equal for the same data, filters and split, different otherwise."""
+    digest = hashlib.sha1()
+    inter = train_dataset.inter_feat
+    for field in (train_dataset.uid_field, train_dataset.iid_field):
+        digest.update(np.ascontiguousarray(np.asarray(inter[field])).tobytes())
+    roles = getattr(dataset, "_roles", None)
+    if roles is not None:
+        digest.update(np.ascontiguousarray(roles).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def n_heldout(heldout_users, n_users):
@@ -246,6 +285,17 @@ class HeldOutDataset(PluginDataset):
             for name, role in (("train", TRAIN), ("valid", VALID_IN), ("test", TEST_IN))
         }
         self.train_user_ids = self.protocol_users["train"]  # read by the plugin's models
+        for name, role in (("validation", VALID_TARGET), ("test", TEST_TARGET)):
+            if not bool((roles == role).any()):
+                raise DatasetError(
+                    f"dataset={self.dataset_name!r} under eval_protocol=strong has no {name} targets (held-out users "
+                    f"need at least {MIN_INTERACTIONS_FOR_TARGETS} interactions with the training users' items to "
+                    "have targets; a pre-split dataset needs *_target rows): there is nothing to evaluate"
+                )
+        n_train = len(self.protocol_users["train"])
+        if n_train < FEW_TRAINING_USERS:
+            self.logger.warning(f"eval_protocol=strong: only {n_train} training users; the model learns from them "
+                                "alone (lower heldout_users, or use more folds)")
         seen = (roles == TRAIN) | (roles == VALID_IN) | (roles == TEST_IN)
         built = [self.copy(self.inter_feat[mask]) for mask in (seen, roles == VALID_TARGET, roles == TEST_TARGET)]
         self.seen_dataset = built[0]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recbole_beta.data.convert import ConversionError, write_dataset
+from recbole_beta.data.convert import ConversionError, not_utf8_error, write_dataset
 from recbole_beta.data.heldout import ROLES, TEST_IN, TEST_TARGET, TRAIN, VALID_IN, VALID_TARGET
 from recbole_beta.files import AtomicFiles
 
@@ -32,7 +32,12 @@ HEADER = "uid,sid"
 
 
 def _read_pairs(path, n_items):
-    first = path.open(encoding="utf-8").readline().strip()
+    try:
+        with path.open(encoding="utf-8") as f:
+            first = f.readline().strip()
+            f.read()  # the whole file decodes, or the line that does not is named below
+    except UnicodeDecodeError:
+        raise not_utf8_error(path) from None
     if first != HEADER:
         raise ConversionError(f"{path}:1: the header must be {HEADER!r}, found {first!r}")
     try:
@@ -77,6 +82,11 @@ def import_vae_cf(folder, out_dir, name, log=None):
     clash = users_of["train.csv"] & heldout or users_of["validation_tr.csv"] & users_of["test_tr.csv"]
     if clash:
         raise ConversionError(f"{folder}: uid {sorted(clash)[0]} is in two user groups (train, validation, test)")
+    for file in ("train.csv", "validation_te.csv", "test_te.csv"):
+        if not users_of[file]:
+            what = "training rows" if file == "train.csv" else "targets"
+            raise ConversionError(f"{folder / file}: holds no {what} (only its header): nothing to "
+                                  f"{'train on' if file == 'train.csv' else 'evaluate'}")
     for tr, te in (("validation_tr.csv", "validation_te.csv"), ("test_tr.csv", "test_te.csv")):
         strays = users_of[te] - users_of[tr]
         if strays:

@@ -8,6 +8,7 @@ metric comes from the fold that tested it, averaged over seeds.
 
 import json
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,34 @@ MIN_BUCKET_USERS, MIN_BUCKET_SHARE = 10, 0.05
 ACTIVITY_MEASURE = {"weak": "training interactions |x_u|", "strong": "fold-in size |x_u|"}
 
 
-def load_runs(out_dir):
-    """Every run record of a sweep folder, in the spec's order (model, cell, seed)."""
-    records = [json.loads(p.read_text(encoding="utf-8")) for p in (Path(out_dir) / "runs").glob("*.json")]
+def load_runs(out_dir, problems=None):
+    """Every run record of a sweep folder, in the spec's order (model, cell, seed).
+
+    A record that cannot be read is left out, and an ok record whose per-user table cannot be read is
+    marked ``status: unreadable``; each is named, with why, in ``problems`` (a list), so a report says what
+    it skipped instead of failing on it (the next sweep moves such files aside and redoes the runs).
+    """
+    records = []
+    for path in sorted((Path(out_dir) / "runs").glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            record["run_id"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            if problems is not None:
+                problems.append(f"{path}: cannot be read ({' '.join(str(error).split())[:200]})")
+            continue
+        if record.get("status") == "ok":
+            table = Path(out_dir) / "runs" / f"{record['run_id']}.per_user.npz"
+            try:
+                with np.load(table) as data:
+                    for key in data.files:
+                        data[key]
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+                reason = " ".join(str(error).split())[:200] or type(error).__name__
+                record.update(status="unreadable", error=f"{table.name} cannot be read: {reason}")
+                if problems is not None:
+                    problems.append(f"{table}: cannot be read ({reason})")
+        records.append(record)
     return sorted(records, key=lambda r: (r.get("index", 0), r["run_id"]))
 
 

@@ -65,5 +65,13 @@ def main(argv=None):
             paths = write_report(args.out, spec, figures=not args.no_figures)
     except RecBoleBetaError as error:
         return fail(error)
+    except OSError as error:  # the report's files: a full disk, a folder gone
+        where = f" {error.filename}" if error.filename else ""
+        return fail(f"cannot write{where}: {error.strerror or error}")
     print(f"report: {[str(p) for p in paths if p.name == 'report.md'][0]}")
+    if args.command != "report" and failed:
+        # exit 1: the sweep ran but is not complete (RecBole's errors are in report.md and each run's record)
+        print(f"recbole-beta: {failed} of {ran} runs failed (listed in the report); run the sweep again to retry "
+              "them", file=sys.stderr)
+        return 1
     return 0

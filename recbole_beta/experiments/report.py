@@ -8,7 +8,12 @@ from recbole.evaluator import register
 
 from recbole_beta import metrics as _plugin_metrics  # noqa: F401  (TruncatedRecall's name)
 from recbole_beta.experiments import analysis, plots, training_plots
+from recbole_beta.errors import RecBoleBetaError
 from recbole_beta.files import write_json
+
+
+class ReportError(RecBoleBetaError, FileNotFoundError):
+    """A folder that holds no sweep to report on."""
 
 
 def _pm(mean, std):
@@ -178,8 +183,18 @@ def _bucket_difference_section(diffs, reference):
 def write_report(out_dir, spec=None, figures=True):
     """Aggregate a sweep folder; return the paths written. Reads only files, so it can be rerun."""
     out_dir = Path(out_dir)
-    spec_dict = spec.to_dict() if spec is not None else json.loads((out_dir / "spec.json").read_text())
-    runs = analysis.load_runs(out_dir)
+    if spec is None:
+        if not (out_dir / "runs").is_dir():
+            raise ReportError(f"{out_dir} is not a sweep folder (no runs/ in it): give the --out of a sweep")
+        try:
+            spec_dict = json.loads((out_dir / "spec.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ReportError(f"{out_dir / 'spec.json'} cannot be read ({' '.join(str(error).split())[:200]}): "
+                              "run the sweep again to rewrite it") from None
+    else:
+        spec_dict = spec.to_dict()
+    problems = []
+    runs = analysis.load_runs(out_dir, problems)
     ok = [r for r in runs if r["status"] == "ok"]
     failed = [r for r in runs if r["status"] != "ok"]
     summary = analysis.summarize(runs, out_dir)
@@ -221,6 +236,10 @@ def write_report(out_dir, spec=None, figures=True):
         body.append(markdown_tables(summary, sig, buckets, reference, metrics, activity, quantiles, bucket_diffs))
     if failed:
         body += ["## Failed runs", ""] + [f"- `{r['run_id']}`: {r['error'].splitlines()[0]}" for r in failed] + [""]
+    if problems:
+        body += ["## Files that could not be read", "",
+                 "Left out of every table above; running the sweep again moves them aside and redoes their runs.", ""]
+        body += [f"- `{line}`" for line in problems] + [""]
     if figures and ok:
         figure_dir = out_dir / "figures"
         colors = plots.label_colors(list(summary["label"]))  # one colour per method in every figure

@@ -9,17 +9,27 @@ its record replaced; a failed record of a run the spec now configures differentl
 cell and seed, another config) is dropped, so a fixed spec leaves no stale failure behind.
 """
 
+import fcntl
 import json
+import os
 import shutil
+import socket
+import sys
 import time
 import traceback
+import zipfile
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from recbole_beta.files import atomic_write, write_json
+from recbole_beta.errors import RecBoleBetaError
+from recbole_beta.files import atomic_write, ensure_writable, write_json
 from recbole_beta.quick_start import run_recbole_beta
+
+
+class SweepBusyError(RecBoleBetaError, RuntimeError):
+    """Another sweep holds the folder."""
 
 
 def write_per_user(path, table):
@@ -31,12 +41,78 @@ def run_paths(out_dir, run):
     return runs / f"{run.run_id}.json", runs / f"{run.run_id}.per_user.npz"
 
 
-def is_finished(out_dir, run):
+def unreadable(path):
+    """Why a run's file cannot be read (a JSON record, or a per-user table: a zip of arrays), or None."""
+    try:
+        if path.suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+        else:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()  # every member's CRC
+            if bad is not None:
+                return f"{bad} is corrupt"
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        return " ".join(str(error).split())[:200] or type(error).__name__
+    return None
+
+
+def set_aside(path):
+    """Move an unreadable file out of the sweep's way (``<name>.unreadable``, numbered if taken); return it."""
+    target = path.with_name(path.name + ".unreadable")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.unreadable{n}")
+    os.replace(path, target)
+    return target
+
+
+def is_finished(out_dir, run, notes=None):
+    """True when the run's record says ok and it and its per-user table can be read. A file that cannot be
+    read (a crash or a full disk cut it short) is moved aside, named in ``notes``, and the run is redone."""
     record_path, per_user_path = run_paths(out_dir, run)
     if not record_path.is_file():
         return False
+    for path in (record_path, per_user_path):
+        if not path.is_file():
+            continue
+        reason = unreadable(path)
+        if reason is not None:
+            moved = set_aside(path)
+            if notes is not None:
+                notes.append(f"{path} cannot be read ({reason}): moved to {moved.name}; the run is redone")
+            return False
     record = json.loads(record_path.read_text(encoding="utf-8"))
     return record.get("status") == "ok" and per_user_path.is_file()
+
+
+class SweepLock:
+    """One sweep at a time on a folder: an exclusive ``flock`` on ``<out>/.sweep.lock``, which the operating
+    system releases when the holder exits, killed or not (so no stale lock is left behind)."""
+
+    def __init__(self, out_dir):
+        self.path = Path(out_dir) / ".sweep.lock"
+        self.file = None
+
+    def __enter__(self):
+        self.file = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise SweepBusyError(f"another sweep is running on {self.path.parent} ({holder}); wait for it to end or "
+                                 "stop it, or give another --out") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()  # releases the lock
+        return False
 
 
 def new_record(run, spec, out_dir, index=0, overrides=None):
@@ -137,14 +213,23 @@ def run_sweep(spec, out_dir, progress=True, jobs=1, engine="local", cpus=None, r
         if workers.sequential:
             workers = None
     out_dir = Path(out_dir)
+    ensure_writable(out_dir, "--out")
+    with SweepLock(out_dir):
+        return _run_locked(spec, out_dir, progress, workers)
+
+
+def _run_locked(spec, out_dir, progress, workers):
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "spec.json", spec.to_dict())
     runs = spec.runs()
     drop_superseded_failures(out_dir, runs)
-    todo = [(i, run) for i, run in enumerate(runs) if not is_finished(out_dir, run)]
+    notes = []
+    todo = [(i, run) for i, run in enumerate(runs) if not is_finished(out_dir, run, notes)]
     failed = 0
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=spec.name, unit="run", disable=not progress,
                dynamic_ncols=True)
+    for note in notes:
+        bar.write(note, file=sys.stderr)
     with bar:
         if workers is not None:
             if todo:
