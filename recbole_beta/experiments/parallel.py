@@ -41,7 +41,7 @@ from pathlib import Path
 
 from recbole_beta import compat
 from recbole_beta.errors import RecBoleBetaError, is_number
-from recbole_beta.experiments.runner import execute, new_record, run_paths, write_run
+from recbole_beta.experiments.records import execute, new_record, run_paths, write_run
 from recbole_beta.files import plain
 
 ENGINES = ("local", "ray")
