@@ -258,9 +258,15 @@ def check_config_file(file, loader):
                               "to values (key: value lines)")
 
 
+#: keys for which an empty value means something: gpu_id '' is the CPU (Ray gives it so to a task without GPUs)
+_EMPTY_ALLOWED = ("gpu_id",)
+
+
 def check_no_empty_values(given):
     """A key given with nothing after ``=`` (``--epochs=``) is refused, not passed on as an empty string."""
     for key, value in given.items():
+        if key in _EMPTY_ALLOWED:
+            continue
         check(key, value, not (isinstance(value, str) and not value.strip()),
               "a value is missing: write --key=value (or key: value in a config file)")
 

@@ -3,7 +3,7 @@ experiments and the command lines import the experiments.
 
 Read from the source with ``ast``, nothing imported: every ``import recbole_beta...`` and ``from
 recbole_beta... import ...`` (or relative import), at module level and inside functions alike.
-A part is a top-level module (``quick_start``, ``config``, ``registry``, ``trainer``, ``compat``,
+A part is a top-level module (``quick_start``, ``config``, ``registry``, ``trainer``, ``checkpoint``,
 ``files``, ...) or subpackage (``beta``, ``model``, ``data``, ``experiments``, ``tuning``, whether
 ``tuning.py`` or ``tuning/``). The command lines (``cli.py`` and ``__main__.py`` of any package)
 sit above every part, so each is a node of its own: ``python -m recbole_beta.data export`` builds a

@@ -90,7 +90,7 @@ def new_record(run, spec, out_dir, index=0, overrides=None):
     return record
 
 
-def execute(run, spec, out_dir, index=0, overrides=None):
+def execute(run, spec, out_dir, index=0, overrides=None, console_level=None):
     """Train and test one run; return its record (status ok or failed) and per-user table."""
     record = new_record(run, spec, out_dir, index, overrides)
     config = record["config"]
@@ -98,7 +98,7 @@ def execute(run, spec, out_dir, index=0, overrides=None):
     start = time.time()
     try:
         result = run_recbole_beta(run.model, spec.dataset, config_file_list=spec.config_files or None,
-                                  config_dict=dict(config), per_user=True)
+                                  config_dict=dict(config), per_user=True, console_level=console_level)
     except Exception as error:  # recorded, and the sweep goes on
         record.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(),
                       wall_seconds=time.time() - start)

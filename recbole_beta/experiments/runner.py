@@ -81,13 +81,14 @@ def drop_superseded_failures(out_dir, runs):
 
 
 def run_sweep(spec, out_dir, progress=True, jobs=1, engine="local", cpus=None, ray_address=None, cpus_per_run=None,
-              gpus_per_run=None):
+              gpus_per_run=None, console_level=None):
     """Run what is not yet finished (failed runs included); return (number run now, number failed now).
 
     By default one run after another in this process. ``jobs`` > 1: that many runs at once, each in a
     local process of its own; ``engine="ray"``: each run a Ray task, on a local instance of ``cpus`` CPUs
     or the cluster at ``ray_address``, reserving ``cpus_per_run`` CPUs (default 1) and ``gpus_per_run``
     GPUs (default 0). See :mod:`recbole_beta.experiments.parallel`; the records are the same.
+    ``console_level``: of every run's RecBole console log (the CLI keeps it at WARNING under its bar).
     """
     workers = None
     if (jobs, engine, cpus, ray_address, cpus_per_run, gpus_per_run) != (1, "local", None, None, None, None):
@@ -98,10 +99,10 @@ def run_sweep(spec, out_dir, progress=True, jobs=1, engine="local", cpus=None, r
     out_dir = Path(out_dir)
     ensure_writable(out_dir, "--out")
     with SweepLock(out_dir):
-        return _run_locked(spec, out_dir, progress, workers)
+        return _run_locked(spec, out_dir, progress, workers, console_level)
 
 
-def _run_locked(spec, out_dir, progress, workers):
+def _run_locked(spec, out_dir, progress, workers, console_level):
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "spec.json", spec.to_dict())
     runs = spec.runs()
@@ -116,11 +117,11 @@ def _run_locked(spec, out_dir, progress, workers):
     with bar:
         if workers is not None:
             if todo:
-                failed = workers.run(todo, spec, out_dir, bar)
+                failed = workers.run(todo, spec, out_dir, bar, console_level)
         else:
             for index, run in todo:
                 bar.set_postfix_str(f"{run.label} seed {run.seed}" + (f", {failed} failed" if failed else ""))
-                record, per_user = execute(run, spec, out_dir, index)
+                record, per_user = execute(run, spec, out_dir, index, console_level=console_level)
                 write_run(out_dir, run, record, per_user)
                 if record["status"] != "ok":
                     failed += 1
