@@ -16,7 +16,8 @@ from recbole.data.transform import construct_transform
 from recbole.data.utils import load_split_dataloaders, save_split_dataloaders
 from recbole.utils import get_environment, get_flops, get_local_time, init_seed, set_color
 
-from recbole_beta.compat import init_logger, read_checkpoint
+from recbole_beta.checkpoint import read_checkpoint
+from recbole_beta.compat import init_logger
 from recbole_beta.data.dataset import create_dataset  # RecBole's, with the plugin's faster reader
 from recbole_beta.data.fullsort import eval_loaders, lean_eval_applies
 from recbole_beta.data.heldout import (
@@ -174,6 +175,7 @@ def run_recbole_beta(
     queue=None,
     per_user=False,
     argv=(),
+    console_level=None,
 ):
     """Train and test one model (the plugin's or RecBole's) on one dataset.
 
@@ -189,6 +191,8 @@ def run_recbole_beta(
             user's training activity), from RecBole's metric classes on the evaluator's top-k lists.
         argv (list of str): command-line arguments whose ``--key=value`` items override everything
             (the CLI passes its own); by default none, whatever ``sys.argv`` holds.
+        console_level (int): if given, the level of RecBole's console log (a sweep's progress bar keeps
+            it at WARNING); the log file keeps ``state``.
 
     Returns:
         dict: best_valid_score, best_valid_result, test_result, history (per epoch), checkpoint,
@@ -202,7 +206,7 @@ def run_recbole_beta(
         for folder in (os.path.join("log", config["model"]), config["checkpoint_dir"]):
             os.makedirs(folder, exist_ok=True)
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    init_logger(config, console_level)
     logger = getLogger()
     for warning in unknown_key_warnings(config.external_config_dict):  # a typo would change nothing silently
         logger.warning(warning)

@@ -1,7 +1,8 @@
 """The plugin's trainers: RecBole's own, with what the plugin adds to every one of them.
 
-- :class:`PluginTrainerMixin`: the per-epoch history, exact resume (the random generators' states in
-  the checkpoint) and the stop on a non-finite loss, over compat's safe checkpoints. The registry
+- :class:`PluginTrainerMixin`: the per-epoch history, exact resume (the optimizers, each parameter's
+  state in the layout the model holds it in, the random generators' states and the split in the
+  checkpoint) and the stop on a non-finite loss, over :mod:`~recbole_beta.checkpoint`'s safe checkpoints. The registry
   puts it before every RecBole ``Trainer`` it hands out (``registry._safe``) and before ours.
 - :class:`CPUDistributed`: RecBole's DDP wrapping of the model, on the CPU (gloo) too.
 - :class:`BetaTrainer`: RecBole's ``Trainer`` for the BetaMultVAE family, with the beta of each epoch.
@@ -19,7 +20,7 @@ from recbole.utils import set_color
 from torch.nn.parallel import DistributedDataParallel
 
 from recbole_beta.collector import FastCollector
-from recbole_beta.compat import SafeCheckpointMixin
+from recbole_beta.checkpoint import SafeCheckpointMixin
 from recbole_beta.errors import CheckpointError, TrainingDivergedError
 from recbole_beta.files import plain
 
@@ -63,6 +64,30 @@ def restore_rng(state, train_data=None):
         torch.cuda.set_rng_state_all(state["cuda"])
     if "loader" in state and train_data is not None:
         train_data.generator.set_state(state["loader"])
+
+
+def _transposed(model, optimizer):
+    """Positions, in ``optimizer``'s parameter order, of the parameters a module of ``model`` holds
+    transposed: the names in its class's ``transposed_parameters`` (the plugin's sparse input path
+    holds its first layer's weight as W^T, ``TransposedLinear``; the dense path as W)."""
+    ids = {id(getattr(module, name)) for module in model.modules()
+           for name in getattr(type(module), "transposed_parameters", ())}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return [i for i, p in enumerate(params) if id(p) in ids]
+
+
+def _transpose_to_fit(optimizer, saved, here):
+    """Transpose the 2-d state tensors (Adam's moments) of each parameter held transposed in the
+    checkpoint (positions ``saved``) but not in this run (``here``), or the other way round: model
+    state dicts hold W either way, optimizer states the parameter's own layout. torch's
+    ``load_state_dict`` checks parameter counts, not shapes, and its fused Adam steps on moments of
+    the right size in the wrong shape without a word."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for position in set(saved) ^ set(here):
+        state = optimizer.state.get(params[position], {})
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.dim() == 2:
+                state[key] = value.t().contiguous()
 
 
 class PluginTrainerMixin(SafeCheckpointMixin):
@@ -127,6 +152,39 @@ class PluginTrainerMixin(SafeCheckpointMixin):
             self.history[-1]["valid"] = {k: float(v) for k, v in valid_result.items()}
         return valid_score, valid_result
 
+    def _optimizers(self):
+        """The trainer's optimizers by attribute name (RecVAETrainer keeps one per half, and points
+        ``optimizer`` at whichever ran last)."""
+        return {name: value for name, value in vars(self).items() if isinstance(value, torch.optim.Optimizer)}
+
+    def _optimizer_states(self):
+        states, aliases, seen = {}, {}, {}
+        for name, optimizer in sorted(self._optimizers().items(), key=lambda item: item[0] == "optimizer"):
+            if id(optimizer) in seen:
+                aliases[name] = seen[id(optimizer)]
+            else:
+                seen[id(optimizer)] = name
+                states[name] = optimizer.state_dict()
+        transposed = {name: _transposed(self.model, self._optimizers()[name]) for name in states}
+        return {"optimizers": states, "optimizer_aliases": aliases, "optimizer_transposed": transposed}
+
+    def _load_optimizer_states(self, checkpoint):
+        optimizers = self._optimizers()
+        # checkpoints written before the layouts were recorded (RecBole's, converted, and the plugin's
+        # own) hold every parameter as nn.Linear does: nothing transposed
+        saved_transposed = checkpoint.get("optimizer_transposed", {})
+        for name, state in checkpoint["optimizers"].items():
+            optimizer = optimizers[name]
+            # which kernel steps (torch's fused or foreach) is this run's choice, not the checkpoint's:
+            # the plugin's sparse path steps with the fused one, the dense path with RecBole's loop.
+            # Set before loading: torch places the loaded state (Adam's step count) by these flags.
+            groups = [{**saved, **{k: group[k] for k in ("fused", "foreach") if k in group}}
+                      for saved, group in zip(state["param_groups"], optimizer.param_groups)]
+            optimizer.load_state_dict({**state, "param_groups": groups + state["param_groups"][len(groups):]})
+            _transpose_to_fit(optimizer, saved_transposed.get(name, []), _transposed(self.model, optimizer))
+        for alias, target in checkpoint["optimizer_aliases"].items():
+            setattr(self, alias, optimizers[target])
+
     def _check_nan(self, loss):
         # RecBole's hook on every batch's loss (its own raises a bare ValueError, on NaN only)
         if not torch.isfinite(loss):
@@ -157,7 +215,7 @@ class PluginTrainerMixin(SafeCheckpointMixin):
 
     def resume_checkpoint(self, resume_file):
         checkpoint = super().resume_checkpoint(resume_file)
-        # the keys were compared before the data was read (compat.read_checkpoint); the data only now
+        # the keys were compared before the data was read (checkpoint.read_checkpoint); the data only now
         recorded = (checkpoint.get("split") or {}).get("fingerprint")
         if recorded is not None and self.split is not None and recorded != self.split["fingerprint"]:
             raise CheckpointError(

@@ -7,7 +7,7 @@ import pytest
 
 from recbole_beta.beta import STRATEGIES, BetaStrategy, register_strategy
 from recbole_beta.cli import main
-from recbole_beta.compat import load_checkpoint
+from recbole_beta.checkpoint import load_checkpoint
 
 
 def cli(monkeypatch, capsys, *args):

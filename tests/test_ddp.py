@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import BatchSampler, DistributedSampler
 
 from recbole_beta import quick_start
-from recbole_beta.compat import load_checkpoint
+from recbole_beta.checkpoint import load_checkpoint
 from recbole_beta.config import Config
 from recbole_beta.errors import CheckpointError, ConfigError, DatasetNotFoundError
 from recbole_beta.model.beta_multvae import BetaMultVAE, steps_per_epoch

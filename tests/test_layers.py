@@ -3,7 +3,7 @@ experiments and the command lines import the experiments.
 
 Read from the source with ``ast``, nothing imported: every ``import recbole_beta...`` and ``from
 recbole_beta... import ...`` (or relative import), at module level and inside functions alike.
-A part is a top-level module (``quick_start``, ``config``, ``registry``, ``trainer``, ``compat``,
+A part is a top-level module (``quick_start``, ``config``, ``registry``, ``trainer``, ``checkpoint``,
 ``files``, ...) or subpackage (``beta``, ``model``, ``data``, ``experiments``, ``tuning``, whether
 ``tuning.py`` or ``tuning/``). The command lines (``cli.py`` and ``__main__.py`` of any package)
 sit above every part, so each is a node of its own: ``python -m recbole_beta.data export`` builds a
@@ -134,3 +134,29 @@ def test_only_experiments_and_command_lines_import_experiments():
         and module.split(".")[-1] not in CLI_NAMES
     ]
     assert not offenders, "\n".join(offenders)
+
+
+def module_edges():
+    """Module -> the modules it imports (module level and inside functions alike), and where."""
+    edges, where = {}, {}
+    for module, line, target in import_graph():
+        if module != target:
+            edges.setdefault(module, set()).add(target)
+            where.setdefault((module, target), f"{module} line {line} imports {target}")
+    return edges, where
+
+
+def test_no_two_modules_import_each_other():
+    """Within a part too: a cycle of modules (runner -> parallel -> runner, say) is a cycle, lazy imports
+    counted; a package's ``__init__`` re-exporting its modules is an edge like any other."""
+    edges, where = module_edges()
+    cycle = find_cycle(edges)
+    assert cycle is None, "import cycle between modules: " + " -> ".join(cycle) + "\n" + "\n".join(
+        where[pair] for pair in zip(cycle, cycle[1:])
+    )
+
+
+def test_the_module_graph_sees_lazy_imports():
+    edges, _ = module_edges()
+    assert "recbole_beta.quick_start" in edges["recbole_beta.cli"]  # inside main()
+    assert find_cycle({"x.a": {"x.b"}, "x.b": {"x.a"}}) == ["x.a", "x.b", "x.a"]

@@ -176,12 +176,12 @@ def test_a_result_that_cannot_be_written_at_the_end_is_printed(monkeypatch, caps
 
 
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line(monkeypatch, capsys):
-    import recbole_beta.compat as compat
+    import recbole_beta.checkpoint as checkpoint
 
     def disk_full(path, write, binary=False):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(compat, "atomic_write", disk_full)
+    monkeypatch.setattr(checkpoint, "atomic_write", disk_full)
     code, err, _ = cli(monkeypatch, capsys, "--model=AnnealedBetaMultVAE", "--epochs=1")
     assert code == 2
     one_line(err, "cannot save the checkpoint saved/AnnealedBetaMultVAE-", "No space left on device; none was written")

@@ -4,7 +4,8 @@ metrics as one never stopped; checkpoints load with torch's weights-only loader 
 import pytest
 import torch
 
-from recbole_beta.compat import init_logger, load_checkpoint
+from recbole_beta.checkpoint import load_checkpoint
+from recbole_beta.compat import init_logger
 from recbole_beta.config import Config
 from recbole_beta.quick_start import prepare, run_recbole_beta
 from recbole.utils import init_seed

@@ -1,6 +1,6 @@
 """--resume with a file it cannot use fails with one line naming the file and why, before the dataset
 is loaded, never advising to switch torch's safe loader off; RecBole's own checkpoints convert
-explicitly (``python -m recbole_beta.compat convert-checkpoint IN OUT``), tampered files never run."""
+explicitly (``python -m recbole_beta.checkpoint convert-checkpoint IN OUT``), tampered files never run."""
 
 import os
 import pickle
@@ -12,8 +12,9 @@ import torch
 
 import recbole_beta.quick_start as quick_start
 from recbole_beta.cli import main
-from recbole_beta.compat import convert_checkpoint, init_logger, load_checkpoint
-from recbole_beta.compat import main as compat_main
+from recbole_beta.checkpoint import convert_checkpoint, load_checkpoint
+from recbole_beta.checkpoint import main as compat_main
+from recbole_beta.compat import init_logger
 from recbole_beta.errors import CheckpointError
 from recbole_beta.quick_start import run_recbole_beta
 
@@ -133,7 +134,7 @@ def test_recboles_own_checkpoint_is_refused_with_the_conversion_named(monkeypatc
     assert code == 2
     one_line(err, recbole_checkpoint)
     assert "RecBole 1.2.1" in err
-    assert f"python -m recbole_beta.compat convert-checkpoint {recbole_checkpoint} OUT.pth" in err
+    assert f"python -m recbole_beta.checkpoint convert-checkpoint {recbole_checkpoint} OUT.pth" in err
 
 
 @pytest.mark.parametrize("layout", ["pickle", "torch"])

@@ -283,7 +283,7 @@ def test_the_sparse_path_steps_with_fused_adam_as_recboles_loop_does():
 def test_a_checkpoint_resumes_on_the_other_input_path(fast, first, then, hidden):
     """The sparse path holds its first layer's weight transposed (TransposedLinear), Adam's moments
     with it: a checkpoint of one path resumes on the other, its moments transposed to fit."""
-    from recbole_beta.compat import load_checkpoint
+    from recbole_beta.checkpoint import load_checkpoint
 
     fast = {**fast, "mlp_hidden_size": hidden}
     saved = run_recbole_beta("BetaMultVAE", "ml-100k", config_dict={**fast, "epochs": 1, "sparse_input": first})

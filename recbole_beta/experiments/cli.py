@@ -44,7 +44,6 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from recbole_beta import compat
     from recbole_beta.experiments.report import write_report
     from recbole_beta.experiments.runner import run_sweep
     from recbole_beta.experiments.spec import SpecError, load_spec
@@ -57,10 +56,9 @@ def main(argv=None):
             if args.command == "ablation" and spec.cells == [{}]:
                 raise SpecError("an ablation spec needs a 'grid' or 'cells'")
             # RecBole logs every run to log/; on the console the progress bar says enough
-            compat.console_level = logging.WARNING
             ran, failed = run_sweep(spec, args.out, progress=not args.quiet, jobs=args.jobs, engine=args.engine,
                                     cpus=args.cpus, ray_address=args.ray_address, cpus_per_run=args.cpus_per_run,
-                                    gpus_per_run=args.gpus_per_run)
+                                    gpus_per_run=args.gpus_per_run, console_level=logging.WARNING)
             print(f"{ran} runs done now ({failed} failed); {len(spec.runs())} in the sweep")
             paths = write_report(args.out, spec, figures=not args.no_figures)
     except RecBoleBetaError as error:

@@ -39,9 +39,8 @@ from dataclasses import dataclass, replace
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from recbole_beta import compat
 from recbole_beta.errors import RecBoleBetaError, is_number
-from recbole_beta.experiments.runner import execute, new_record, run_paths, write_run
+from recbole_beta.experiments.records import execute, new_record, run_paths, write_run
 from recbole_beta.files import plain
 
 ENGINES = ("local", "ray")
@@ -97,15 +96,16 @@ class Workers:
                    cpus_per_run=1 if cpus_per_run is None else cpus_per_run,
                    gpus_per_run=0 if gpus_per_run is None else gpus_per_run)
 
-    def run(self, todo, spec, out_dir, bar):
-        """Run ``todo`` ([(index, run)]), updating ``bar`` as each ends; return the number that failed."""
+    def run(self, todo, spec, out_dir, bar, console_level=None):
+        """Run ``todo`` ([(index, run)]), updating ``bar`` as each ends; return the number that failed.
+        ``console_level``: of each run's RecBole console log (the driver's choice)."""
         out_dir = Path(out_dir).resolve()
         spec, overrides = portable(spec, [run for _, run in todo])
         progress = _Progress(bar)
         if self.engine == "ray":
-            _run_on_ray(self, todo, spec, out_dir, overrides, progress)
+            _run_on_ray(self, todo, spec, out_dir, overrides, progress, console_level)
         else:
-            _run_in_processes(self.jobs, todo, spec, out_dir, overrides, progress)
+            _run_in_processes(self.jobs, todo, spec, out_dir, overrides, progress, console_level)
         return progress.failed
 
 
@@ -122,8 +122,6 @@ def run_in_worker(run, spec, out_dir, index, overrides=None, console_level=None,
     ``capture_output``: this process's stdout and stderr (file descriptors 1 and 2: warnings, RecBole's
     console log, a traceback) go to ``output.log`` in the run's folder, not to the driver's console, where
     the progress bar is; for a worker process that ends with its run."""
-    if console_level is not None:
-        compat.console_level = console_level  # the driver's: RecBole's console output stays quiet
     try:
         work = Path(out_dir) / "work" / run.run_id
         work.mkdir(parents=True, exist_ok=True)
@@ -137,7 +135,7 @@ def run_in_worker(run, spec, out_dir, index, overrides=None, console_level=None,
         record.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(),
                       wall_seconds=0.0)
         return record, None
-    record, per_user = execute(run, spec, out_dir, index, overrides)
+    record, per_user = execute(run, spec, out_dir, index, overrides, console_level)
     try:
         write_run(out_dir, run, record, per_user)
     except OSError:
@@ -249,7 +247,7 @@ def _threads_per_process(jobs):
     return max(1, torch.get_num_threads() // jobs)
 
 
-def _run_in_processes(jobs, todo, spec, out_dir, overrides, progress):
+def _run_in_processes(jobs, todo, spec, out_dir, overrides, progress, console_level):
     context = multiprocessing.get_context("spawn")
     threads = _threads_per_process(jobs)
     queue, running = deque(todo), {}  # sentinel -> (process, index, run, the record path's stamp)
@@ -259,7 +257,7 @@ def _run_in_processes(jobs, todo, spec, out_dir, overrides, progress):
                 index, run = queue.popleft()
                 process = context.Process(
                     target=_process_main, name=f"recbole-beta run {run.run_id}",
-                    args=(run, spec, str(out_dir), index, overrides[run.run_id], compat.console_level, threads))
+                    args=(run, spec, str(out_dir), index, overrides[run.run_id], console_level, threads))
                 before = _stamp(out_dir, run)  # a record there now is an earlier sweep's
                 process.start()
                 running[process.sentinel] = (process, index, run, before)
@@ -321,23 +319,23 @@ def _same_on_disk(out_dir, run, record):
     return on_disk is not None and on_disk == json.loads(json.dumps(plain(record)))
 
 
-def _run_on_ray(workers, todo, spec, out_dir, overrides, progress):
+def _run_on_ray(workers, todo, spec, out_dir, overrides, progress, console_level):
     from recbole_beta.raycluster import RayUnavailable, ray_session
 
     try:
         with ray_session(workers.cpus, workers.address) as ray:
-            _submit_and_wait(ray, workers, todo, spec, out_dir, overrides, progress)
+            _submit_and_wait(ray, workers, todo, spec, out_dir, overrides, progress, console_level)
     except RayUnavailable as error:  # raised only in starting or reaching Ray
         raise EngineError(str(error)) from None
 
 
-def _submit_and_wait(ray, workers, todo, spec, out_dir, overrides, progress):
+def _submit_and_wait(ray, workers, todo, spec, out_dir, overrides, progress, console_level):
     task = ray.remote(num_cpus=workers.cpus_per_run, num_gpus=workers.gpus_per_run, max_calls=1,
                       max_retries=0)(_ray_task)
     spec_ref = ray.put(spec)
     pending = {}
     for index, run in todo:
-        ref = task.remote(run, spec_ref, str(out_dir), index, overrides[run.run_id], compat.console_level,
+        ref = task.remote(run, spec_ref, str(out_dir), index, overrides[run.run_id], console_level,
                           workers.cpus_per_run)
         pending[ref] = (index, run)
     # Ray queues what does not fit now, and runs it as resources free up

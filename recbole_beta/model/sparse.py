@@ -263,7 +263,7 @@ class TransposedLinear(nn.Module):
     """
 
     #: parameters held transposed, for whoever must map state kept per parameter (optimizer
-    #: moments in checkpoints, recbole_beta.compat) between this layer and nn.Linear
+    #: moments in checkpoints, recbole_beta.trainer) between this layer and nn.Linear
     transposed_parameters = ("weight_t",)
 
     def __init__(self, weight, bias):

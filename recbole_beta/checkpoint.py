@@ -1,0 +1,452 @@
+"""Checkpoints: saved as plain data that torch's safe loader (``weights_only=True``) reads, checked before a
+resume, and RecBole 1.2.1's own checkpoints converted on request.
+
+Why not RecBole's: RecBole 1.2.1 pickles its Config object (and models' numpy/scipy attributes) into
+checkpoints with ``pickle_protocol=4`` and reads them back with a bare ``torch.load``, which torch >= 2.6
+refuses. :class:`SafeCheckpointMixin` replaces only the saving and loading, for any RecBole ``Trainer``
+subclass; training and evaluation run through RecBole's own code. What the plugin's trainers add to a
+checkpoint (optimizers and their layout, history, random generators, the split) is theirs: see
+:mod:`recbole_beta.trainer`.
+
+    python -m recbole_beta.checkpoint convert-checkpoint IN.pth OUT.pth   # a RecBole 1.2.1 checkpoint, once
+"""
+
+import argparse
+import os
+import pickle
+import sys
+import types
+import warnings
+import zipfile
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from recbole.utils import set_color
+
+from recbole_beta.data.heldout import describe_split, split_keys
+from recbole_beta.errors import CheckpointError, OutputError, TrainingDivergedError, fail
+from recbole_beta.files import atomic_write, plain
+
+_TAG = "__recbole_beta__"
+
+
+def encode(value):
+    """Make model attributes (numpy arrays, scipy sparse matrices, nested dicts) safe to save."""
+    if isinstance(value, dict):
+        return {k: encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(encode(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return {_TAG: "ndarray", "data": torch.from_numpy(np.ascontiguousarray(value))}
+    if sp.issparse(value):
+        coo = value.tocoo()
+        return {
+            _TAG: "sparse",
+            "format": value.format,
+            "shape": list(coo.shape),
+            "row": torch.from_numpy(coo.row.astype(np.int64)),
+            "col": torch.from_numpy(coo.col.astype(np.int64)),
+            "data": torch.from_numpy(coo.data),
+        }
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def decode(value):
+    """Inverse of :func:`encode`."""
+    if isinstance(value, dict):
+        kind = value.get(_TAG)
+        if kind == "ndarray":
+            return value["data"].numpy()
+        if kind == "sparse":
+            coo = sp.coo_matrix(
+                (value["data"].numpy(), (value["row"].numpy(), value["col"].numpy())), shape=tuple(value["shape"])
+            )
+            return coo.asformat(value["format"])
+        return {k: decode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(decode(v) for v in value)
+    return value
+
+
+def load_checkpoint(path, device="cpu"):
+    """Read a checkpoint this project wrote, with torch's safe (weights-only) loader."""
+    checkpoint = torch.load(str(path), map_location=device, weights_only=True)
+    checkpoint["other_parameter"] = decode(checkpoint.get("other_parameter"))
+    return checkpoint
+
+
+#: what every checkpoint holds, the plugin's and RecBole's
+_CHECKPOINT_KEYS = ("config", "epoch", "state_dict")
+
+#: globals a RecBole 1.2.1 checkpoint may hold besides classes of recbole and scipy.sparse
+#: (Config, its enums, the model class, sparse matrices): read by ``convert-checkpoint`` only
+_CONVERTIBLE = {
+    ("collections", "OrderedDict"),
+    ("torch", "device"),
+    ("torch", "Size"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy", "matrix"),  # EASE's item similarity
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("copyreg", "_reconstructor"),
+    ("_codecs", "encode"),
+    ("builtins", "object"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "slice"),
+    ("yaml.loader", "FullLoader"),
+    ("yaml.loader", "SafeLoader"),
+}
+_CONVERTIBLE_CLASS_MODULES = ("recbole.", "recbole_beta.", "scipy.sparse.")
+
+
+def _convertible(module, name):
+    """True for the globals ``convert-checkpoint`` reads: those of RecBole's checkpoints, nothing that runs."""
+    if (module, name) in _CONVERTIBLE:
+        return True
+    if module in ("torch", "torch.storage") and name.endswith("Storage"):
+        return True  # how a torch file names its tensors' storages (torch's loader maps these itself)
+    return "." not in name and module.startswith(_CONVERTIBLE_CLASS_MODULES)
+
+
+class _Stub:
+    """Stands for every object while a refused file is inspected: nothing it names is imported or called."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Stub()
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+
+class _GlobalsScanner(pickle.Unpickler):
+    """Lists the globals (``module.name``) a pickle would import, without importing or calling any."""
+
+    def __init__(self, file):
+        super().__init__(file)
+        self.found = []
+
+    def find_class(self, module, name):
+        if (module, name) not in self.found:
+            self.found.append((module, name))
+        return _Stub
+
+    def persistent_load(self, pid):
+        return None
+
+
+def pickled_globals(path):
+    """The globals a torch or pickle file would import when fully unpickled, as (module, name) pairs,
+    found without importing or running any of them."""
+    # not torch.serialization.get_unsafe_globals_in_checkpoint: on torch 2.13 it stops at RecBole's pickle
+    # protocol 4 ("Unsupported operand 149"), the very files this must name
+    found = []
+
+    def scan(file, limit):
+        for _ in range(limit):  # torch's legacy format is several pickles in a row
+            scanner = _GlobalsScanner(file)
+            try:
+                scanner.load()
+            except Exception:
+                break
+            finally:
+                found.extend(g for g in scanner.found if g not in found)
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                for member in archive.namelist():
+                    if member.endswith("data.pkl"):
+                        with archive.open(member) as file:
+                            scan(file, 1)
+        else:
+            with open(path, "rb") as file:
+                scan(file, 5)
+    except (OSError, zipfile.BadZipFile):
+        pass
+    return found
+
+
+def _refusal(path):
+    """Why the safe loader refused ``path``, as one line, never advising to switch it off."""
+    found = pickled_globals(path)
+    foreign = [f"{module}.{name}" for module, name in found if not _convertible(module, name)]
+    if foreign:
+        return (
+            f"cannot resume from {path}: it would import and call {foreign[0]}, which no checkpoint holds "
+            "(a tampered file?); the safe loader refused it and nothing in it was run"
+        )
+    if any(module.startswith("recbole.") for module, _ in found):
+        return (
+            f"cannot resume from {path}: it holds pickled Python objects (RecBole's Config), as the checkpoints "
+            "RecBole 1.2.1 writes itself do, which the safe loader does not read; if you trust the file, convert "
+            f"it once with `python -m recbole_beta.checkpoint convert-checkpoint {path} OUT.pth` and resume from OUT.pth"
+        )
+    return f"cannot resume from {path}: not a checkpoint (it holds Python objects the safe loader does not read)"
+
+
+def read_checkpoint(path, config=None, device="cpu"):
+    """:func:`load_checkpoint` for ``--resume``, with every failure as one :class:`CheckpointError` line
+    naming the file and why: missing, not a checkpoint, refused by the safe loader (a RecBole checkpoint,
+    or a tampered file), or, given ``config``, a checkpoint of another model or dataset."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"cannot resume from {path}: no such file")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"cannot resume from {path}: not a file (give a .pth checkpoint written by a run)")
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of RecBole's own files
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:
+        if isinstance(error, pickle.UnpicklingError) and pickled_globals(path):
+            raise CheckpointError(_refusal(path)) from None
+        raise CheckpointError(
+            f"cannot resume from {path}: not a checkpoint (torch cannot read it: an empty, truncated or other file)"
+        ) from None
+    if not isinstance(checkpoint, dict) or not all(key in checkpoint for key in _CHECKPOINT_KEYS):
+        raise CheckpointError(
+            f"cannot resume from {path}: not a checkpoint of a run (a torch file without {', '.join(_CHECKPOINT_KEYS)})"
+        )
+    if "optimizers" not in checkpoint:
+        raise CheckpointError(f"cannot resume from {path}: not a recbole-beta checkpoint (no optimizer states)")
+    if config is not None:
+        saved = checkpoint["config"]
+        here = (config["model"], config["dataset"])
+        there = (saved.get("model"), saved.get("dataset"))
+        if here[0].lower() != str(there[0]).lower() or here[1] != there[1]:
+            raise CheckpointError(
+                f"cannot resume from {path}: it is a checkpoint of {there[0]} on {there[1]}, "
+                f"not of {here[0]} on {here[1]}"
+            )
+        # checkpoints written before the split was recorded carry none: nothing to compare
+        recorded = (checkpoint.get("split") or {}).get("keys")
+        if recorded is not None and plain(recorded) != plain(split_keys(config)):
+            raise CheckpointError(
+                f"cannot resume from {path}: it was trained under {describe_split(recorded)}, this run is "
+                f"{describe_split(split_keys(config))}; resumed, the model would have trained on this run's "
+                "held-out data: resume with the checkpoint's split keys, or train afresh"
+            )
+    checkpoint["other_parameter"] = decode(checkpoint.get("other_parameter"))
+    return checkpoint
+
+
+# not torch.serialization.safe_globals with weights_only=True: torch 2.13's weights-only unpickler refuses
+# RecBole's pickle protocol 4 whatever is allow-listed ("Unsupported operand 149")
+class _ConvertUnpickler(pickle.Unpickler):
+    """Unpickles RecBole 1.2.1 checkpoints only: every global must be one such a checkpoint holds
+    (:func:`_convertible`), and a class named in recbole or scipy.sparse must be defined there."""
+
+    def find_class(self, module, name):
+        if not _convertible(module, name):
+            raise CheckpointError(f"{module}.{name}")
+        found = super().find_class(module, name)
+        if (module, name) not in _CONVERTIBLE and not (
+            isinstance(found, type) and found.__module__.startswith(_CONVERTIBLE_CLASS_MODULES)
+        ):
+            raise CheckpointError(f"{module}.{name}")
+        return found
+
+
+def _convert_pickle_module():
+    module = types.ModuleType("recbole_beta_convert_pickle")
+    module.Unpickler = _ConvertUnpickler
+    module.load = lambda file, **kwargs: _ConvertUnpickler(file, **kwargs).load()
+    return module
+
+
+def convert_checkpoint(source, target):
+    """Rewrite a checkpoint that RecBole 1.2.1 itself wrote in the plugin's safe format; return ``target``.
+
+    RecBole pickles its Config object into checkpoints, which torch's safe loader refuses. This reads
+    such a file with a full unpickler, which it is asked for explicitly (``python -m recbole_beta.checkpoint
+    convert-checkpoint IN OUT``) and which accepts only the globals a RecBole checkpoint holds: a file
+    that would import anything else (``os.system``, say) is refused before anything in it runs.
+    RecBole's checkpoints hold no valid metrics and no random-generator states, so a run resumed from
+    the result continues from the weights and the optimizer, not bit for bit.
+    """
+    source, target = os.fspath(source), os.fspath(target)
+    if not os.path.isfile(source):
+        raise CheckpointError(f"cannot convert {source}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            safe = torch.load(source, map_location="cpu", weights_only=True)
+        if isinstance(safe, dict) and "optimizers" in safe:
+            raise CheckpointError(f"cannot convert {source}: already a recbole-beta checkpoint; resume from it as it is")
+    except CheckpointError:
+        raise
+    except Exception:
+        pass  # refused or unreadable: the restricted unpickler below says which
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            old = torch.load(source, map_location="cpu", weights_only=False, pickle_module=_convert_pickle_module())
+    except CheckpointError as refused:
+        raise CheckpointError(
+            f"cannot convert {source}: it would import {refused}, which a RecBole checkpoint never holds "
+            "(a tampered file?); refused, and nothing in it was run"
+        ) from None
+    except Exception:
+        raise CheckpointError(
+            f"cannot convert {source}: not a checkpoint RecBole wrote (torch cannot read it: an empty, truncated "
+            "or other file)"
+        ) from None
+    if not isinstance(old, dict) or not all(key in old for key in _CHECKPOINT_KEYS):
+        raise CheckpointError(f"cannot convert {source}: not a checkpoint RecBole wrote (no {', '.join(_CHECKPOINT_KEYS)})")
+    config = old["config"]
+    final = getattr(config, "final_config_dict", config)
+    if not isinstance(final, dict) or "model" not in final:
+        raise CheckpointError(f"cannot convert {source}: its config names no model")
+    state = {
+        "config": plain(dict(final)),
+        "config_overrides": plain(dict(getattr(config, "external_config_dict", {}) or {})),
+        "epoch": int(old["epoch"]),
+        "cur_step": int(old.get("cur_step", 0)),
+        "best_valid_score": float(old.get("best_valid_score", float("-inf"))),
+        "best_valid_result": {},
+        "history": [],
+        "state_dict": old["state_dict"],
+        "other_parameter": encode(old.get("other_parameter") or {}),
+        "optimizers": {"optimizer": old["optimizer"]} if old.get("optimizer") is not None else {},
+        "optimizer_aliases": {},
+        "converted_from": os.path.abspath(source),
+    }
+    atomic_write(target, lambda f: torch.save(state, f), binary=True)
+    load_checkpoint(target)  # what was written is plain data: the safe loader reads it
+    return target
+
+
+def main(argv=None):
+    """``python -m recbole_beta.checkpoint convert-checkpoint IN OUT``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m recbole_beta.checkpoint",
+        description="Checkpoints of RecBole 1.2.1 on today's stack.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    convert = commands.add_parser(
+        "convert-checkpoint",
+        help="rewrite a checkpoint RecBole 1.2.1 wrote (which torch's safe loader refuses) in the plugin's "
+        "safe format, for --resume; only for files you trust",
+    )
+    convert.add_argument("source", help="the RecBole checkpoint (.pth)")
+    convert.add_argument("target", help="where the converted checkpoint goes (.pth)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        convert_checkpoint(args.source, args.target)
+    except CheckpointError as error:
+        return fail(error)
+    state = load_checkpoint(args.target)
+    model, dataset = state["config"]["model"], state["config"]["dataset"]
+    print(f"wrote {args.target}: {model} on {dataset}, after epoch {state['epoch']}")
+    print(f"resume with: python run_recbole_beta.py --model={model} --dataset={dataset} --resume={args.target}")
+    return 0
+
+
+class SafeCheckpointMixin:
+    """Put before a RecBole ``Trainer`` subclass: checkpoints that torch's safe loader reads.
+
+    Saving, resuming and loading the best model for the test are RecBole's, with the state as plain
+    data and read with ``weights_only=True``. The trainer says what else a checkpoint holds: its
+    optimizers (``_optimizer_states`` and ``_load_optimizer_states``, which it must define: see
+    :class:`recbole_beta.trainer.PluginTrainerMixin`) and keys of its own, added in ``_checkpoint_state``
+    and read from what ``resume_checkpoint`` returns.
+    """
+
+    def _checkpoint_state(self, epoch):
+        """What a checkpoint holds: RecBole's keys (recbole/trainer/trainer.py lines 299-307) as plain data."""
+        return {
+            "config": plain(self.config.final_config_dict),
+            "config_overrides": plain(self.config.external_config_dict),
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": float(self.best_valid_score),
+            "state_dict": self.model.state_dict(),
+            "other_parameter": encode(self.model.other_parameter()),
+            **self._optimizer_states(),
+        }
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        # mirrors RecBole's Trainer._save_checkpoint (recbole/trainer/trainer.py lines 296-312); changed: the
+        # state (_checkpoint_state), and torch.save's default pickle protocol (the weights-only unpickler
+        # rejects protocol 4, RecBole's choice) into a file written atomically
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        bad = next((name for name, p in self.model.state_dict().items()
+                    if torch.is_tensor(p) and p.is_floating_point() and not torch.isfinite(p).all()), None)
+        if bad is not None:  # never a checkpoint to resume from or test that holds NaN/inf weights
+            kept = (f"the last good checkpoint {saved_model_file} is kept" if os.path.exists(saved_model_file)
+                    else "no checkpoint had been saved")
+            raise TrainingDivergedError(
+                f"the weights became non-finite ({bad}) by epoch {epoch}; stopped without saving them, {kept}. "
+                "Lower learning_rate or the beta keys, or set clip_grad_norm"
+            )
+        state = self._checkpoint_state(epoch)
+        try:
+            atomic_write(saved_model_file, lambda f: torch.save(state, f), binary=True)
+        except OSError as error:  # a full disk, say: the file written before (if any) is untouched
+            kept = "the last checkpoint written is kept" if os.path.exists(saved_model_file) else "none was written"
+            raise OutputError(f"cannot save the checkpoint {saved_model_file}: {error.strerror or error}; {kept}") from None
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def _load_model_state(self, checkpoint):
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+
+    def resume_checkpoint(self, resume_file):
+        """RecBole's ``resume_checkpoint``, returning the checkpoint read (for what a subclass keeps in it)."""
+        # mirrors recbole/trainer/trainer.py lines 321-342; changed: the file is read with the safe loader and
+        # checked (read_checkpoint: one-line CheckpointErrors, another model or dataset among them, where
+        # RecBole warns), every optimizer is restored, and weights that do not fit fail in one line too
+        resume_file = str(resume_file)
+        self.saved_model_file = resume_file
+        checkpoint = read_checkpoint(resume_file, self.config, self.device)
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        try:
+            self._load_model_state(checkpoint)
+            self._load_optimizer_states(checkpoint)
+        except (RuntimeError, KeyError, ValueError) as error:
+            detail = " ".join(str(error).split())
+            raise CheckpointError(
+                f"cannot resume from {resume_file}: it does not fit this {self.config['model']} (another "
+                f"architecture or item count?): {detail[:300]}"
+            ) from None
+        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+        return checkpoint
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        # recbole/trainer/trainer.py lines 581-589 (load the best model) with the safe loader; the rest is RecBole's
+        if load_best_model and eval_data:
+            checkpoint_file = model_file or self.saved_model_file
+            self._load_model_state(load_checkpoint(checkpoint_file, self.device))
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        return super().evaluate(eval_data, load_best_model=False, model_file=model_file, show_progress=show_progress)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
