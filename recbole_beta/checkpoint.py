@@ -26,7 +26,7 @@ from recbole.utils import set_color
 
 from recbole_beta.data.heldout import describe_split, split_keys
 from recbole_beta.errors import CheckpointError, OutputError, TrainingDivergedError, fail
-from recbole_beta.files import atomic_write, plain
+from recbole_beta.files import atomic_write, plain, require_file
 
 _TAG = "__recbole_beta__"
 
@@ -211,10 +211,8 @@ def read_checkpoint(path, config=None, device="cpu"):
     naming the file and why: missing, not a checkpoint, refused by the safe loader (a RecBole checkpoint,
     or a tampered file), or, given ``config``, a checkpoint of another model or dataset."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CheckpointError(f"cannot resume from {path}: no such file")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"cannot resume from {path}: not a file (give a .pth checkpoint written by a run)")
+    require_file(path, lambda why: CheckpointError(f"cannot resume from {path}: {why}"),
+                 not_file="not a file (give a .pth checkpoint written by a run)")
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of RecBole's own files
             warnings.simplefilter("ignore")

@@ -15,6 +15,7 @@ import yaml
 from recbole.config import Config as RecBoleConfig
 
 from recbole_beta.defaults import model_files, properties_dir
+from recbole_beta.files import require_file
 from recbole_beta.errors import (
     ConfigError, ConfigFileError, RecBoleBetaError, RecBoleConfigError, check, check_number, is_number,
 )
@@ -239,10 +240,8 @@ def check_protocol_keys(config):
 
 def check_config_file(file, loader):
     """Raise :class:`ConfigFileError` unless ``file`` is a readable YAML mapping (or empty)."""
-    if not os.path.exists(file):
-        raise ConfigFileError(f"config file {file}: no such file")
-    if not os.path.isfile(file):
-        raise ConfigFileError(f"config file {file}: not a file (give YAML files, separated by spaces)")
+    require_file(file, lambda why: ConfigFileError(f"config file {file}: {why}"),
+                 not_file="not a file (give YAML files, separated by spaces)")
     try:
         with open(file, encoding="utf-8") as f:
             content = yaml.load(f.read(), Loader=loader)

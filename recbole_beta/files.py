@@ -114,3 +114,13 @@ def ensure_writable(folder, what):
     except OSError as error:
         raise OutputError(f"{what}={os.fspath(folder)!r} cannot be written: {error.strerror or error}") from None
     return folder
+
+
+def require_file(path, error, missing="no such file", not_file="not a file"):
+    """Raise ``error(reason)`` (a one-line error naming the caller's file) unless ``path`` is an existing
+    regular file: ``missing`` if nothing is there, ``not_file`` if a folder (or other) is."""
+    if not os.path.exists(path):
+        raise error(missing)
+    if not os.path.isfile(path):
+        raise error(not_file)
+    return path

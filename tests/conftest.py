@@ -40,3 +40,15 @@ def write_tiny_dataset(root, name="tiny"):
         # everything in training: the loss test needs every user's whole row
         "eval_args": {"split": {"RS": [1.0, 0.0, 0.0]}, "group_by": "user", "order": "RO", "mode": "full"},
     }
+
+
+def run_cli(monkeypatch, capsys, *args):
+    """Run the CLI as `python run_recbole_beta.py ARGS` (RecBole's Config reads sys.argv); return
+    (exit code, stderr stripped, stdout)."""
+    from recbole_beta.cli import main
+
+    argv = ["--state=WARNING", "--show_progress=False", *args]
+    monkeypatch.setattr(sys, "argv", ["run_recbole_beta.py", *argv])
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.err.strip(), captured.out

@@ -9,14 +9,10 @@ from recbole_beta.beta import STRATEGIES, BetaStrategy, register_strategy
 from recbole_beta.cli import main
 from recbole_beta.checkpoint import load_checkpoint
 
+from conftest import run_cli
 
-def cli(monkeypatch, capsys, *args):
-    """Run the CLI as `python run_recbole_beta.py ARGS` (RecBole's Config reads sys.argv)."""
-    argv = ["--state=WARNING", "--show_progress=False", *args]
-    monkeypatch.setattr(sys, "argv", ["run_recbole_beta.py", *argv])
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.err.strip(), captured.out
+
+cli = run_cli
 
 
 CASES = [

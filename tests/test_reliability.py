@@ -6,35 +6,29 @@ import json
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
 import recbole_beta.quick_start as quick_start
-from recbole_beta.cli import main
 from recbole_beta.config import Config
 from recbole_beta.data.cli import main as data_main
-from recbole_beta.errors import CheckpointError, OutputError, TrainingDivergedError
+from recbole_beta.errors import CheckpointError, TrainingDivergedError
 from recbole_beta.experiments import analysis
 from recbole_beta.experiments.cli import main as sweep_main
 from recbole_beta.experiments.runner import SweepLock
 from recbole_beta.quick_start import prepare, run_recbole_beta
 
+from conftest import run_cli
+
 QUIET = {"state": "WARNING", "show_progress": False, "results_dir": None}
 STRONG = {"eval_protocol": "strong", "heldout_users": 50}
 
 
-def cli(monkeypatch, capsys, *args):
-    argv = ["--state=WARNING", "--show_progress=False", *args]
-    monkeypatch.setattr(sys, "argv", ["run_recbole_beta.py", *argv])
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.err.strip(), captured.out
+cli = run_cli
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import numpy as np
 from recbole.config import Config as RecBoleConfig
 
 from recbole_beta.config import known_keys, properties_dir
+from recbole_beta.files import require_file
 from recbole_beta.errors import RecBoleBetaError
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "quniform")
@@ -230,10 +231,8 @@ def read_params_file(path, known=None):
             (``recbole_beta.config.known_keys``).
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ParamsFileError(f"{path}: params file not found")
-    if not os.path.isfile(path):
-        raise ParamsFileError(f"{path}: not a file (give a params file: one '<key> <distribution> <values>' a line)")
+    require_file(path, lambda why: ParamsFileError(f"{path}: {why}"), missing="params file not found",
+                 not_file="not a file (give a params file: one '<key> <distribution> <values>' a line)")
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
