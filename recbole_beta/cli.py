@@ -27,13 +27,13 @@ def build_parser():
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args, rest = build_parser().parse_known_args(argv)  # the rest are --key=value, read by RecBole's Config
-    for arg in rest:  # RecBole's Config reads --key=value only: anything else would be dropped silently
-        if not (arg.startswith("--") and "=" in arg and arg[2:].partition("=")[0]):
-            return fail(f"{arg!r} is not a --key=value argument: write a config key with its value, e.g. "
-                        f"--{arg.lstrip('-').partition('=')[0] or 'epochs'}=VALUE")
-    config_files = args.config_files.strip().split(" ") if args.config_files else None
+    from recbole_beta.config import split_key_values  # heavy imports after --help
+    from recbole_beta.quick_start import run
 
-    from recbole_beta.quick_start import run  # heavy imports after --help
+    for arg in split_key_values(rest)[1]:  # RecBole's Config reads --key=value only: others would be dropped silently
+        return fail(f"{arg!r} is not a --key=value argument: write a config key with its value, e.g. "
+                    f"--{arg.lstrip('-').partition('=')[0] or 'epochs'}=VALUE")
+    config_files = args.config_files.strip().split(" ") if args.config_files else None
 
     try:
         result = run(

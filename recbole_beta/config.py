@@ -31,6 +31,20 @@ _OTHER_KEYS = (
 )
 
 
+def split_key_values(args):
+    """The ``--key=value`` arguments of ``args`` as (key, value string) pairs, in order, and the arguments that
+    are not of that form. The one reading of them for every command line: as RecBole's ``_load_cmd_line``
+    reads them (one ``=``; a value holding another is not a key=value argument)."""
+    pairs, others = [], []
+    for arg in args:
+        key, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if key and sep and "=" not in value:
+            pairs.append((key, value))
+        else:
+            others.append(arg)
+    return pairs, others
+
+
 @lru_cache(maxsize=None)
 def known_keys():
     """Every config key RecBole or the plugin knows: the keys of all their property files (so a key
@@ -108,12 +122,9 @@ class Config(RecBoleConfig):
         if self._argv is None:
             return super()._load_cmd_line()
         given = {}
-        for arg in self._argv:
-            key, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-            if not key or not sep or "=" in value:
-                continue
+        for key, value in split_key_values(self._argv)[0]:
             if key in given and given[key] != value:
-                raise SyntaxError(f"There are duplicate commend arg '{arg}' with different value.")
+                raise SyntaxError(f"There are duplicate commend arg '--{key}={value}' with different value.")
             given[key] = value
         return self._convert_config_dict(given)
 

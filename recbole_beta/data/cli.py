@@ -180,13 +180,12 @@ def build_parser():
 
 def _config_overrides(extra):
     """``--key=value`` arguments as a config dict (RecBole's Config converts the values)."""
-    overrides = {}
-    for arg in extra:
-        key, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-        if not key or not sep:
-            raise ConversionError(f"unrecognised argument {arg!r}: config keys are given as --key=value")
-        overrides[key] = value
-    return overrides
+    from recbole_beta.config import split_key_values
+
+    pairs, others = split_key_values(extra)
+    if others:
+        raise ConversionError(f"unrecognised argument {others[0]!r}: config keys are given as --key=value")
+    return dict(pairs)
 
 
 def run_export(args, extra):

@@ -21,6 +21,8 @@ from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from recbole_beta.figures import save_figure
+
 
 __all__ = [
     "label_colors",
@@ -29,7 +31,6 @@ __all__ = [
     "plot_activity_buckets",
 ]
 
-DPI = 150
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -43,14 +44,7 @@ def label_colors(labels):
 
 
 def _save(fig, out_dir, stem):
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png, svg = out_dir / f"{stem}.png", out_dir / f"{stem}.svg"
-    fig.savefig(png, dpi=DPI)
-    # no date and no random ids in the SVG, so re-plotting the same data gives the same file
-    with matplotlib.rc_context({"svg.hashsalt": stem}):
-        fig.savefig(svg, metadata={"Date": None})
-    return [png, svg]
+    return save_figure(fig, Path(out_dir) / stem)
 
 
 def _no_data(ax, text="no data"):

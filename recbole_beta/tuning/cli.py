@@ -5,6 +5,7 @@ import sys
 
 from recbole.config import Config as RecBoleConfig
 
+from recbole_beta.config import split_key_values
 from recbole_beta.errors import RecBoleBetaError, fail
 from recbole_beta.tuning.search import ALGOS, ENGINES, run_search
 from recbole_beta.tuning.space import TuningError
@@ -49,13 +50,10 @@ def build_parser():
 def _fixed_from_argv(unknown):
     """The other ``--key=value`` arguments as fixed config keys, converted as RecBole's Config converts
     its command line (``_load_cmd_line`` then ``_convert_config_dict``)."""
-    fixed = {}
-    for arg in unknown:
-        if not arg.startswith("--") or len(arg[2:].split("=")) != 2:
-            raise TuningError(f"unrecognized argument {arg!r}: config keys are given as --key=value")
-        key, value = arg[2:].split("=")
-        fixed[key] = value
-    return RecBoleConfig._convert_config_dict(None, fixed)
+    pairs, others = split_key_values(unknown)
+    if others:
+        raise TuningError(f"unrecognized argument {others[0]!r}: config keys are given as --key=value")
+    return RecBoleConfig._convert_config_dict(None, dict(pairs))
 
 
 def main(argv=None):

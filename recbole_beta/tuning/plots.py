@@ -13,9 +13,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
+from recbole_beta.figures import save_figure
 from recbole_beta.files import plain
-
-DPI = 150
 
 
 def _label(value):
@@ -87,9 +86,4 @@ def plot_trials(records, space, stem, best=None, bigger=True, metric="valid scor
         pax.set_title(f"{param.name} ({param.distribution})", fontsize="medium")
         if i % cols == 0:
             pax.set_ylabel(metric)
-    paths = []
-    for ext in ("png", "svg"):
-        path = f"{stem}.{ext}"
-        fig.savefig(path, dpi=DPI)
-        paths.append(path)
-    return paths
+    return [str(path) for path in save_figure(fig, stem)]
