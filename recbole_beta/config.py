@@ -277,8 +277,8 @@ def check_no_empty_values(given):
     for key, value in given.items():
         if key in _EMPTY_ALLOWED:
             continue
-        check(key, value, not (isinstance(value, str) and not value.strip()),
-              "a value is missing: write --key=value (or key: value in a config file)")
+        # exactly empty: a tab or a space is a value (field_separator: "\t")
+        check(key, value, value != "", "a value is missing: write --key=value (or key: value in a config file)")
 
 
 def _int_list(value):

@@ -281,10 +281,28 @@ def run_recbole_beta(
 
 def _run_rank(rank, model, dataset, config_file_list, kwargs):
     config_dict = dict(kwargs.get("config_dict") or {}, local_rank=rank)
-    run_recbole_beta(
-        model, dataset, config_file_list, config_dict, kwargs.get("saved", True), resume=kwargs.get("resume"),
-        queue=kwargs["queue"], argv=kwargs.get("argv", ()),
-    )
+    try:
+        run_recbole_beta(
+            model, dataset, config_file_list, config_dict, kwargs.get("saved", True), resume=kwargs.get("resume"),
+            queue=kwargs["queue"], argv=kwargs.get("argv", ()),
+        )
+    except RecBoleBetaError as error:  # the launcher raises it again, as one line (not torch's traceback)
+        kwargs["queue"].put({_RANK_ERROR: type(error).__name__, "message": str(error)})
+        raise
+
+
+#: the key of what a rank puts on the queue when it stops on a one-line error
+_RANK_ERROR = "__rank_error__"
+
+
+def _raise_rank_error(item):
+    """Raise a rank's one-line error in the launcher, as the class it had (a plain RecBoleBetaError if unknown)."""
+    import recbole_beta.errors as errors
+
+    cls = getattr(errors, item[_RANK_ERROR], None)
+    if not (isinstance(cls, type) and issubclass(cls, RecBoleBetaError)) or cls is errors.ConfigError:
+        cls = errors.RecBoleBetaError  # ConfigError takes (key, value, allowed): its message is whole already
+    raise cls(item["message"])
 
 
 def run(model, dataset, config_file_list=None, config_dict=None, saved=True, resume=None,
@@ -320,11 +338,25 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, res
     ranks = mp.spawn(_run_rank, args=(model, dataset, config_file_list, kwargs), nprocs=nproc, join=False)
     # read the result while the ranks run: rank 0 cannot exit before a result larger than the
     # pipe's buffer (64 KB: a long history) is read, so reading it after join() would hang
-    result = None
-    while not ranks.join(timeout=0.2):
-        if result is None and not queue.empty():
-            result = queue.get()
-    if result is None and not queue.empty():
-        result = queue.get()
+    result, error = None, None
+
+    def read():
+        nonlocal result, error
+        while not queue.empty():
+            item = queue.get()
+            if isinstance(item, dict) and _RANK_ERROR in item:
+                error = error or item
+            elif result is None:
+                result = item
+
+    try:
+        while not ranks.join(timeout=0.2):
+            read()
+    except (mp.ProcessRaisedException, mp.ProcessExitedException):
+        read()
+        if error is None:
+            raise
+        _raise_rank_error(error)
+    read()
     return result
 

@@ -346,3 +346,52 @@ def test_a_split_with_a_handful_of_training_users_warns(tmp_path, monkeypatch, c
     result = run_recbole_beta("Pop", "few", config_dict=config)
     assert result["protocol_users"]["train"] == 4
     assert "only 4 training users" in caplog.text
+
+
+# ------------------------------------------------------------------ found in review
+
+def test_a_separator_is_a_value_not_a_missing_one(tmp_path):
+    """A tab or a space is what RecBole's separator keys hold: only an empty value is missing."""
+    f = tmp_path / "c.yaml"
+    f.write_text('field_separator: "\\t"\nseq_separator: " "\n')
+    config = Config("Pop", "ml-100k", config_file_list=[str(f)], config_dict={"state": "WARNING"}, argv=[])
+    assert config["field_separator"] == "\t" and config["seq_separator"] == " "
+
+
+def test_a_record_that_is_json_but_not_a_record_is_redone(tmp_path, capsys):
+    spec, out = sweep_spec(tmp_path / "s.yaml", ("Pop",)), tmp_path / "out"
+    assert sweep_main(["run", str(spec), "--out", str(out), "--quiet", "--no-figures"]) == 0
+    record = next((out / "runs").glob("Pop__*.json"))
+    record.write_text("null")
+    assert sweep_main(["report", str(out), "--no-figures"]) == 0  # named, not a traceback
+    assert "not a run record" in (out / "report.md").read_text()
+    assert sweep_main(["run", str(spec), "--out", str(out), "--quiet", "--no-figures"]) == 0
+    assert "not a run record" in capsys.readouterr().err
+    assert json.loads(record.read_text())["status"] == "ok"
+
+
+def test_a_split_in_time_order_does_not_depend_on_the_seed():
+    from recbole_beta.data.heldout import split_keys
+
+    def keys(order, seed):
+        args = {"split": {"RS": [0.8, 0.1, 0.1]}, "group_by": "user", "order": order, "mode": "full"}
+        return split_keys(Config("Pop", "ml-100k", config_dict={"eval_args": args, "seed": seed, "state": "WARNING"},
+                                 argv=[]))
+
+    assert keys("TO", 1) == keys("TO", 2)  # sorted by time: the seed moves nothing
+    assert keys("RO", 1) != keys("RO", 2)  # shuffled with the seed
+
+
+def test_an_error_in_a_ddp_rank_is_one_line(tmp_path, monkeypatch):
+    """What a rank stops on (here the split: more folds than users) reaches the launcher as itself."""
+    from conftest import write_tiny_dataset
+    from recbole_beta.errors import RecBoleBetaError
+    from recbole_beta.quick_start import run
+
+    monkeypatch.chdir(tmp_path)
+    tiny = write_tiny_dataset(tmp_path)
+    config = {**QUIET, **tiny, "eval_protocol": "strong", "heldout_folds": 5, "heldout_users": 1,
+              "use_gpu": False, "epochs": 1}
+    dataset = config.pop("dataset")
+    with pytest.raises(RecBoleBetaError, match="cuts 4 users into folds that hold no test user"):
+        run("Pop", dataset, config_dict=config, nproc=2, port="29611")

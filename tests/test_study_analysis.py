@@ -145,14 +145,15 @@ def test_corrected_resampled_ttest_by_hand(sweep):
         record = next(r for r in runs if (r["label"], r["fold"], r["seed"]) == (label, fold, seed))
         return np.load(out / "runs" / f"{record['run_id']}.per_user.npz")["ndcg@100"].mean()
 
-    d = np.array([run_mean("Better", f, s) - run_mean("Ref", f, s) for f in range(N_FOLDS) for s in SEEDS])
+    # the seeds retrain on the same folds: averaged within each fold, the test runs over the 3 fold means
+    d = np.array([np.mean([run_mean("Better", f, s) - run_mean("Ref", f, s) for s in SEEDS]) for f in range(N_FOLDS)])
     j = len(d)
     t = d.mean() / np.sqrt((1 / j + PER_FOLD / 100) * d.var(ddof=1))  # n_test / n_train = 40 / 100
     row = sig[sig["label"] == "Better"].iloc[0]
-    assert row["n_runs"] == 6
+    assert row["n_runs"] == 3
     assert row["t_nb"] == pytest.approx(t)
     assert row["p_nb"] == pytest.approx(2 * stats.t.sf(abs(t), j - 1))
-    # smaller than the naive t over the same six differences: the correction widens the variance
+    # smaller than the naive t over the same three differences: the correction widens the variance
     assert abs(row["t_nb"]) < abs(stats.ttest_1samp(d, 0).statistic)
     np.testing.assert_allclose(sig["p_nb_adj"], stats.false_discovery_control(sig["p_nb"]))
 
@@ -162,7 +163,7 @@ def test_pairs_only_the_folds_and_seeds_both_ran(tmp_path):
     partial = [r for r in runs if not (r["label"] == "A" and r["fold"] == 2)]
     sig = analysis.significance(tmp_path, partial, "Ref", metrics=["ndcg@100"])
     row = sig.iloc[0]
-    assert (row["n_users"], row["n_folds"], row["n_runs"]) == (80, 2, 4)
+    assert (row["n_users"], row["n_folds"], row["n_runs"]) == (80, 2, 2)
 
 
 def test_report_shows_verdicts_and_the_resampled_test(sweep):
@@ -172,7 +173,7 @@ def test_report_shows_verdicts_and_the_resampled_test(sweep):
     assert "120 users tested, each in one fold" in report
     assert "| method | metric | users | Δ | 90% CI of Δ | margin | p_TOST | p_t (BH) | verdict | MDE |" in report
     assert "| Same | NDCG@100 | 120 |" in report and "**equivalent**" in report and "**different**" in report
-    assert "Corrected resampled t-test against Ref" in report and "| Better | NDCG@100 | 6 |" in report
+    assert "Corrected resampled t-test against Ref" in report and "| Better | NDCG@100 | 3 |" in report
     buckets = pd.read_csv(out / "activity_buckets.csv")
     assert buckets.drop_duplicates("bucket_index")["n_users"].sum() == 120  # users, not rows of runs
     sig = pd.read_csv(out / "significance.csv")
@@ -194,7 +195,8 @@ def test_folds_all_runs_every_fold_seed_and_model():
     assert all(r.config["fold"] == r.fold for r in runs) and "fold1" in runs[2].run_id
     assert loaded.equivalence_margin == {"ndcg@100": 0.005}
     assert [r.fold for r in load_spec(spec(folds=[2, 0])).runs()] == [2, 2, 0, 0]
-    assert load_spec(spec()).runs()[0].fold is None  # no folds: one split, run ids as before
+    single = spec(config={"eval_protocol": "strong", "heldout_users": 50})
+    assert load_spec(single).runs()[0].fold is None  # no folds: one split, run ids as before
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -202,11 +204,17 @@ def test_folds_all_runs_every_fold_seed_and_model():
                                                                "and heldout_folds: K"),
     ({"folds": [0, 3]}, "folds=[0, 3] is not allowed: give 'all' or a list of distinct fold numbers in [0, 3)"),
     ({"folds": "some"}, "folds='some' is not allowed"),
-    ({"equivalence_margin": {"NDCG@50": 0.01}}, "equivalence_margin: NDCG@50 is not a metric the runs compute; "
-                                                "they compute ndcg@100, ndcg@20, recall@100, recall@20"),
-    ({"equivalence_margin": {"NDCG@100": -0.01}}, "equivalence_margin: NDCG@100=-0.01 is not allowed"),
-    ({"equivalence_margin": {"NDCG@100": float("inf")}}, "equivalence_margin: NDCG@100=inf is not allowed"),
-    ({"equivalence_margin": [0.01]}, "equivalence_margin: give a mapping of metrics to margins"),
+    ({"folds": "all", "equivalence_margin": {"NDCG@50": 0.01}},
+     "equivalence_margin: NDCG@50 is not a per-user top-k metric the runs compute; they compute ndcg@100, ndcg@20, "
+     "recall@100, recall@20"),
+    ({"folds": "all", "equivalence_margin": {"ItemCoverage@20": 0.01},
+      "config": {"eval_protocol": "strong", "heldout_folds": 3, "metrics": ["NDCG", "ItemCoverage"], "topk": [20]}},
+     "equivalence_margin: ItemCoverage@20 is not a per-user top-k metric the runs compute; they compute ndcg@20"),
+    ({"folds": "all", "equivalence_margin": {"NDCG@100": -0.01}}, "equivalence_margin: NDCG@100=-0.01 is not allowed"),
+    ({"folds": "all", "equivalence_margin": {"NDCG@100": float("inf")}},
+     "equivalence_margin: NDCG@100=inf is not allowed"),
+    ({"folds": "all", "equivalence_margin": [0.01]}, "equivalence_margin: give a mapping of metrics to margins"),
+    ({}, "heldout_folds is set but the spec has no 'folds': give folds: all"),
 ])
 def test_bad_fold_and_margin_specs_fail_before_anything_runs(tmp_path, capsys, extra, message):
     path = tmp_path / "spec.yaml"
@@ -239,3 +247,41 @@ def test_a_three_fold_sweep_on_ml_100k_reaches_verdicts(tmp_path):
     assert sig.loc["ndcg@100", "n_runs"] == 3 and np.isfinite(sig.loc["ndcg@100", "p_nb"])
     report = (out / "report.md").read_text()
     assert "## Verdicts against Pop" in report and "| EASE | NDCG@100 |" in report
+
+
+def test_a_fold_sweep_needs_every_table_to_name_its_users(tmp_path):
+    """RecBole renumbers users with each fold: tables without the dataset's own ids cannot be paired."""
+    from recbole_beta.experiments.report import ReportError
+
+    runs = fold_sweep(tmp_path, {"A": 0.01})
+    old = next(r for r in runs if r["label"] == "A" and r["fold"] == 1)
+    path = tmp_path / "runs" / f"{old['run_id']}.per_user.npz"
+    with np.load(path) as data:
+        table = {k: data[k] for k in data.files if k != "user_token"}
+    np.savez_compressed(path, **table)
+    with pytest.raises(ReportError, match=f"{old['run_id']}.per_user.npz has no user_token"):
+        write_report(tmp_path, figures=False)
+
+
+def test_without_folds_old_and_new_tables_pair_by_recboles_ids(tmp_path):
+    """A sweep of one split extended with new runs (tables with user_token) beside old ones (without):
+    every table is read by RecBole's ids, the same in every run of one split, so no user is counted twice."""
+    runs = fold_sweep(tmp_path, {"A": 0.01})
+    ref_runs = [r for r in runs if r["fold"] == 0]
+    for r in ref_runs:  # one split: keep fold 0's runs, without their fold
+        path = tmp_path / "runs" / f"{r['run_id']}.json"
+        record = json.loads(path.read_text())
+        record.pop("fold")
+        path.write_text(json.dumps(record))
+        if r["seed"] == 1:  # an old table
+            npz = tmp_path / "runs" / f"{r['run_id']}.per_user.npz"
+            with np.load(npz) as data:
+                table = {k: data[k] for k in data.files if k != "user_token"}
+            np.savez_compressed(npz, **table)
+    for r in runs:
+        if r["fold"] != 0:
+            (tmp_path / "runs" / f"{r['run_id']}.json").unlink()
+    runs = analysis.load_runs(tmp_path)
+    sig = analysis.significance(tmp_path, runs, "Ref", metrics=["ndcg@100"])
+    assert sig.iloc[0]["n_users"] == PER_FOLD
+    assert analysis.per_user_table(tmp_path, runs)["user"].nunique() == PER_FOLD

@@ -77,10 +77,11 @@ def split_keys(config):
                 "split_seed": config["split_seed"], "heldout_folds": folds}
         if folds:
             keys["fold"] = config["fold"] or 0
-    else:  # RecBole's split shuffles with the run's seed
+    else:
         args = config["eval_args"] or {}
-        keys = {"split": args.get("split"), "order": args.get("order"), "group_by": args.get("group_by"),
-                "seed": config["seed"]}
+        keys = {"split": args.get("split"), "order": args.get("order"), "group_by": args.get("group_by")}
+        if args.get("order") == "RO":  # RecBole shuffles with the run's seed before a random-order split
+            keys["seed"] = config["seed"]
     return {"eval_protocol": config["eval_protocol"] or "weak", **keys}
 
 

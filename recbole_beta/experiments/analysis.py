@@ -57,8 +57,9 @@ def load_runs(out_dir, problems=None):
     for path in sorted((Path(out_dir) / "runs").glob("*.json")):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-            record["run_id"]
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            if not isinstance(record, dict) or "run_id" not in record:
+                raise ValueError("not a run record")
+        except (OSError, ValueError) as error:
             if problems is not None:
                 problems.append(f"{path}: cannot be read ({' '.join(str(error).split())[:200]})")
             continue
@@ -82,9 +83,23 @@ def load_per_user(out_dir, record):
         return pd.DataFrame({k: data[k] for k in data.files})
 
 
-def user_key(table):
-    """The column that names a user across runs: the dataset's own id where the table has it."""
-    return "user_token" if "user_token" in table else "user_id"
+def user_key(out_dir, runs):
+    """The column that names a user across the ok ``runs``, the same for every table of the sweep: the
+    dataset's own id (``user_token``) when every table has it, else RecBole's internal ``user_id`` (tables
+    written before ``user_token`` existed; without folds every run numbers the users alike). A fold sweep
+    needs the tokens: RecBole renumbers users with each fold."""
+    ok = [r for r in runs if r["status"] == "ok"]
+    with_tokens = []
+    for r in ok:
+        with np.load(Path(out_dir) / "runs" / f"{r['run_id']}.per_user.npz") as data:
+            with_tokens.append("user_token" in data.files)
+    if all(with_tokens):
+        return "user_token"
+    if has_folds(ok):
+        missing = next(r["run_id"] for r, has in zip(ok, with_tokens) if not has)
+        raise ValueError(f"{missing}.per_user.npz has no user_token, which a fold sweep pairs users by (RecBole "
+                         "renumbers users with each fold): rerun that run (delete its record)")
+    return "user_id"
 
 
 def run_key(record):
@@ -132,7 +147,7 @@ def _std(values):
     return float(np.std(values.to_numpy(dtype=float), ddof=1)) if len(values) > 1 else 0.0
 
 
-def _pooled_results(out_dir, ok):
+def _pooled_results(out_dir, ok, key):
     """Under folds: per group and seed, each metric over every user its folds tested (one row each), from
     the per-user tables (exact: RecBole's results are rounded); train seconds and epochs summed and
     averaged over the folds."""
@@ -143,7 +158,7 @@ def _pooled_results(out_dir, ok):
         table = pd.concat([load_per_user(out_dir, r) for r in members], ignore_index=True)
         metrics = [c for c in table.columns if c not in USER_COLUMNS]
         rows.append({"label": group, "model": members[0]["model"], "seed": seed,
-                     "folds": sorted(r["fold"] for r in members), "n_users": int(table[user_key(table)].nunique()),
+                     "folds": sorted(r["fold"] for r in members), "n_users": int(table[key].nunique()),
                      **{m: float(table[m].mean()) for m in metrics},
                      "train_seconds": float(np.mean([r["train_seconds"] for r in members])),
                      "epochs": float(np.mean([len(r["history"]) for r in members]))})
@@ -161,11 +176,12 @@ def summarize(runs, out_dir=None):
     if not ok:
         return pd.DataFrame()
     if has_folds(ok):
-        table = _pooled_results(out_dir, ok)
+        table = _pooled_results(out_dir, ok, user_key(out_dir, ok))
         metrics = _ordered(c for c in table.columns if "@" in c)
+        # a seed missing a fold pools fewer users: the minimum says so (the report flags it)
         summary = table.groupby("label", sort=False).agg(
             model=("model", "first"), n_seeds=("seed", "size"), seeds=("seed", sorted),
-            n_folds=("folds", lambda f: len(set().union(*map(set, f)))), n_users=("n_users", "max"),
+            n_folds=("folds", lambda f: len(set().union(*map(set, f)))), n_users=("n_users", "min"),
             **{f"{m}_{name}": (m, stat) for m in metrics for name, stat in (("mean", _mean), ("std", _std))},
             train_seconds_mean=("train_seconds", _mean), epochs_mean=("epochs", _mean),
         )
@@ -191,13 +207,10 @@ def summarize(runs, out_dir=None):
     return summary[list(dict.fromkeys(c for cell in cells for c in (*head, *cell, *tail)))]
 
 
-def _user_means(out_dir, members, metrics):
+def _user_means(out_dir, members, metrics, key):
     """Per-user metrics averaged over the runs given (seeds; under folds, each user's runs are those of the
-    fold that tested it), indexed by user (NaN: a table lacks the metric)."""
-    tables = []
-    for r in members:
-        table = load_per_user(out_dir, r)
-        tables.append(table.set_index(user_key(table)).reindex(columns=list(metrics)))
+    fold that tested it), indexed by user (column ``key``; NaN: a table lacks the metric)."""
+    tables = [load_per_user(out_dir, r).set_index(key).reindex(columns=list(metrics)) for r in members]
     return pd.concat(tables).groupby(level=0).mean()
 
 
@@ -228,9 +241,9 @@ def minimum_detectable_effect(sd, n_users, alpha=ALPHA, power=POWER):
 
 
 def corrected_resampled_ttest(diffs, test_train_ratio):
-    """Nadeau and Bengio's (2003) corrected resampled t-test over J paired run differences ``diffs``
-    (one per fold x seed): t = mean / sqrt((1/J + n_test / n_train) var), J - 1 degrees of freedom. The
-    runs share training users, so the plain t-test's variance 1/J var is too small."""
+    """Nadeau and Bengio's (2003) corrected resampled t-test over J paired differences ``diffs`` (one per
+    fold, each averaged over the fold's seeds): t = mean / sqrt((1/J + n_test / n_train) var), J - 1 degrees
+    of freedom. The folds share training users, so the plain t-test's variance 1/J var is too small."""
     d = np.asarray(diffs, dtype=float)
     j = len(d)
     if j < 2:
@@ -327,7 +340,7 @@ def significance(out_dir, runs, reference, metrics=None, margins=None):
     ``margins`` (metric -> margin) adds ``p_tost`` (two one-sided tests) and a ``verdict`` (:func:`verdict`);
     every row has ``mde``, the minimum detectable effect at :data:`POWER` and :data:`ALPHA` from the
     observed spread of the paired differences. Under folds, ``t_nb`` and ``p_nb`` are the corrected
-    resampled t-test over the fold x seed run means (:func:`corrected_resampled_ttest`).
+    resampled t-test over the fold means, each fold's seeds averaged (:func:`corrected_resampled_ttest`).
     """
     margins = dict(margins or {})
     ok = [r for r in runs if r["status"] == "ok"]
@@ -348,6 +361,7 @@ def significance(out_dir, runs, reference, metrics=None, margins=None):
         if missing:
             raise ValueError(f"no per-user {', '.join(missing)} in the runs' tables; they hold {', '.join(available)}")
     folds = has_folds(ok)
+    key = user_key(out_dir, ok)
     rows = []
     for group in groups:
         if group == reference:
@@ -358,8 +372,8 @@ def significance(out_dir, runs, reference, metrics=None, margins=None):
             continue
         ours_runs = [r for r in members if run_key(r) in shared]
         ref_shared = [r for r in ref_runs if run_key(r) in shared]
-        ours = _user_means(out_dir, ours_runs, metrics)
-        theirs = _user_means(out_dir, ref_shared, metrics)
+        ours = _user_means(out_dir, ours_runs, metrics, key)
+        theirs = _user_means(out_dir, ref_shared, metrics, key)
         if folds:
             mine, ref = _run_means(out_dir, ours_runs, metrics), _run_means(out_dir, ref_shared, metrics)
             # n_test / n_train of the corrected resampled t-test: the folds' own user counts
@@ -382,7 +396,12 @@ def significance(out_dir, runs, reference, metrics=None, margins=None):
                           else {"p_tost": float("nan"), "ci90_low": float("nan"), "ci90_high": float("nan")}),
                        mde=minimum_detectable_effect(sd, len(a)))
             if folds:
-                row.update(corrected_resampled_ttest([mine[k][metric] - ref[k][metric] for k in sorted(shared)], ratio))
+                # the seeds retrain on the same folds: they are averaged within each fold, and the test runs
+                # over the K fold means (the folds are the resamples; the seeds are not)
+                by_fold = {}
+                for fold, seed in shared:
+                    by_fold.setdefault(fold, []).append(mine[fold, seed][metric] - ref[fold, seed][metric])
+                row.update(corrected_resampled_ttest([np.mean(by_fold[f]) for f in sorted(by_fold)], ratio))
             rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
@@ -404,10 +423,10 @@ def per_user_table(out_dir, runs, metrics=None):
     if not ok:
         return pd.DataFrame()
     metrics = metrics or per_user_metric_names(out_dir, ok)
+    key = user_key(out_dir, ok)
     frames = []
     for r in ok:
         table = load_per_user(out_dir, r)
-        key = user_key(table)
         frames.append(pd.DataFrame({"label": r["group"], "user": table[key].astype(str), "fold": r.get("fold"),
                                     "seed": r["seed"], "activity": table["activity"],
                                     **{m: table[m] if m in table else np.nan for m in metrics}}))
@@ -494,9 +513,9 @@ def _bucket_names(activity, bins):
 
 def _activity_rows(out_dir, ok):
     """(user, activity) of every evaluated user of every run."""
+    key = user_key(out_dir, ok)
     tables = [load_per_user(out_dir, r) for r in ok]
-    return pd.concat([pd.DataFrame({"user": t[user_key(t)], "activity": t["activity"]}) for t in tables],
-                     ignore_index=True)
+    return pd.concat([pd.DataFrame({"user": t[key], "activity": t["activity"]}) for t in tables], ignore_index=True)
 
 
 def activity_summary(out_dir, runs):
@@ -525,11 +544,11 @@ def activity_summary(out_dir, runs):
     }
 
 
-def _bins(tables, quantiles, min_users):
+def _bins(tables, quantiles, min_users, key):
     """Bucket edges and names over every evaluated user of the per-user ``tables`` (:func:`activity_bins`)."""
     tables = list(tables)
     activity = pd.concat([t["activity"] for t in tables], ignore_index=True).to_numpy()
-    n_users = pd.concat([t[user_key(t)] for t in tables], ignore_index=True).nunique()
+    n_users = pd.concat([t[key] for t in tables], ignore_index=True).nunique()
     # every user appears this many times (once per run that evaluated it)
     bins = activity_bins(activity, quantiles, min_users, n_runs=len(activity) / n_users)
     return bins, _bucket_names(activity, bins)
@@ -545,13 +564,17 @@ def bucket_differences(out_dir, runs, reference, metric="ndcg@100", quantiles=(0
     tables = {r["run_id"]: load_per_user(out_dir, r) for r in ok}
     if not any(metric in t for t in tables.values()):
         return pd.DataFrame()
-    bins, names = _bins(tables.values(), quantiles, min_users)
-    users = per_user_table(out_dir, ok, [metric])
-    ref = users[users["label"] == reference].set_index("user")
+    key = user_key(out_dir, ok)
+    bins, names = _bins(tables.values(), quantiles, min_users, key)
+    ref_runs = [r for r in ok if r["group"] == reference]
     rows = []
     for group in dict.fromkeys(r["group"] for r in ok):
         if group == reference:
             continue
+        members = [r for r in ok if r["group"] == group]
+        shared = {run_key(r) for r in members} & {run_key(r) for r in ref_runs}  # as significance pairs them
+        users = per_user_table(out_dir, [r for r in members + ref_runs if run_key(r) in shared], [metric])
+        ref = users[users["label"] == reference].set_index("user")
         mine = users[users["label"] == group].set_index("user")
         pairs = ref[["activity", metric]].join(mine[[metric]], rsuffix="_method", how="inner").dropna()
         index = pd.cut(pairs["activity"].astype(float), bins, labels=False).to_numpy()
@@ -580,7 +603,8 @@ def activity_buckets(out_dir, runs, quantiles=(0.25, 0.5, 0.75), min_users=None)
     if not ok:
         return pd.DataFrame()
     tables = {r["run_id"]: load_per_user(out_dir, r) for r in ok}
-    bins, names = _bins(tables.values(), quantiles, min_users)
+    key = user_key(out_dir, ok)
+    bins, names = _bins(tables.values(), quantiles, min_users, key)
     measure = activity_measure(ok)
     metrics = _ordered(c for t in tables.values() for c in t.columns if c not in USER_COLUMNS)
     rows = []
@@ -593,6 +617,6 @@ def activity_buckets(out_dir, runs, quantiles=(0.25, 0.5, 0.75), min_users=None)
             if part.empty:
                 continue
             rows.append({"label": group, "bucket": name, "bucket_index": i,
-                         "n_users": int(part[user_key(part)].nunique()), "activity_measure": measure,
+                         "n_users": int(part[key].nunique()), "activity_measure": measure,
                          **{m: float(part[m].mean()) if m in part else float("nan") for m in metrics}})
     return pd.DataFrame(rows)

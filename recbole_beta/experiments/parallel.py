@@ -296,7 +296,7 @@ def _record_of(out_dir, run):
         record = json.loads(record_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return record if record.get("run_id") == run.run_id else None
+    return record if isinstance(record, dict) and record.get("run_id") == run.run_id else None
 
 
 # --------------------------------------------------------------------------------------------------

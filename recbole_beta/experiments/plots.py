@@ -258,7 +258,8 @@ def plot_paired_differences(sig, out_dir, colors=None, confidence=0.95):
         ax.set_visible(False)
     axes[0].set_yticks(range(len(labels)), labels)
     axes[0].set_ylim(len(labels) - 0.5, -0.5)  # the table's order, top to bottom
-    band = "; grey band: equivalence margin" if "margin" in sig and sig["margin"].notna().any() else ""
+    band = ("; grey band: equivalence margin, judged on the 90% interval (report)"
+            if "margin" in sig and sig["margin"].notna().any() else "")
     fig.suptitle(f"Mean per-user difference from {reference} with its {confidence:.0%} confidence interval "
                  f"(filled: Benjamini-Hochberg adjusted p_t < 0.05{band})", fontsize=10)
     return _save(fig, out_dir, "paired_differences")

@@ -30,7 +30,9 @@ def unreadable(path):
     """Why a run's file cannot be read (a JSON record, or a per-user table: a zip of arrays), or None."""
     try:
         if path.suffix == ".json":
-            json.loads(path.read_text(encoding="utf-8"))
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(record, dict) or "run_id" not in record:
+                return "not a run record"
         else:
             with zipfile.ZipFile(path) as archive:
                 bad = archive.testzip()  # every member's CRC

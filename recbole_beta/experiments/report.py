@@ -12,8 +12,8 @@ from recbole_beta.errors import RecBoleBetaError
 from recbole_beta.files import write_json
 
 
-class ReportError(RecBoleBetaError, FileNotFoundError):
-    """A folder that holds no sweep to report on."""
+class ReportError(RecBoleBetaError, ValueError):
+    """A folder that holds no sweep, or runs whose files cannot give the report (one line)."""
 
 
 def _pm(mean, std):
@@ -84,12 +84,13 @@ def _verdict_section(sig, reference):
 
 
 def _resampled_section(sig, reference):
-    """The corrected resampled t-test over the fold x seed run means."""
-    out = [f"## Corrected resampled t-test against {reference} (fold x seed means)", "",
-           "Each run's mean over its test users, paired with the reference's run on the same fold and seed; "
-           "t = mean / sqrt((1/J + n_test/n_train) s²) with J - 1 degrees of freedom (Nadeau and Bengio, 2003), "
-           "since the folds share training users; p (BH) adjusted over this table.", "",
-           "| method | metric | runs J | Δ of run means | t | p | p (BH) |", "|---|---|---|---|---|---|---|"]
+    """The corrected resampled t-test over the fold means (each averaged over the fold's seeds)."""
+    out = [f"## Corrected resampled t-test against {reference} (fold means)", "",
+           "Each run's mean over its test users minus the reference's run on the same fold and seed, averaged over "
+           "the fold's seeds (the seeds retrain on the same folds: the folds are the resamples); "
+           "t = mean / sqrt((1/J + n_test/n_train) s²) over the J folds, with J - 1 degrees of freedom (Nadeau and "
+           "Bengio, 2003), since the folds share training users; p (BH) adjusted over this table.", "",
+           "| method | metric | folds J | Δ of fold means | t | p | p (BH) |", "|---|---|---|---|---|---|---|"]
     for _, row in sig.iterrows():
         out.append(f"| {row['label']} | {metric_label(row['metric'])} | {row['n_runs']} | "
                    f"{row['mean_diff_runs']:+.4f} | {row['t_nb']:+.3f} | {_p(row['p_nb'])} | {_p(row['p_nb_adj'])} |")
@@ -195,6 +196,15 @@ def write_report(out_dir, spec=None, figures=True):
         spec_dict = spec.to_dict()
     problems = []
     runs = analysis.load_runs(out_dir, problems)
+    try:
+        return _write_report(out_dir, spec_dict, runs, problems, figures)
+    except ValueError as error:  # what the runs' files cannot give (a margin's metric, users without ids)
+        if isinstance(error, RecBoleBetaError):
+            raise
+        raise ReportError(f"cannot report on {out_dir}: {' '.join(str(error).split())}") from None
+
+
+def _write_report(out_dir, spec_dict, runs, problems, figures):
     ok = [r for r in runs if r["status"] == "ok"]
     failed = [r for r in runs if r["status"] != "ok"]
     summary = analysis.summarize(runs, out_dir)
@@ -232,6 +242,12 @@ def write_report(out_dir, spec=None, figures=True):
         body += [f"Cross-validated held-out users: folds {sorted({r['fold'] for r in ok})} of "
                  f"{spec_dict.get('config', {}).get('heldout_folds', '?')}; {len(tested)} users tested, each in one "
                  "fold; a user's metrics are averaged over its fold's seeds (`per_user.csv`).", ""]
+        n_folds = len(spec_dict.get("folds") or []) or summary["n_folds"].max()
+        short = summary[(summary["n_folds"] < n_folds) | (summary["n_users"] < len(tested))]
+        if not short.empty:
+            body += [f"**Incomplete sweep:** {', '.join(short['label'])} lack runs (a seed without every fold pools "
+                     "fewer users: `n_users` is the fewest of any seed); their means cover fewer users than the "
+                     "others'. The paired tests pair only the (fold, seed) runs both methods have.", ""]
     if ok:
         body.append(markdown_tables(summary, sig, buckets, reference, metrics, activity, quantiles, bucket_diffs))
     if failed:

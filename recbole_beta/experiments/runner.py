@@ -73,6 +73,8 @@ def drop_superseded_failures(out_dir, runs):
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
+        if not isinstance(record, dict):  # not a record: is_finished sets it aside
+            continue
         if (record.get("status") != "ok" and record.get("run_id") not in ids
                 and _run_key(record.get("label"), record.get("cell"), record.get("seed"), record.get("fold")) in keys):
             path.unlink()

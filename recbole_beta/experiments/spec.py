@@ -34,7 +34,10 @@ from pathlib import Path
 import math
 
 import yaml
+from recbole.evaluator import register
+from recbole.evaluator.base_metric import TopkMetric
 
+from recbole_beta import metrics as _plugin_metrics  # noqa: F401  (TruncatedRecall registered with RecBole)
 from recbole_beta.config import closest_known_key, known_keys
 from recbole_beta.defaults import properties_dir
 from recbole_beta.errors import ConfigError, RecBoleBetaError
@@ -239,7 +242,7 @@ def load_spec(source, overrides=None):
         reference=raw.get("reference"),
         activity_quantiles=list(quantiles),
         name=str(raw.get("name", name)),
-        folds=_folds(raw.get("folds"), config, files),
+        folds=_folds(raw.get("folds"), config, files, models),
         equivalence_margin=_margins(raw.get("equivalence_margin"), config, files),
     )
     _check_model_configs(spec)
@@ -276,11 +279,15 @@ def _settings(config, files, keys):
     return {key: found.get(key) for key in keys}
 
 
-def _folds(value, config, files):
+def _folds(value, config, files, models=()):
     """The test folds a spec runs: ``all`` (every fold of ``heldout_folds``) or a list of fold numbers."""
-    if value is None:
-        return None
     settings = _settings(config, files, ("eval_protocol", "heldout_folds"))
+    if value is None:
+        given = [settings["heldout_folds"]] + [c.get("heldout_folds") for _, _, c in models]
+        if any(given) and settings["eval_protocol"] == "strong":  # else every run would test fold 0 alone
+            raise SpecError("heldout_folds is set but the spec has no 'folds': give folds: all (or a list, e.g. "
+                            "[0]) so that each fold is run and the report pools them")
+        return None
     k = settings["heldout_folds"]
     if settings["eval_protocol"] != "strong" or not isinstance(k, int) or isinstance(k, bool) or k < 3:
         raise SpecError(f"folds={value!r} needs config keys eval_protocol: strong and heldout_folds: K (an integer "
@@ -305,12 +312,15 @@ def _margins(value, config, files):
     metrics = [metrics] if isinstance(metrics, str) else metrics
     topk = settings["topk"] or []
     topk = [topk] if isinstance(topk, int) else topk
-    computed = {f"{m.lower()}@{k}" for m in metrics for k in topk}
+    # per user, the runs keep top-k metrics only (what the paired tests compare)
+    computed = {f"{m.lower()}@{k}" for m in metrics for k in topk
+                if isinstance(register.metrics_dict.get(m.lower()), type)
+                and issubclass(register.metrics_dict[m.lower()], TopkMetric)}
     margins = {}
     for metric, margin in value.items():
         if str(metric).lower() not in computed:
-            raise SpecError(f"equivalence_margin: {metric} is not a metric the runs compute; they compute "
-                            f"{', '.join(sorted(computed))} (config keys metrics and topk)")
+            raise SpecError(f"equivalence_margin: {metric} is not a per-user top-k metric the runs compute; they "
+                            f"compute {', '.join(sorted(computed))} (config keys metrics and topk)")
         if (not isinstance(margin, (int, float)) or isinstance(margin, bool) or not math.isfinite(margin)
                 or margin <= 0):
             raise SpecError(f"equivalence_margin: {metric}={margin!r} is not allowed: give a finite number > 0")
