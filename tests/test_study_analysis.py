@@ -285,3 +285,27 @@ def test_without_folds_old_and_new_tables_pair_by_recboles_ids(tmp_path):
     sig = analysis.significance(tmp_path, runs, "Ref", metrics=["ndcg@100"])
     assert sig.iloc[0]["n_users"] == PER_FOLD
     assert analysis.per_user_table(tmp_path, runs)["user"].nunique() == PER_FOLD
+
+
+def test_an_incomplete_fold_sweep_is_flagged_and_its_buckets_pair_shared_runs(tmp_path):
+    runs = fold_sweep(tmp_path, {"A": 0.01})
+    missing = next(r for r in runs if (r["label"], r["fold"], r["seed"]) == ("A", 2, 1))
+    (tmp_path / "runs" / f"{missing['run_id']}.json").unlink()
+    runs = analysis.load_runs(tmp_path)
+    write_report(tmp_path, figures=False)
+    report = (tmp_path / "report.md").read_text()
+    assert "**Incomplete sweep:** A lack runs" in report
+    summary = pd.read_csv(tmp_path / "summary.csv").set_index("label")
+    assert summary.loc["A", "n_users"] == 2 * PER_FOLD and summary.loc["Ref", "n_users"] == 3 * PER_FOLD
+    # within the buckets, as in the paired tests, only the (fold, seed) runs both have count: fold 2 of
+    # A has seed 2 alone, so its users pair on seed 2's runs of Ref only
+    diffs = analysis.bucket_differences(tmp_path, runs, "Ref", "ndcg@100")
+    sig = analysis.significance(tmp_path, runs, "Ref", metrics=["ndcg@100"]).iloc[0]
+    assert diffs["n_users"].sum() == sig["n_users"] == 3 * PER_FOLD
+    shared = [r for r in runs if not (r["fold"] == 2 and r["seed"] == 1)]
+    users = analysis.per_user_table(tmp_path, shared, ["ndcg@100"])
+    d = (users[users["label"] == "A"].set_index("user")["ndcg@100"]
+         - users[users["label"] == "Ref"].set_index("user")["ndcg@100"])
+    assert sig["mean_diff"] == pytest.approx(d.mean())
+    weighted = (diffs["mean_diff"] * diffs["n_users"]).sum() / diffs["n_users"].sum()
+    assert weighted == pytest.approx(d.mean())
