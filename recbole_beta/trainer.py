@@ -5,7 +5,8 @@
   checkpoint) and the stop on a non-finite loss, over :mod:`~recbole_beta.checkpoint`'s safe checkpoints. The registry
   puts it before every RecBole ``Trainer`` it hands out (``registry._safe``) and before ours.
 - :class:`CPUDistributed`: RecBole's DDP wrapping of the model, on the CPU (gloo) too.
-- :class:`BetaTrainer`: RecBole's ``Trainer`` for the BetaMultVAE family, with the beta of each epoch.
+- :class:`BetaTrainer`: RecBole's ``Trainer`` for the BetaMultVAE family, with the beta of each epoch (tallied
+  here from each batch's) and, under DDP, the KL a feedback strategy steps on averaged over the ranks.
 """
 
 import os
@@ -250,6 +251,12 @@ class CPUDistributed(AbstractTrainer):
         self.distributed_model = DistributedDataParallel(model)
 
 
+def _mean_over_ranks(value):
+    """A 0-d tensor averaged over the DDP ranks."""
+    torch.distributed.all_reduce(value)
+    return value / torch.distributed.get_world_size()
+
+
 class BetaTrainer(PluginTrainerMixin, Trainer, CPUDistributed):
     """RecBole's Trainer for the BetaMultVAE family, which also reports the beta used each epoch.
 
@@ -272,10 +279,26 @@ class BetaTrainer(PluginTrainerMixin, Trainer, CPUDistributed):
                 pass
         return optimizer
 
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        if not config["single_spec"]:
+            # every rank steps a feedback strategy on the KL averaged over the ranks (their batches have
+            # the same size), so all follow one beta trajectory
+            model.kl_reduction = _mean_over_ranks
+
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        self.model.pop_mean_beta()  # start the epoch's tally afresh
-        losses = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
-        self._history_entry(epoch_idx)["beta"] = self.model.pop_mean_beta()
+        calculate = loss_func or self.model.calculate_loss
+        tally = {"sum": 0.0, "rows": 0}  # the epoch's beta, over its training rows
+
+        def loss_and_beta(interaction):
+            losses = calculate(interaction)
+            beta, rows = self.model.batch_beta
+            tally["sum"] = tally["sum"] + (beta.sum() if torch.is_tensor(beta) else beta * rows)
+            tally["rows"] += rows
+            return losses
+
+        losses = super()._train_epoch(train_data, epoch_idx, loss_func=loss_and_beta, show_progress=show_progress)
+        self._history_entry(epoch_idx)["beta"] = float(tally["sum"]) / tally["rows"] if tally["rows"] else None
         return losses
 
     def _beta_of(self, epoch_idx):

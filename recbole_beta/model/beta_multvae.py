@@ -88,7 +88,12 @@ class BetaMultVAE(MultiVAE):
             mean_activity=active.mean().item() if len(active) else 1.0,
         )
         self.beta_strategy = self.build_beta_strategy(config, context)
-        self._beta_sum, self._beta_rows = 0.0, 0
+        #: what the trainer may set: a function of the batch-mean KL (a 0-d tensor) before a feedback
+        #: strategy steps on it (under DDP, the mean over the ranks, so all follow one trajectory)
+        self.kl_reduction = None
+        #: the last training batch's beta (a tensor of one per row, or one number for every row) and its
+        #: number of rows: what the trainer tallies into the epoch's mean beta
+        self.batch_beta = None
 
     @classmethod
     def settings(cls, config):
@@ -254,23 +259,18 @@ class BetaMultVAE(MultiVAE):
         kl = None
         if strategy.needs_kl:
             kl = -0.5 * neg2_kl.detach().mean()
-            distributed = torch.distributed
-            if distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1:
-                # under DDP every rank steps on the KL averaged over ranks (their batches have the
-                # same size), so all follow one beta trajectory
-                distributed.all_reduce(kl)
-                kl = kl / distributed.get_world_size()
+            if self.kl_reduction is not None:
+                kl = self.kl_reduction(kl)
             kl = kl.item()
         strategy.step(kl=kl)
         beta = strategy.weights(self.user_activity[user])
         if torch.is_tensor(beta):
             kl_loss = -0.5 * torch.mean(neg2_kl * beta)
-            self._beta_sum = self._beta_sum + beta.detach().sum()
+            self.batch_beta = (beta.detach(), len(user))
         else:
             # the same operations, in the same order, as RecBole's MultiVAE: identical floats
             kl_loss = -0.5 * torch.mean(neg2_kl) * beta
-            self._beta_sum = self._beta_sum + beta * len(user)
-        self._beta_rows += len(user)
+            self.batch_beta = (beta, len(user))
 
         return recon.mean(), kl_loss
 
@@ -286,14 +286,6 @@ class BetaMultVAE(MultiVAE):
         item = interaction[self.ITEM_ID]
         scores, _, _ = self.forward_sparse(self.history.batch(interaction[self.USER_ID]))
         return scores[torch.arange(len(item), device=self.device), item]
-
-    def pop_mean_beta(self):
-        """Mean beta over the batch rows trained on since the last call (None if none); resets."""
-        if self._beta_rows == 0:
-            return None
-        mean = float(self._beta_sum) / self._beta_rows
-        self._beta_sum, self._beta_rows = 0.0, 0
-        return mean
 
     def other_parameter(self):
         # the strategy's state travels in checkpoints beside the weights, so a resumed run goes on
