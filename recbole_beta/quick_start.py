@@ -139,6 +139,19 @@ def check_outputs(config, saved=True):
         ensure_writable(config["checkpoint_dir"], "checkpoint_dir")
 
 
+def check_before_data(config, saved, resume):
+    """What a run can check before its data is read, in one line each: the output folders, the dataset's
+    files, the checkpoint to resume from (missing, not a checkpoint, refused, another run's or split's), and
+    ``epochs: 0`` without a checkpoint to evaluate."""
+    check_outputs(config, saved)
+    check_dataset(config)
+    if resume:
+        read_checkpoint(resume, config)
+    elif config["epochs"] == 0:
+        raise ConfigError("epochs", 0, "trains nothing: give epochs >= 1, or epochs=0 with --resume to "
+                                       "evaluate a checkpoint")
+
+
 def write_result(config, result):
     """Write the run's result as JSON under ``results_dir``; return the path (None if disabled).
 
@@ -211,13 +224,7 @@ def run_recbole_beta(
     for warning in unknown_key_warnings(config.external_config_dict):  # a typo would change nothing silently
         logger.warning(warning)
     # what can fail without the data fails before RecBole's long config dump, so its line comes first
-    check_outputs(config, saved)
-    check_dataset(config)
-    if resume:
-        read_checkpoint(resume, config)  # CheckpointError: missing, not a checkpoint, refused, another run's
-    elif config["epochs"] == 0:
-        raise ConfigError("epochs", 0, "trains nothing: give epochs >= 1, or epochs=0 with --resume to "
-                                       "evaluate a checkpoint")
+    check_before_data(config, saved, resume)
     logger.info(list(argv))
     logger.info(config)
 
@@ -320,13 +327,7 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, res
     # rank it would come back as the launcher's traceback)
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict,
                     argv=list(argv))
-    check_outputs(config, saved)
-    check_dataset(config)
-    if resume:
-        read_checkpoint(resume, config)
-    elif config["epochs"] == 0:
-        raise ConfigError("epochs", 0, "trains nothing: give epochs >= 1, or epochs=0 with --resume to "
-                                       "evaluate a checkpoint")
+    check_before_data(config, saved, resume)
 
     queue = mp.get_context("spawn").SimpleQueue()
     config_dict = dict(config_dict or {})

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recbole_beta.data.convert import ConversionError, not_utf8_error, write_dataset
+from recbole_beta.data.convert import write_dataset
+from recbole_beta.data.parsing import ConversionError, not_utf8_error
 from recbole_beta.data.heldout import ROLES, TEST_IN, TEST_TARGET, TRAIN, VALID_IN, VALID_TARGET
 from recbole_beta.files import AtomicFiles
 
