@@ -2,6 +2,7 @@
 sweep), which metrics, and each user's metrics averaged over seeds (folds pooled)."""
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -18,6 +19,34 @@ MAIN_METRICS = ("ndcg@100", "recall@20", "recall@50", "truncatedrecall@20", "tru
 USER_COLUMNS = ("user_id", "activity", "user_token")
 
 
+def unreadable(path):
+    """Why a run's file cannot be read (a JSON record, or a per-user table: a zip of arrays), or None."""
+    try:
+        if path.suffix == ".json":
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(record, dict) or "run_id" not in record:
+                return "not a run record"
+        else:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()  # every member's CRC
+            if bad is not None:
+                return f"{bad} is corrupt"
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        return " ".join(str(error).split())[:200] or type(error).__name__
+    return None
+
+
+def set_aside(path):
+    """Move an unreadable file out of the sweep's way (``<name>.unreadable``, numbered if taken); return it."""
+    target = path.with_name(path.name + ".unreadable")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.unreadable{n}")
+    os.replace(path, target)
+    return target
+
+
 def load_runs(out_dir, problems=None):
     """Every run record of a sweep folder, in the spec's order (model, cell, seed).
 
@@ -27,22 +56,16 @@ def load_runs(out_dir, problems=None):
     """
     records = []
     for path in sorted((Path(out_dir) / "runs").glob("*.json")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(record, dict) or "run_id" not in record:
-                raise ValueError("not a run record")
-        except (OSError, ValueError) as error:
+        reason = unreadable(path)
+        if reason is not None:
             if problems is not None:
-                problems.append(f"{path}: cannot be read ({' '.join(str(error).split())[:200]})")
+                problems.append(f"{path}: cannot be read ({reason})")
             continue
+        record = json.loads(path.read_text(encoding="utf-8"))
         if record.get("status") == "ok":
             table = Path(out_dir) / "runs" / f"{record['run_id']}.per_user.npz"
-            try:
-                with np.load(table) as data:
-                    for key in data.files:
-                        data[key]
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-                reason = " ".join(str(error).split())[:200] or type(error).__name__
+            reason = unreadable(table)
+            if reason is not None:
                 record.update(status="unreadable", error=f"{table.name} cannot be read: {reason}")
                 if problems is not None:
                     problems.append(f"{table}: cannot be read ({reason})")
@@ -106,7 +129,7 @@ def metric_names(runs):
         for name in (record.get("test_result") or {}):
             if name not in names:
                 names.append(name)
-    return [m for m in MAIN_METRICS if m in names] + [m for m in names if m not in MAIN_METRICS]
+    return main_first(names)
 
 
 def per_user_table(out_dir, runs, metrics=None):

@@ -4,15 +4,14 @@ into them, and how a run's files are judged finished or unreadable. Used by the 
 alike, so neither imports the other."""
 
 import json
-import os
 import shutil
 import time
 import traceback
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from recbole_beta.experiments.per_user import set_aside, unreadable
 from recbole_beta.files import atomic_write, write_json
 from recbole_beta.quick_start import run_recbole_beta
 
@@ -24,34 +23,6 @@ def write_per_user(path, table):
 def run_paths(out_dir, run):
     runs = Path(out_dir) / "runs"
     return runs / f"{run.run_id}.json", runs / f"{run.run_id}.per_user.npz"
-
-
-def unreadable(path):
-    """Why a run's file cannot be read (a JSON record, or a per-user table: a zip of arrays), or None."""
-    try:
-        if path.suffix == ".json":
-            record = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(record, dict) or "run_id" not in record:
-                return "not a run record"
-        else:
-            with zipfile.ZipFile(path) as archive:
-                bad = archive.testzip()  # every member's CRC
-            if bad is not None:
-                return f"{bad} is corrupt"
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        return " ".join(str(error).split())[:200] or type(error).__name__
-    return None
-
-
-def set_aside(path):
-    """Move an unreadable file out of the sweep's way (``<name>.unreadable``, numbered if taken); return it."""
-    target = path.with_name(path.name + ".unreadable")
-    n = 1
-    while target.exists():
-        n += 1
-        target = path.with_name(f"{path.name}.unreadable{n}")
-    os.replace(path, target)
-    return target
 
 
 def is_finished(out_dir, run, notes=None):
