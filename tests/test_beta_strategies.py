@@ -1,6 +1,7 @@
 """Each strategy's value at chosen steps, worked out by hand; state round trips; composition."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -242,3 +243,57 @@ class TestState:
         assert set(s.state_dict()) == {"step_count", "integral", "current_beta"}
         with pytest.raises(KeyError):
             s.load_state_dict({"step_count": 3})
+
+
+STRATEGY_MODULE = '''"""A strategy added as one module: beta_t = beta / 2."""
+
+from recbole_beta.beta.base import BetaStrategy, register_strategy
+from recbole_beta.errors import check_number
+
+
+@register_strategy("halved_probe")
+class HalvedBeta(BetaStrategy):
+    def __init__(self, beta):
+        super().__init__()
+        self.value = beta / 2
+
+    @classmethod
+    def from_config(cls, config, context):
+        return cls(check_number("beta", config["beta"], minimum=0))
+
+    def value_at(self, step):
+        return self.value
+'''
+
+PROBE = '''
+from recbole_beta.beta import STRATEGIES, build_strategy
+from recbole_beta.quick_start import run_recbole_beta
+assert "halved_probe" in STRATEGIES
+strategy = build_strategy({"beta_strategy": "halved_probe", "beta": 0.3})
+strategy.step()
+assert strategy.beta == 0.15, strategy.beta
+result = run_recbole_beta("BetaMultVAE", "ml-100k", config_dict={"beta_strategy": ["halved_probe", "scaled"], "beta": 0.3,
+                          "epochs": 1, "state": "ERROR", "show_progress": False, "results_dir": None,
+                          "checkpoint_dir": "saved"})
+print("ok", result["history"][0]["beta"])
+'''
+
+
+def test_a_strategy_is_one_module_and_no_list_to_edit(tmp_path):
+    """A module dropped into recbole_beta/beta/ is a strategy the config, a product and a model take,
+    with nothing else edited (before, the package imported its modules by name)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import recbole_beta.beta
+
+    module = Path(recbole_beta.beta.__file__).parent / f"probe_strategy_{os.getpid()}.py"
+    module.write_text(STRATEGY_MODULE)
+    try:
+        done = subprocess.run([sys.executable, "-c", PROBE], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)
+    finally:
+        module.unlink()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().startswith("ok ")

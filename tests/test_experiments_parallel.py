@@ -18,7 +18,7 @@ import yaml
 
 from recbole_beta.experiments import analysis
 from recbole_beta.experiments.cli import main
-from recbole_beta.experiments.parallel import portable
+from recbole_beta.experiments.records import portable
 from recbole_beta.experiments.runner import run_sweep
 from recbole_beta.experiments.spec import load_spec
 

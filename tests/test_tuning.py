@@ -140,6 +140,12 @@ def test_the_search_stops_early_without_improvement(isolated_run):
                       output_dir=isolated_run / "early", seed=0)
     assert best["n_trials"] == 2 and best["trial"] == 1  # the second trial did not improve: stop
     assert len((isolated_run / "early" / "trials.jsonl").read_text().splitlines()) == 2
+    # patience 2 stops there too, on the grid and under fmin alike: hyperopt's no_progress_loss (RecBole's
+    # early_stop) counts the first trial as one without progress
+    for algo in ("exhaustive", "random"):
+        best = run_search("AnnealedBetaMultVAE", params_file=space, algo=algo, max_evals=None if algo == "exhaustive"
+                          else 3, early_stop=2, fixed=fixed, output_dir=isolated_run / f"early-{algo}", seed=0)
+        assert best["n_trials"] == 2 and best["trial"] == 1, algo
 
 
 def test_a_failed_trial_is_recorded_and_the_search_goes_on(isolated_run):
@@ -149,8 +155,8 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(isolated_run):
     best = run_search("ControlledBetaMultVAE", params_file=space, algo="exhaustive", fixed=FAST,
                       output_dir=out, seed=0)
     records = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
-    assert sorted(r["status"] for r in records) == ["fail", "ok"]
-    failed = next(r for r in records if r["status"] == "fail")
+    assert sorted(r["status"] for r in records) == ["failed", "ok"]  # the states of every run (runs.training)
+    failed = next(r for r in records if r["status"] == "failed")
     assert failed["params"] == {"beta_min": 0.5, "controller_beta_max": 0.1} and "controller_beta_max" in failed["error"]
     assert best["n_failed"] == 1 and best["params"] == {"beta_min": 0.5, "controller_beta_max": 1.0}
     assert (out / "trials.png").is_file() and (out / "trials.csv").read_text().count("\n") == 3

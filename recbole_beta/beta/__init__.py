@@ -4,7 +4,14 @@
 a name from :data:`STRATEGIES` or a list of names, whose product is taken. A strategy's
 ``from_config`` reads its keys as they are; their defaults live in one file,
 ``properties/model/BetaMultVAE.yaml``, which ``build_strategy`` reads under any config.
+
+Adding a strategy is one module in this package (a :class:`BetaStrategy` subclass under
+``@register_strategy("name")``) and its keys in that YAML file: every module here is imported below,
+so there is no list to edit.
 """
+
+import importlib
+import pkgutil
 
 from recbole_beta.beta.base import STRATEGIES, BetaStrategy, StrategyContext, register_strategy
 from recbole_beta.beta.compose import ProductBeta
@@ -28,6 +35,9 @@ __all__ = [
     "RAMPS",
     "build_strategy",
 ]
+
+for _module in pkgutil.iter_modules(__path__):  # each registers its strategies as it is imported
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 #: the model whose property file holds the default of every strategy key
 DEFAULTS_FROM = "BetaMultVAE"

@@ -1,19 +1,24 @@
-"""A sweep run's files: its record (JSON) and per-user table (NPZ), where they go, how a run is executed
-into them, and how a run's files are judged finished or unreadable. Used by the sequential sweep
-(:mod:`~recbole_beta.experiments.runner`) and its workers elsewhere (:mod:`~recbole_beta.experiments.parallel`)
-alike, so neither imports the other."""
+"""A sweep run's files: its record (JSON) and per-user table (NPZ), where they go, how a run is trained
+into them (:class:`SweepJob`, for any of :mod:`~recbole_beta.runs.engines`), and how a run's files are
+judged finished or unreadable.
+
+A worker writes the run's per-user table and then its record, each atomically, the moment the run ends,
+so a driver that is killed loses no finished run, and a rerun skips them. Paths travel absolute
+(:func:`portable`): ``--out``, the spec's config files, and a relative ``data_path``.
+"""
 
 import json
+import os
 import shutil
-import time
-import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from recbole_beta.experiments.per_user import set_aside, unreadable
-from recbole_beta.files import atomic_write, write_json
-from recbole_beta.quick_start import run_recbole_beta
+from recbole_beta.files import atomic_write, plain, write_json
+from recbole_beta.runs.engines import Job
+from recbole_beta.runs.training import FAILED, OK, absolute_data_path, driver_config, train
 
 
 def write_per_user(path, table):
@@ -67,19 +72,17 @@ def execute(run, spec, out_dir, index=0, overrides=None, console_level=None):
     """Train and test one run; return its record (status ok or failed) and per-user table."""
     record = new_record(run, spec, out_dir, index, overrides)
     config = record["config"]
-    checkpoints = Path(config["checkpoint_dir"])
-    start = time.time()
-    try:
-        result = run_recbole_beta(run.model, spec.dataset, config_file_list=spec.config_files or None,
-                                  config_dict=dict(config), per_user=True, console_level=console_level)
-    except Exception as error:  # recorded, and the sweep goes on
-        record.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(),
-                      wall_seconds=time.time() - start)
-        return record, None
+    try:  # any error is recorded, and the sweep goes on
+        outcome = train(run.model, spec.dataset, spec.config_files, config, per_user=True, console_level=console_level)
     finally:
-        shutil.rmtree(checkpoints, ignore_errors=True)  # the per-user table holds what the report needs
+        shutil.rmtree(config["checkpoint_dir"], ignore_errors=True)  # the per-user table holds what the report needs
+    if outcome.status != OK:
+        record.update(status=outcome.status, error=outcome.error, traceback=outcome.traceback,
+                      wall_seconds=outcome.seconds)
+        return record, None
+    result = outcome.result
     record.update(
-        status="ok",
+        status=OK,
         # what |x_u| in the per-user table counts depends on it (the config files may set it)
         eval_protocol=(result.get("config") or {}).get("eval_protocol") or config.get("eval_protocol") or "weak",
         best_valid_score=result["best_valid_score"],
@@ -88,7 +91,7 @@ def execute(run, spec, out_dir, index=0, overrides=None, console_level=None):
         history=result["history"],
         **({"protocol_users": result["protocol_users"]} if result.get("protocol_users") else {}),
         train_seconds=result["train_seconds"],
-        wall_seconds=time.time() - start,
+        wall_seconds=outcome.seconds,
     )
     return record, result["per_user"]
 
@@ -100,3 +103,79 @@ def write_run(out_dir, run, record, per_user):
     if per_user is not None:
         write_per_user(per_user_path, per_user)
     write_json(record_path, record)
+
+
+def portable(spec, runs):
+    """The spec with its config files as absolute paths, and each run's config overrides
+    ({run_id: {"data_path": ...}}) for a relative data path, made absolute against this working directory
+    as RecBole would have read it here (ml-100k needs none: RecBole reads the copy it ships)."""
+    spec = replace(spec, config_files=[os.path.abspath(f) for f in spec.config_files])
+    overrides, seen = {}, {}
+    for run in runs:
+        overrides[run.run_id] = {}
+        if spec.dataset == "ml-100k":
+            continue
+        key = json.dumps([run.model, run.config], sort_keys=True, default=str)
+        if key not in seen:
+            try:
+                seen[key] = absolute_data_path(driver_config(run.model, spec.dataset, spec.config_files, run.config))
+            except Exception:  # noqa: BLE001 - the run fails with this error in its worker, and is recorded
+                seen[key] = None
+        if seen[key] is not None:
+            overrides[run.run_id] = {"data_path": seen[key]}
+    return spec, overrides
+
+
+def record_of(out_dir, run):
+    """The run's record on disk, or None when there is none that can be read."""
+    record_path, _ = run_paths(out_dir, run)
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("run_id") == run.run_id else None
+
+
+class SweepJob(Job):
+    """One run of a sweep for an engine: trained by :func:`execute`, its files written by :func:`write_run`.
+    Off the driver's process it works in ``<out>/work/<run_id>/``."""
+
+    def __init__(self, run, spec, out_dir, index, overrides=None, console_level=None, isolated=True):
+        self.run, self.spec, self.out_dir, self.index = run, spec, Path(out_dir), index
+        self.overrides, self.console_level = overrides or {}, console_level
+        self.key = f"run {run.run_id}"
+        self.folder = str(self.out_dir / "work" / run.run_id) if isolated else None
+
+    def work(self, gpu_id=None, driver_writes=False):
+        overrides = self.overrides if gpu_id is None else {**self.overrides, "gpu_id": gpu_id}
+        record, per_user = execute(self.run, self.spec, self.out_dir, self.index, overrides, self.console_level)
+        try:
+            write_run(self.out_dir, self.run, record, per_user)
+        except OSError:
+            if not driver_writes:
+                raise
+        return (record, per_user) if driver_writes else record
+
+    def stamp(self):
+        """Which file is at the run's record path now (an atomic write puts a new one there), or None."""
+        try:
+            stat = run_paths(self.out_dir, self.run)[0].stat()
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
+
+    def written(self, stamp):
+        return record_of(self.out_dir, self.run) if self.stamp() != stamp else None
+
+    def returned(self, value):
+        record, per_user = value
+        on_disk = record_of(self.out_dir, self.run)
+        if on_disk is None or on_disk != json.loads(json.dumps(plain(record))):
+            write_run(self.out_dir, self.run, record, per_user)  # written on another node: here too
+        return record
+
+    def lost(self, error, details=""):
+        record = new_record(self.run, self.spec, self.out_dir, self.index, self.overrides)
+        record.update(status=FAILED, error=error, traceback=details, wall_seconds=None)
+        write_run(self.out_dir, self.run, record, None)
+        return record

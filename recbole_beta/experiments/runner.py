@@ -1,7 +1,8 @@
 """Run a sweep: every run of a spec, each written to disk the moment it ends.
 
-One run after another in this process, or several at once in local processes or on Ray
-(:mod:`recbole_beta.experiments.parallel`): the same records, and the same guarantees.
+One run after another in this process, or several at once in local processes or on Ray (any engine of
+:mod:`recbole_beta.runs.engines`, each run a :class:`~recbole_beta.experiments.records.SweepJob`): the
+same records, and the same guarantees.
 
 Finished runs are skipped when the sweep is run again, so an interrupted sweep loses nothing;
 a run that fails is recorded with its error and the sweep goes on. It is retried next time, and
@@ -20,9 +21,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from recbole_beta.errors import RecBoleBetaError
-from recbole_beta.experiments.parallel import Workers
-from recbole_beta.experiments.records import execute, is_finished, write_run
+from recbole_beta.experiments.records import SweepJob, is_finished, portable
 from recbole_beta.files import ensure_writable, write_json
+from recbole_beta.runs.engines import Engine, InProcess
+from recbole_beta.runs.training import OK
 
 
 class SweepBusyError(RecBoleBetaError, RuntimeError):
@@ -89,46 +91,53 @@ def run_sweep(spec, out_dir, progress=True, jobs=1, engine="local", cpus=None, r
     By default one run after another in this process. ``jobs`` > 1: that many runs at once, each in a
     local process of its own; ``engine="ray"``: each run a Ray task, on a local instance of ``cpus`` CPUs
     or the cluster at ``ray_address``, reserving ``cpus_per_run`` CPUs (default 1) and ``gpus_per_run``
-    GPUs (default 0). See :mod:`recbole_beta.experiments.parallel`; the records are the same.
+    GPUs (default 0). See :mod:`recbole_beta.runs.engines`; the records are the same.
     ``console_level``: of every run's RecBole console log (the CLI keeps it at WARNING under its bar).
     """
-    workers = None
-    if (jobs, engine, cpus, ray_address, cpus_per_run, gpus_per_run) != (1, "local", None, None, None, None):
-        workers = Workers.checked(engine=engine, jobs=jobs, cpus=cpus, address=ray_address,
-                                  cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)  # EngineError first
-        if workers.sequential:
-            workers = None
+    engine = Engine.checked(engine=engine, jobs=jobs, cpus=cpus, address=ray_address, cpus_per_run=cpus_per_run,
+                            gpus_per_run=gpus_per_run)  # EngineError before anything is written
     out_dir = Path(out_dir)
     ensure_writable(out_dir, "--out")
     with SweepLock(out_dir):
-        return _run_locked(spec, out_dir, progress, workers, console_level)
+        return _run_locked(spec, out_dir, progress, engine, console_level)
 
 
-def _run_locked(spec, out_dir, progress, workers, console_level):
+def _run_locked(spec, out_dir, progress, engine, console_level):
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "spec.json", spec.to_dict())
     runs = spec.runs()
     drop_superseded_failures(out_dir, runs)
     notes = []
     todo = [(i, run) for i, run in enumerate(runs) if not is_finished(out_dir, run, notes)]
-    failed = 0
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=spec.name, unit="run", disable=not progress,
                dynamic_ncols=True)
     for note in notes:
         bar.write(note, file=sys.stderr)
+    runner = engine.runner()
+    isolated = not isinstance(runner, InProcess)  # off this process, each run in a folder of its own
+    overrides, where = {}, out_dir
+    if isolated:  # paths travel absolute
+        spec, overrides = portable(spec, [run for _, run in todo])
+        where = out_dir.resolve()
+    jobs = [SweepJob(run, spec, where, index, overrides.get(run.run_id), console_level, isolated=isolated)
+            for index, run in todo]
+    failed = 0
+
+    def started(job):
+        # one run at a time here: the bar says which
+        bar.set_postfix_str(f"{job.run.label} seed {job.run.seed}" + (f", {failed} failed" if failed else ""))
+
+    def ended(job, record):
+        nonlocal failed
+        if record["status"] != OK:
+            failed += 1
+            bar.write(f"run {job.run.run_id} failed: {record['error'].splitlines()[0]}")
+            bar.set_postfix_str(f"{failed} failed", refresh=False)
+        bar.update(1)
+
     with bar:
-        if workers is not None:
-            if todo:
-                failed = workers.run(todo, spec, out_dir, bar, console_level)
-        else:
-            for index, run in todo:
-                bar.set_postfix_str(f"{run.label} seed {run.seed}" + (f", {failed} failed" if failed else ""))
-                record, per_user = execute(run, spec, out_dir, index, console_level=console_level)
-                write_run(out_dir, run, record, per_user)
-                if record["status"] != "ok":
-                    failed += 1
-                    bar.write(f"run {run.run_id} failed: {record['error'].splitlines()[0]}")
-                bar.update(1)
+        if jobs:
+            runner.run(jobs, ended, started if not isolated else None)
     try:
         (out_dir / "checkpoints").rmdir()  # each run removed its own; leave no empty folder
     except OSError:

@@ -39,8 +39,8 @@ def build_parser():
                         help="hyperopt (RecBole's HyperTuning, default) or ray (Ray Tune)")
     parser.add_argument("--cpus", type=int, default=None, help="ray: CPUs of the local Ray instance (default: all)")
     parser.add_argument("--ray_address", default=None, help="ray: address of an existing Ray cluster (auto, host:6379)")
-    parser.add_argument("--cpus_per_trial", type=float, default=1, help="ray: CPUs each trial reserves (default 1)")
-    parser.add_argument("--gpus_per_trial", type=float, default=0, help="ray: GPUs each trial reserves (default 0)")
+    parser.add_argument("--cpus_per_trial", type=float, default=None, help="ray: CPUs each trial reserves (default 1)")
+    parser.add_argument("--gpus_per_trial", type=float, default=None, help="ray: GPUs each trial reserves (default 0)")
     parser.add_argument("--search_seed", type=int, default=None, help="seed of the search itself (default: random)")
     parser.add_argument("--keep_checkpoints", default="best", choices=KEEP_CHECKPOINTS,
                         help="best (default: only the best trial's), all or none")

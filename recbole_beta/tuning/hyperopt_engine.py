@@ -2,16 +2,17 @@
 
 As in RecBole's ``run_hyper.py``: an objective ``(config_dict, config_file_list) -> result``, a
 HyperTuning on the params file's space, ``run()``. The objective is the plugin's (every trial a
-:func:`~recbole_beta.tuning.trials.run_trial`, recorded in the search's TrialLog) because RecBole's
+:class:`~recbole_beta.tuning.trials.TrialJob` run by the in-process engine of
+:mod:`recbole_beta.runs.engines`, recorded in the search's TrialLog) because RecBole's
 ``objective_function`` builds RecBole's Config and model, which do not know the plugin's models.
 """
-
-import os
 
 import numpy as np
 from recbole.trainer import HyperTuning
 
-from recbole_beta.tuning.trials import Patience, run_trial
+from recbole_beta.runs.engines import InProcess
+from recbole_beta.runs.training import OK
+from recbole_beta.tuning.trials import Patience, TrialJob
 
 
 class _TrialFailed(Exception):
@@ -19,8 +20,9 @@ class _TrialFailed(Exception):
 
 
 class PluginHyperTuning(HyperTuning):
-    """RecBole's HyperTuning with a search seed, the plugin's early stop (:class:`Patience`), failed trials
-    recorded (a diverged run does not end the search), no progress bar, and its own exhaustive search.
+    """RecBole's HyperTuning (its ``early_stop_fn``, hyperopt's ``no_progress_loss``, included) with a search
+    seed, failed trials recorded (a diverged run does not end the search), no progress bar, and its own
+    exhaustive search, which stops by the same rule (:class:`Patience`).
 
     ``algo="exhaustive"`` runs :meth:`SearchSpace.grid` (``itertools.product``) in file order instead of
     RecBole's ``exhaustive_search``, which fails on hyperopt 0.3 (it passes hyperopt a
@@ -32,7 +34,9 @@ class PluginHyperTuning(HyperTuning):
         grid = algo == "exhaustive"
         # "random" only keeps RecBole's "exhaustive" branch (and its exhaustive_search) out of the way
         super().__init__(objective_function, space=space.hyperopt_space(), fixed_config_file_list=fixed_config_file_list,
-                         algo="random" if grid else algo, max_evals=max_evals)
+                         algo="random" if grid else algo, max_evals=max_evals, early_stop=patience.patience or 1)
+        if not patience.patience:  # 0: never stop early (no_progress_loss(0) would stop at the second trial)
+            self.early_stop_fn = None
         self.grid = space.grid() if grid else None
         self.patience = patience
         self.seed = seed
@@ -63,7 +67,7 @@ class PluginHyperTuning(HyperTuning):
             algo=self.algo,
             max_evals=int(self.max_evals),
             trials=self.trials,
-            early_stop_fn=lambda trials, *state: (self.patience.exhausted, state),
+            early_stop_fn=self.early_stop_fn,
             rstate=None if self.seed is None else np.random.default_rng(self.seed),
             show_progressbar=False,
             return_argmin=False,
@@ -76,12 +80,12 @@ def run(search, log):
 
     def objective(config_dict, config_file_list):
         """RecBole's ``objective_function`` for the plugin: HyperTuning passes the search's config files back."""
-        params = search.space.convert(config_dict)
-        trial_dir = log.trial_dir(log.next_trial())
-        os.makedirs(trial_dir, exist_ok=True)
-        record = log.add(run_trial(search, params, trial_dir))
-        patience.add(record)
-        if record["status"] != "ok":
+        job = TrialJob(search, search.space.convert(config_dict), log.trial_dir(log.next_trial()))
+        records = []
+        InProcess().run([job], lambda job, record: records.append(log.add(record)))
+        record = records[0]
+        patience.add(record)  # the grid's stop; fmin's is HyperTuning's early_stop_fn
+        if record["status"] != OK:
             print(f"trial {record['trial']} failed: {record['error']}")
             raise _TrialFailed(record["error"])
         return {

@@ -1,8 +1,9 @@
 """Engine ``ray``: Ray Tune (ray 2.6.3, installed with RecBole), trials in parallel on a local Ray instance
 or an existing cluster.
 
-Each trial is :func:`trainable` in a Ray worker: the same :func:`~recbole_beta.tuning.trials.run_trial`
-as the hyperopt engine, in the trial's own folder, its record reported once. A callback in the driver adds
+Each trial is :func:`trainable` in a Ray worker: the same :class:`~recbole_beta.tuning.trials.TrialJob`
+as the hyperopt engine's, in the trial's own folder, its record reported once (Tune, not
+:mod:`recbole_beta.runs.engines`, schedules the trials: its searchers pick each point from the results so far). A callback in the driver adds
 the records to the search's TrialLog as they arrive, so the results files are the hyperopt engine's; a
 Stopper applies the same :class:`~recbole_beta.tuning.trials.Patience`. ``random`` is Ray's
 BasicVariantGenerator, ``bayes`` its HyperOptSearch (hyperopt's TPE), ``exhaustive`` ``tune.grid_search``.
@@ -18,23 +19,24 @@ from ray import air, tune
 from ray.air import session
 
 from recbole_beta.files import plain
-from recbole_beta.raycluster import RayUnavailable, ray_session
+from recbole_beta.runs.raycluster import RayUnavailable, ray_session
+from recbole_beta.runs.training import FAILED
 from recbole_beta.tuning.space import TuningError
-from recbole_beta.tuning.trials import Patience, run_trial
+from recbole_beta.tuning.trials import Patience, TrialJob
 
 METRIC = "best_valid_score"
 
 
 def trainable(config, search=None):
     """One Ray Tune trial (runs in a Ray worker): ``config`` holds the sampled parameters."""
-    # RecBole's Config sets CUDA_VISIBLE_DEVICES to gpu_id (default '0'): give it the GPUs Ray assigned
-    # to this trial ('' when none: the CPU), so that concurrent trials do not all land on GPU 0
-    gpus = {"gpu_id": ",".join(str(i) for i in ray.get_gpu_ids())}
     trial_dir = os.path.abspath(session.get_trial_dir())
     os.makedirs(trial_dir, exist_ok=True)
     os.chdir(trial_dir)  # RecBole writes log/ and log_tensorboard/ into the working directory
     torch.set_num_threads(max(1, int(search.ray.cpus_per_trial)))
-    record = run_trial(search, search.space.convert(config), trial_dir, overrides=gpus)
+    # RecBole's Config sets CUDA_VISIBLE_DEVICES to gpu_id (default '0'): give it the GPUs Ray assigned
+    # to this trial ('' when none: the CPU), so that concurrent trials do not all land on GPU 0
+    record = TrialJob(search, search.space.convert(config), trial_dir).work(
+        gpu_id=",".join(str(i) for i in ray.get_gpu_ids()))
     score = record.get(METRIC)
     if score is None:  # a failed trial: the worst score, so that searchers move away from it
         score = -math.inf if record.get("valid_score_bigger", True) else math.inf
@@ -65,7 +67,7 @@ class RecordTrials(tune.Callback):
             message = lines[-1] if lines else message
         except (OSError, TypeError):
             pass
-        self.log.add({"status": "error", "params": plain(self.log.space.convert(trial.config)),
+        self.log.add({"status": FAILED, "params": plain(self.log.space.convert(trial.config)),
                       "error": message, "trial_dir": trial.local_path, "ray_trial_id": trial.trial_id})
 
 

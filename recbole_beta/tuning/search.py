@@ -4,15 +4,16 @@ a :class:`Search`), then the engine's run and the results files (:func:`run_sear
 import os
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from recbole.utils import get_local_time
 
-from recbole_beta.config import Config, known_keys, unknown_key_warnings
+from recbole_beta.config import known_keys, unknown_key_warnings
 from recbole_beta.errors import ConfigError
 from recbole_beta.files import plain
 from recbole_beta.registry import get_model
+from recbole_beta.runs.engines import Engine, EngineError
+from recbole_beta.runs.training import absolute_data_path, driver_config
 from recbole_beta.tuning.space import ParamsFileError, SearchSpace, TuningError, default_params_file, read_params_file
 from recbole_beta.tuning.trials import KEEP_CHECKPOINTS, TrialLog
 
@@ -74,18 +75,6 @@ class Search:
         }
 
 
-@contextmanager
-def _kept_environment(name):
-    before = os.environ.get(name)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
-
-
 def _check_values(space, base, model_class):
     """Every value the space can reach at its ends, checked by the model as a config is built (one key at
     a time, the others at their fixed values)."""
@@ -114,7 +103,7 @@ def _check_values(space, base, model_class):
 
 def prepare_search(model, dataset="ml-100k", params_file=None, algo="random", max_evals=None, early_stop=10,
                    config_file_list=None, fixed=None, engine="hyperopt", cpus=None, ray_address=None,
-                   cpus_per_trial=1, gpus_per_trial=0, keep_checkpoints="best", seed=None, verbose=1):
+                   cpus_per_trial=None, gpus_per_trial=None, keep_checkpoints="best", seed=None, verbose=1):
     """Check everything a search needs, before any trial runs; return the :class:`Search`.
 
     The arguments are :func:`run_search`'s. Raises :class:`ParamsFileError` / :class:`TuningError` (or
@@ -129,15 +118,14 @@ def prepare_search(model, dataset="ml-100k", params_file=None, algo="random", ma
     if keep_checkpoints not in KEEP_CHECKPOINTS:
         raise TuningError(f"keep_checkpoints={keep_checkpoints!r} is not allowed: must be one of "
                           f"{', '.join(KEEP_CHECKPOINTS)}")
-    for key, value, minimum in (("max_evals", max_evals, 1), ("early_stop", early_stop, 0),
-                                ("cpus", cpus, 1), ("cpus_per_trial", cpus_per_trial, 0),
-                                ("gpus_per_trial", gpus_per_trial, 0)):
+    for key, value, minimum in (("max_evals", max_evals, 1), ("early_stop", early_stop, 0)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum):
             raise TuningError(f"{key}={value!r} is not allowed: must be a number >= {minimum}")
-    if engine == "hyperopt" and (cpus is not None or ray_address):
-        raise TuningError("--cpus and --ray_address are for --engine ray")
-    if cpus is not None and ray_address:
-        raise TuningError("--cpus starts a local Ray instance; a cluster at --ray_address has its own CPUs")
+    try:  # the sweeps' check of the same options: hyperopt runs its trials in this process
+        resources = Engine.checked("ray" if engine == "ray" else "local", cpus=cpus, address=ray_address,
+                                   cpus_per_run=cpus_per_trial, gpus_per_run=gpus_per_trial, unit="trial")
+    except EngineError as error:
+        raise TuningError(str(error)) from None
 
     model_class = get_model(model)  # UnknownModelError with close names
     model = model_class.__name__
@@ -155,13 +143,11 @@ def prepare_search(model, dataset="ml-100k", params_file=None, algo="random", ma
         if not os.path.isfile(file):
             raise TuningError(f"config file {file} not found")
 
-    with _kept_environment("CUDA_VISIBLE_DEVICES"):  # RecBole's Config sets it; a local Ray would inherit it
-        base = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=dict(fixed),
-                      argv=[])
+    base = driver_config(model, dataset, config_file_list, fixed)
     check_dataset(base)
-    if not os.path.isabs(base["data_path"]):
-        # Ray trials work in their own folders: a data_path relative to here is made absolute
-        fixed["data_path"] = os.path.abspath(os.path.dirname(base["data_path"]))
+    data_path = absolute_data_path(base)
+    if data_path is not None:  # Ray trials work in their own folders
+        fixed["data_path"] = data_path
     # keys a config file or the fixed settings introduce (a strategy of your own, say) may be searched too
     known = known_keys() | set(base.final_config_dict)
     # RecBole passes any key on, so a typo (in the fixed keys or a config file) would quietly change nothing
@@ -202,14 +188,14 @@ def prepare_search(model, dataset="ml-100k", params_file=None, algo="random", ma
         write_results=bool(base["results_dir"]),
         keep_checkpoints=keep_checkpoints,
         seed=seed,
-        ray=RayOptions(cpus=cpus, address=ray_address, cpus_per_trial=cpus_per_trial,
-                       gpus_per_trial=gpus_per_trial, verbose=verbose),
+        ray=RayOptions(cpus=resources.cpus, address=resources.address, cpus_per_trial=resources.cpus_per_run,
+                       gpus_per_trial=resources.gpus_per_run, verbose=verbose),
     )
 
 
 def run_search(model, dataset="ml-100k", params_file=None, algo="random", max_evals=None, early_stop=10,
                config_file_list=None, fixed=None, output_dir=None, engine="hyperopt", cpus=None,
-               ray_address=None, cpus_per_trial=1, gpus_per_trial=0, seed=None, keep_checkpoints="best",
+               ray_address=None, cpus_per_trial=None, gpus_per_trial=None, seed=None, keep_checkpoints="best",
                verbose=1):
     """Search a model's hyperparameters; return best.json's content (with ``trials``: every record).
 
@@ -229,7 +215,7 @@ def run_search(model, dataset="ml-100k", params_file=None, algo="random", max_ev
         engine (str): ``hyperopt`` (RecBole's HyperTuning, trials one after another) or ``ray`` (Ray Tune).
         cpus (int): ray, local: CPUs of the Ray instance started for the search (default: all).
         ray_address (str): ray: an existing cluster's address (``auto``, ``host:6379``).
-        cpus_per_trial, gpus_per_trial: ray: resources each trial reserves.
+        cpus_per_trial, gpus_per_trial: ray: resources each trial reserves (default 1 CPU, no GPU).
         seed (int): the search's random seed (which points are tried); the training seed is the
             config's ``seed``.
         keep_checkpoints (str): ``best`` (only the best trial's checkpoint is kept), ``all`` or ``none``.

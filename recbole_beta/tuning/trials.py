@@ -1,16 +1,19 @@
-"""Trials, the same on both engines: one trial run, its record, the early-stop rule, the best trial, and
-the results files (``trials.jsonl`` after each trial; ``trials.csv``, ``best.json`` and the plot at the end).
+"""Trials, the same on both engines: one trial (a :class:`TrialJob`, trained as every run is, by
+:func:`recbole_beta.runs.training.train`), its record, the early-stop rule, the best trial, and the results
+files (``trials.jsonl`` after each trial; ``trials.csv``, ``best.json`` and the plot at the end).
 """
 
 import json
 import os
-import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import pandas as pd
 
 from recbole_beta.errors import ConfigError, TrainingDivergedError
 from recbole_beta.files import atomic_write, plain, write_text
+from recbole_beta.runs.engines import Job
+from recbole_beta.runs.training import OK, train
 from recbole_beta.tuning.plots import plot_trials
 from recbole_beta.tuning.space import SearchSpace
 
@@ -21,75 +24,83 @@ TRIAL_ERRORS = (ConfigError, TrainingDivergedError)
 
 
 def run_trial(search, params, trial_dir, overrides=None):
-    """Run one trial with :func:`run_recbole_beta`; return its record (status ``ok`` or ``fail``).
+    """Run one trial; return its record (status ``ok``, or ``failed`` for an error the model or the trainer
+    raise about the trial's values: the search goes on; any other error stops the search).
 
     The config is the search's config files and fixed keys, then ``overrides`` (the engine's own, e.g.
     Ray's GPUs), then the trial's ``params``. The trial's checkpoint (and its result JSON, unless results
     are switched off) go to ``trial_dir``, so trials never share a file, even when they start within the
     same second.
     """
-    from recbole_beta.quick_start import run_recbole_beta  # quick_start imports torch and the models
-
     config_dict = {**search.fixed, **(overrides or {}), **params, "checkpoint_dir": os.path.join(trial_dir, "saved")}
     if search.write_results:
         config_dict["results_dir"] = trial_dir
-    record = {"status": "ok", "params": plain(params), "trial_dir": os.fspath(trial_dir)}
-    start = time.time()
-    try:
-        result = run_recbole_beta(search.model, search.dataset, search.config_file_list, config_dict=config_dict,
-                                  saved=True)
-    except TRIAL_ERRORS as error:
-        record.update(status="fail", error=str(error), seconds=round(time.time() - start, 3))
+    record = {"status": OK, "params": plain(params), "trial_dir": os.fspath(trial_dir)}
+    outcome = train(search.model, search.dataset, search.config_file_list, config_dict, recorded=TRIAL_ERRORS,
+                    saved=True)
+    if outcome.status != OK:
+        record.update(status=outcome.status, error=outcome.error, seconds=round(outcome.seconds, 3))
         return record
+    result = outcome.result
     record.update(
         best_valid_score=plain(result["best_valid_score"]),
         valid_score_bigger=bool(result["valid_score_bigger"]),
         best_valid_result=plain(dict(result["best_valid_result"] or {})),
         test_result=plain(dict(result["test_result"] or {})),
-        seconds=round(time.time() - start, 3),
+        seconds=round(outcome.seconds, 3),
         checkpoint=result["checkpoint"],
         result_file=result["result_file"],
     )
     return record
 
 
-def _better(score, than, bigger):
-    return than is None or (score > than if bigger else score < than)
+class TrialJob(Job):
+    """One trial for an engine of :mod:`recbole_beta.runs.engines` (or a Ray Tune trainable): its record."""
+
+    def __init__(self, search, params, trial_dir):
+        self.search, self.params, self.trial_dir = search, params, os.fspath(trial_dir)
+        self.key = f"trial {os.path.basename(self.trial_dir)}"
+
+    def work(self, gpu_id=None, driver_writes=False):
+        os.makedirs(self.trial_dir, exist_ok=True)
+        return run_trial(self.search, self.params, self.trial_dir, None if gpu_id is None else {"gpu_id": gpu_id})
 
 
 def best_record(records, bigger=True):
     """The first trial with the best valid score among the trials that finished (None if none did)."""
     best = None
     for record in records:
-        if record.get("status") == "ok" and (best is None or _better(record["best_valid_score"],
-                                                                     best["best_valid_score"], bigger)):
+        score = record.get("best_valid_score")
+        if record.get("status") == OK and (best is None or (score > best["best_valid_score"] if bigger
+                                                             else score < best["best_valid_score"])):
             best = record
     return best
 
 
-@dataclass
 class Patience:
-    """The early stop of both engines (HyperTuning's ``early_stop``): the search is over after
-    ``patience`` finished trials in a row that do not beat the best valid score so far, counting from
-    the first trial; a failed trial counts as no improvement; a patience of 0 never stops."""
+    """The early stop (HyperTuning's ``early_stop``) where hyperopt's ``fmin`` does not drive the search (the
+    grid, Ray Tune): hyperopt's own rule, ``no_progress_loss(patience)``, which RecBole's HyperTuning wires
+    into ``fmin``, fed one trial at a time, so every engine stops at the same trial. A failed trial counts
+    as no improvement; a patience of 0 never stops. As hyperopt counts, the first trial is one without
+    progress: with patience p, a search whose first trial stays best stops after trial p."""
 
-    patience: int
-    bigger: bool = True
-    best: float = None
-    since: int = 0
+    def __init__(self, patience, bigger=True):
+        from hyperopt.early_stop import no_progress_loss
+
+        self.patience, self.bigger = patience, bigger
+        self._rule, self._state, self.exhausted = no_progress_loss(patience), [], False
 
     def add(self, record):
         """Count one finished trial's record; return whether the search is over."""
         score = record.get("best_valid_score")
-        if record.get("status") == "ok" and score is not None and _better(score, self.best, self.bigger):
-            self.best, self.since = score, 0
+        if record.get("status") != OK or score is None:
+            loss = float("inf")
         else:
-            self.since += 1
+            loss = -score if self.bigger else score  # as HyperTuning.trial turns a score into a loss
+        # all the rule reads of hyperopt's Trials is the last trial's loss
+        stop, self._state = self._rule(SimpleNamespace(trials=[{"result": {"loss": loss}}]), *self._state)
+        self.exhausted = self.exhausted or (bool(self.patience) and stop)
         return self.exhausted
-
-    @property
-    def exhausted(self):
-        return bool(self.patience) and self.since >= self.patience
 
 
 @dataclass
@@ -139,7 +150,7 @@ class TrialLog:
         summary = dict(self.summary)
         summary.update(
             n_trials=len(self.records),
-            n_failed=sum(r.get("status") != "ok" for r in self.records),
+            n_failed=sum(r.get("status") != OK for r in self.records),
             seconds=round(seconds, 3),
         )
         if best is not None:

@@ -1,33 +1,25 @@
-"""Ray for the studies that spread their runs over it (the tuning's Ray Tune engine, the experiments'
-sweeps): one way to start a local instance or join a cluster.
+"""Ray, started or joined one way for every run that goes to it (a sweep's Ray tasks, the tuning's Ray Tune).
 
-It sits in the base layer, beside ``files`` and ``errors``: it imports nothing of the plugin, so that
-``tuning`` and ``experiments``, which must not import each other, can both use it. A failure is a
-:class:`RayUnavailable` (a ``ConnectionError``, one line); each caller turns it into its own error.
+A failure is a :class:`RayUnavailable` (a ``ConnectionError``, one line); each caller turns it into its
+own error.
 """
 
 import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from recbole_beta.runs.environment import kept_environ
+
 
 class RayUnavailable(ConnectionError):
     """A local Ray instance could not be started, or the cluster at an address could not be reached."""
 
 
-@contextmanager
 def python_path_for_workers():
     """Local Ray workers get this checkout on PYTHONPATH, so they import recbole_beta even uninstalled."""
-    root = str(Path(__file__).resolve().parents[1])  # the folder holding recbole_beta/
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding recbole_beta/
     before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join([root] + ([before] if before else []))
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = before
+    return kept_environ(PYTHONPATH=os.pathsep.join([root] + ([before] if before else [])))
 
 
 @contextmanager
