@@ -1,12 +1,18 @@
 """The sparse-input path (sparse_input: True) computes what the dense path computes."""
 
+import contextlib
+
 import pytest
 import torch
-from recbole.utils import init_seed
+import torch.nn as nn
 import torch.nn.functional as F
+from recbole.utils import init_seed
 
 from recbole_beta.config import Config
-from recbole_beta.model import ScaledBetaMultVAE
+from recbole_beta.data.user_items import UserItemCSR
+from recbole_beta.errors import ConfigError
+from recbole_beta.model import BetaMultVAE, ScaledBetaMultVAE
+from recbole_beta.model.sparse_input import takes_sparse_path
 from recbole_beta.quick_start import prepare, run_recbole_beta
 
 
@@ -32,17 +38,51 @@ def dense_loss(model, user, mask):
     return recon.mean(), (beta * kl).mean()
 
 
-def model_loss(model, user, mask):
-    """The model's own loss terms on its configured path, with the given dropout mask."""
-    mu, logvar, recon = model._encode_batch(user, dropout_mask=mask)
-    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
-    beta = model.beta_strategy.weights(model.user_activity[user])
-    return recon.mean(), (beta * kl).mean()
+class FixedDropout(nn.Module):
+    """Dropout that keeps the non-zeros ``keep`` marks (0/1 each, in the batch's order), scaled as
+    ``F.dropout`` scales: what the test swaps in for the sparse path's own dropout, so the two paths
+    see one mask."""
+
+    def __init__(self, keep, p):
+        super().__init__()
+        self.keep, self.p = keep, p
+
+    def forward(self, values):
+        return values * self.keep / (1 - self.p) if self.training else values
 
 
 def sparse_loss(model, user, mask):
-    assert model.sparse_input
-    return model_loss(model, user, mask)
+    """The model's training loss (calculate_loss) on its sparse path, its dropout keeping the
+    non-zeros that ``mask`` (batch x n_items, 0/1) keeps."""
+    path = model.sparse_input
+    assert path is not None
+    batch = model.history.batch(user)  # the non-zeros, in the order the path reads them
+    own = path.dropout
+    path.dropout = FixedDropout(mask[batch.rows, batch.cols], own.p)
+    try:
+        return model.calculate_loss({"user_id": user})
+    finally:
+        path.dropout = own
+
+
+@contextlib.contextmanager
+def on_the_dense_path(model):
+    """The model reads RecBole's dense rows (MultiVAE's code) within the block, with the same weights."""
+    path, model.sparse_input = model.sparse_input, None
+    try:
+        yield
+    finally:
+        model.sparse_input = path
+
+
+def assert_sparse_batch_is_the_dense_rows(model, user):
+    """The sparse batch the path reads: valid, coalesced (row-major, items sorted) and the dense rows' values."""
+    batch = model.history.batch(user)
+    indices = torch.stack([batch.rows, batch.cols])
+    coo = torch.sparse_coo_tensor(indices, batch.values, (len(user), model.n_items), check_invariants=True).coalesce()
+    assert torch.equal(coo.indices(), indices)
+    assert torch.equal(batch.crow[1:] - batch.crow[:-1], torch.bincount(batch.rows, minlength=len(user)))
+    assert torch.equal(coo.to_dense(), model.get_rating_matrix(user))
 
 
 def grads(model, loss):
@@ -53,8 +93,7 @@ def grads(model, loss):
 
 def test_sparse_matrix_holds_the_dense_values(ml100k):
     _, _, model = ml100k
-    user = torch.arange(1, 300)
-    assert torch.equal(model.get_sparse_rating_matrix(user).to_dense(), model.get_rating_matrix(user))
+    assert_sparse_batch_is_the_dense_rows(model, torch.arange(1, 300))
 
 
 def test_loss_and_gradients_match_the_dense_path_on_the_same_mask(ml100k):
@@ -83,9 +122,8 @@ def test_calculate_loss_and_predictions_agree_in_eval_mode(ml100k):
     user = torch.arange(1, 944, 7)
     with torch.no_grad():
         sparse_scores = model.full_sort_predict({"user_id": user})
-        model.sparse_input = False
-        dense_scores = model.full_sort_predict({"user_id": user})
-        model.sparse_input = True
+        with on_the_dense_path(model):
+            dense_scores = model.full_sort_predict({"user_id": user})
     assert torch.allclose(sparse_scores, dense_scores, rtol=1e-5, atol=1e-5)
 
     # the sparse path's first layer holds W^T, and ``weight`` is a view of it: an in-place update
@@ -93,9 +131,8 @@ def test_calculate_loss_and_predictions_agree_in_eval_mode(ml100k):
     with torch.no_grad():
         model.encoder[0].weight.mul_(1.5)
         updated = model.full_sort_predict({"user_id": user})
-        model.sparse_input = False
-        expected = model.full_sort_predict({"user_id": user})
-        model.sparse_input = True
+        with on_the_dense_path(model):
+            expected = model.full_sort_predict({"user_id": user})
         model.encoder[0].weight.div_(1.5)
     assert not torch.allclose(updated, sparse_scores, rtol=1e-3, atol=1e-3)
     assert torch.allclose(updated, expected, rtol=1e-5, atol=1e-5)
@@ -127,7 +164,6 @@ def test_duplicate_rows_give_the_dense_values_loss_and_scores(tmp_path):
     from recbole.data import create_dataset
 
     from conftest import write_tiny_dataset
-    from recbole_beta.model import BetaMultVAE
 
     keys = write_tiny_dataset(tmp_path, "dups")
     inter = tmp_path / "dups" / "dups.inter"
@@ -157,12 +193,11 @@ def test_duplicate_rows_give_the_dense_values_loss_and_scores(tmp_path):
     model.eval()
     with torch.no_grad():
         sparse_scores = model.full_sort_predict({"user_id": user})
-        model.sparse_input = False
-        dense_scores = model.full_sort_predict({"user_id": user})
+        with on_the_dense_path(model):
+            dense_scores = model.full_sort_predict({"user_id": user})
     assert torch.allclose(sparse_scores, dense_scores, rtol=1e-6, atol=1e-6)
-    dense_x = model.get_rating_matrix(user)
-    assert dense_x.max() == 1  # RecBole's dense matrix: 1 for a duplicated item too
-    assert torch.equal(model.get_sparse_rating_matrix(user).to_dense(), dense_x)
+    assert model.get_rating_matrix(user).max() == 1  # RecBole's dense matrix: 1 for a duplicated item too
+    assert_sparse_batch_is_the_dense_rows(model, user)
 
 
 def test_multinomial_nll_by_hand_and_its_gradient():
@@ -212,21 +247,94 @@ def test_history_is_a_csr_matrix_with_recbole_rows(ml100k):
 
 
 def test_auto_takes_the_sparse_path_on_sparse_data_only(tmp_path):
-    from recbole_beta.model import BetaMultVAE
-    from recbole_beta.model.sparse import UserItemCSR
-
     dense_data = UserItemCSR([1, 1, 2], [1, 2, 1], n_users=3, n_items=3)  # 3 of 9 cells: 33%
     sparse_data = UserItemCSR([1, 1, 2], [1, 2, 1], n_users=3, n_items=100)  # 1%
-    assert BetaMultVAE.choose_sparse_input("auto", dense_data, 3) is False
-    assert BetaMultVAE.choose_sparse_input("auto", sparse_data, 100) is True
-    assert BetaMultVAE.choose_sparse_input(False, sparse_data, 100) is False
-    assert BetaMultVAE.choose_sparse_input(True, dense_data, 3) is True
+    assert takes_sparse_path("auto", dense_data, 0.04) is False
+    assert takes_sparse_path("auto", sparse_data, 0.04) is True
+    assert takes_sparse_path("auto", dense_data, 0.5) is True  # the threshold is the density key's
+    assert takes_sparse_path("auto", sparse_data, 0.01) is False  # below, not at
+    assert takes_sparse_path(False, sparse_data, 0.04) is False
+    assert takes_sparse_path(True, dense_data, 0.04) is True
 
-    # the default is auto: ml-100k (6.3% of its cells) keeps RecBole's dense path
+    # the default is auto: ml-100k (5.1% of its training split's cells) keeps RecBole's dense path
     config = Config(model=ScaledBetaMultVAE, dataset="ml-100k", config_dict={"state": "WARNING"})
     assert config["sparse_input"] == "auto"
     _, _, model, _ = prepare(config)
-    assert model.sparse_input is False
+    assert model.sparse_input is None
+    # ... unless the threshold is raised above it
+    config = Config(model=ScaledBetaMultVAE, dataset="ml-100k", config_dict={"state": "WARNING",
+                                                                            "sparse_input_density": 0.1})
+    _, _, model, _ = prepare(config)
+    assert model.sparse_input is not None
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("sparse_input_density", 1.5, "sparse_input_density=1.5 is not allowed: must be a number >= 0 and <= 1"),
+    ("sparse_input_density", "low", "sparse_input_density='low' is not allowed: must be a number >= 0 and <= 1"),
+    ("sparse_cpu_column_block", 0, "sparse_cpu_column_block=0 is not allowed: must be an integer >= 1"),
+    ("sparse_cpu_column_block", 2.5, "sparse_cpu_column_block=2.5 is not allowed: must be an integer >= 1"),
+    ("sparse_input", "yes", "sparse_input='yes' is not allowed: must be True, False or auto"),
+])
+def test_the_sparse_keys_are_checked(key, value, message):
+    with pytest.raises(ConfigError) as error:
+        BetaMultVAE.validate_config({key: value})
+    assert str(error.value) == message
+
+
+def test_the_sparse_path_drops_out_the_non_zeros_and_leaves_the_state_dict_recboles(ml100k):
+    """The path's own dropout acts on the normalised non-zeros as F.dropout on MultiVAE's input, in
+    training only; the path adds no parameter or saved buffer: the state dict is MultiVAE's."""
+    from recbole.model.general_recommender import MultiVAE
+
+    config, train, model = ml100k
+    seen = []
+    hook = model.sparse_input.dropout.register_forward_hook(lambda _, args, out: seen.append((args[0], out)))
+    try:
+        user = torch.arange(1, 944, 2)
+        model.train()
+        model.calculate_loss({"user_id": user})
+        model.eval()
+        with torch.no_grad():
+            model.full_sort_predict({"user_id": user})
+    finally:
+        hook.remove()
+    (given, kept), (evaluated, passed) = seen
+    assert len(given) == model.history.batch(user).rows.numel()
+    dropped = kept == 0
+    assert torch.allclose(kept[~dropped], given[~dropped] / (1 - model.drop_out))
+    assert abs(dropped.float().mean().item() - model.drop_out) < 0.02  # ~50,000 non-zeros
+    assert torch.equal(passed, evaluated)
+
+    recbole = MultiVAE(Config(model="MultiVAE", dataset="ml-100k", config_dict={"state": "WARNING"}), train._dataset)
+    shapes = {name: value.shape for name, value in model.state_dict().items()}
+    assert shapes == {name: value.shape for name, value in recbole.state_dict().items()}
+
+
+def test_the_column_block_is_a_key(tmp_path):
+    """sparse_cpu_column_block reaches the output layer: other blocks, the same loss and gradients up
+    to rounding (tests/test_sparse_ops.py checks the blocks against nn.Linear)."""
+    from recbole.data import create_dataset
+
+    from conftest import write_tiny_dataset
+
+    keys = write_tiny_dataset(tmp_path, "blocks")
+    results = []
+    for block in (1024, 4):  # 7 item ids: one product, or two
+        config = Config(model=BetaMultVAE, dataset="blocks", config_dict={
+            **keys, "state": "WARNING", "sparse_input": True, "sparse_cpu_column_block": block,
+            "mlp_hidden_size": [8], "latent_dimension": 6})
+        train, _, _ = create_dataset(config).build()
+        torch.manual_seed(0)
+        model = BetaMultVAE(config, train)
+        assert model.sparse_input.cpu_column_block == block
+        model.train()
+        torch.manual_seed(1)
+        loss = model.calculate_loss({"user_id": torch.arange(0, 5)})
+        results.append((torch.stack(loss).detach(), grads(model, sum(loss))))
+    (loss_one, grads_one), (loss_two, grads_two) = results
+    assert torch.allclose(loss_one, loss_two, rtol=1e-6)
+    for name, grad in grads_one.items():
+        assert torch.allclose(grads_two[name], grad, rtol=1e-5, atol=1e-7), name
 
 
 def test_sparse_path_trains_under_autocast(ml100k):

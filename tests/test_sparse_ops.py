@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recbole_beta.model import sparse
-from recbole_beta.model.sparse import SparseBatch, TransposedLinear, Workspace, linear_multinomial_nll
+from recbole_beta.data.user_items import SparseBatch
+from recbole_beta.model.sparse import TransposedLinear, Workspace, linear_multinomial_nll
 
 
 def sparse_batch(rows, cols, values, n_rows, n_items):
@@ -53,15 +53,13 @@ def test_the_fused_layer_and_likelihood_by_hand():
     assert nll.item() == pytest.approx(-(2 * math.log(1 / 6) + math.log(1 / 2)), rel=1e-12)
 
 
-@pytest.mark.parametrize("block", [3, 1024])  # several column blocks, or one
+@pytest.mark.parametrize("block", [3, 11, 1024, None])  # several column blocks (the last one short), or one
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_the_fused_layer_and_likelihood_equal_linear_then_log_softmax_with_gradients(
-        monkeypatch, block, bias, dtype, tolerance):
-    monkeypatch.setattr(sparse, "CPU_COLUMN_BLOCK", block)
+def test_the_fused_layer_and_likelihood_equal_linear_then_log_softmax_with_gradients(block, bias, dtype, tolerance):
     linear, h, batch, upstream = small_case(dtype, bias=bias, n_items=11)
     inputs = [h, *linear.parameters()]
-    nll = linear_multinomial_nll(linear, h, batch, Workspace())
+    nll = linear_multinomial_nll(linear, h, batch, Workspace(), cpu_column_block=block)
     fused = torch.autograd.grad((nll * upstream).sum(), inputs)
     expected = reference_nll(linear, h, batch)
     reference = torch.autograd.grad((expected * upstream).sum(), inputs)

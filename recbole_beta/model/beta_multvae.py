@@ -1,11 +1,11 @@
-r"""
-BetaMultVAE
-################################################
+r"""BetaMultVAE: RecBole's MultiVAE with its KL weight, beta, taken from a beta strategy.
+
 Reference:
     Dawen Liang et al. "Variational Autoencoders for Collaborative Filtering." in WWW 2018.
 
-RecBole's MultiVAE with the KL weight taken from a beta strategy (:mod:`recbole_beta.beta`),
-which may differ between users and over training steps.
+The strategy (:mod:`recbole_beta.beta`) may give each user a beta of its own, and change it over
+training steps. On sparse data the model reads its input through the sparse path it composes
+(:mod:`recbole_beta.model.sparse_input`); otherwise through RecBole's dense rows, MultiVAE's code.
 """
 
 import math
@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from recbole.model.general_recommender import MultiVAE
 
 from recbole_beta.beta import StrategyContext, build_strategy
+from recbole_beta.data.user_items import UserItemCSR
 from recbole_beta.defaults import WithDefaults, model_defaults
 from recbole_beta.errors import check, check_number
-from recbole_beta.model.sparse import TransposedLinear, UserItemCSR, Workspace, linear_multinomial_nll
+from recbole_beta.model.sparse_input import SparseInput, check_sparse_keys, takes_sparse_path
 
 #: activation name (config key ``activation``) -> module placed between MLP layers
 ACTIVATIONS = {
@@ -63,11 +64,11 @@ class BetaMultVAE(MultiVAE):
         self.activation = settings["activation"]
         self.noise_std = settings["noise_std"]
         super().__init__(config, dataset)
-        self.sparse_input = self.choose_sparse_input(settings["sparse_input"], self.history, self.n_items)
-        if self.sparse_input:
-            # the same layer and values, with the weight stored for sparse rows (see TransposedLinear)
-            self.encoder[0] = TransposedLinear.from_linear(self.encoder[0])
-        self._logits = Workspace()  # the sparse path's training logits (batch x items), reused
+        #: the sparse input path, or None: RecBole's dense rows (MultiVAE's own code)
+        self.sparse_input = None
+        if takes_sparse_path(settings["sparse_input"], self.history, settings["sparse_input_density"]):
+            self.sparse_input = SparseInput(self.history, self.encoder, self.decoder, self.drop_out,
+                                            settings["sparse_cpu_column_block"])
 
         # |x_u| of every user id, read by per-user strategies: the user's interaction rows, as
         # RecBole's history length counts them. Derived data, so not checkpointed.
@@ -129,8 +130,7 @@ class BetaMultVAE(MultiVAE):
         check("activation", activation, activation in ACTIVATIONS, f"must be one of {sorted(ACTIVATIONS)}")
         check_number("noise_std", config["noise_std"], minimum=0)
         check_number("dropout_prob", config["dropout_prob"], minimum=0, maximum=1)
-        sparse = config["sparse_input"]
-        check("sparse_input", sparse, isinstance(sparse, bool) or sparse == "auto", "must be True, False or auto")
+        check_sparse_keys(config)
         latent = config["latent_dimension"]
         check(
             "latent_dimension",
@@ -162,20 +162,6 @@ class BetaMultVAE(MultiVAE):
             return mu + epsilon * std
         return mu
 
-    #: ``sparse_input: auto`` takes the sparse path below this share of non-zero user-item cells
-    #: in the data the model trains on (RecBole's training split). Measured on this project's
-    #: 2-core CPU (a batch of 2,048 users, [600] hidden): the paths break even between 5% and 10%
-    #: at 20,108 items and near 20% at 1,682 items. ML-20M's training split (0.3%) and ml-1m's
-    #: (3.6%) fall below; ml-100k's (5.1%) stays, with a margin, on RecBole's dense path, bit for
-    #: bit MultiVAE's, where an epoch takes a tenth of a second either way.
-    SPARSE_DENSITY = 0.04
-
-    @classmethod
-    def choose_sparse_input(cls, setting, history, n_items):
-        if setting != "auto":
-            return setting
-        return history.nnz < cls.SPARSE_DENSITY * history.n_users * n_items
-
     def build_histroy_items(self, dataset):
         # Replaces RecBole's AutoEncoderMixin.build_histroy_items (called by MultiVAE.__init__; the
         # name is RecBole's): a CSR matrix instead of the padded id and value matrices.
@@ -189,69 +175,17 @@ class BetaMultVAE(MultiVAE):
         """RecBole's ``AutoEncoderMixin.get_rating_matrix``: the batch's dense rows (batch x n_items)."""
         return self.history.dense(user)
 
-    def get_sparse_rating_matrix(self, user):
-        """The batch's rows of the user-item matrix as a sparse COO tensor (batch x n_items), with the
-        values of ``get_rating_matrix``; indices are row-major with sorted items (coalesced)."""
-        return self.history.batch(user).coo()
-
-    def encode_sparse(self, batch, dropout_mask=None):
-        """The encoder's (mu, logvar) for a :class:`~recbole_beta.model.sparse.SparseBatch`:
-        ``forward``'s normalisation and dropout act on the non-zeros, and the first layer sums the
-        weight's columns of each row's non-zeros.
-
-        ``dropout_mask`` (0/1 per non-zero, in the batch's order) replaces the random dropout, for
-        comparing with the dense path on the same mask.
-        """
-        rows, values = batch.rows, batch.values
-        norm = torch.zeros(len(batch.crow) - 1, device=values.device, dtype=values.dtype)
-        norm = norm.index_add_(0, rows, values * values).sqrt().clamp_min(1e-12)  # as F.normalize
-        values = values / norm[rows]
-        if dropout_mask is None:
-            values = F.dropout(values, self.drop_out, training=self.training)
-        elif self.training:
-            values = values * dropout_mask / (1 - self.drop_out)
-        h = self.encoder[0].sparse(batch.crow[:-1], batch.cols, values)
-        h = self.encoder[1:](h)
-        half = int(self.lat_dim / 2)
-        return h[:, :half], h[:, half:]
-
-    def forward_sparse(self, batch, dropout_mask=None):
-        """``forward`` on a :class:`~recbole_beta.model.sparse.SparseBatch`: (logits, mu, logvar)."""
-        mu, logvar = self.encode_sparse(batch, dropout_mask)
-        return self.decoder(self.reparameterize(mu, logvar)), mu, logvar
-
-    def train(self, mode=True):
-        if not mode:
-            self._logits.clear()  # evaluation does not need training's buffer
-        return super().train(mode)
-
-    def _encode_batch(self, user, dropout_mask=None):
-        """mu, logvar and the reconstruction term -sum_i x_ui log softmax(z_u)_i of each user.
-
-        ``dropout_mask`` (batch x n_items, 0/1) replaces the random dropout on either path, for
-        comparing the two on the same mask.
-        """
-        if self.sparse_input:
-            batch = self.history.batch(user)
-            mask = None if dropout_mask is None else dropout_mask[batch.rows, batch.cols]
-            mu, logvar = self.encode_sparse(batch, dropout_mask=mask)
-            # the decoder's last layer and the likelihood in one (the same products, one logits buffer)
-            hidden = self.decoder[:-1](self.reparameterize(mu, logvar))
-            return mu, logvar, linear_multinomial_nll(self.decoder[-1], hidden, batch, self._logits)
+    def _loss_terms(self, user):
+        """mu, logvar and the reconstruction term -sum_i x_ui log softmax(z_u)_i of each user."""
+        if self.sparse_input is not None:
+            return self.sparse_input.loss_terms(user, self.reparameterize)
         rating_matrix = self.get_rating_matrix(user)
-        if dropout_mask is None:
-            z, mu, logvar = self.forward(rating_matrix)
-        else:  # MultiVAE.forward, the given mask in place of F.dropout
-            h = F.normalize(rating_matrix) * dropout_mask / (1 - self.drop_out)
-            h = self.encoder(h)
-            half = int(self.lat_dim / 2)
-            mu, logvar = h[:, :half], h[:, half:]
-            z = self.decoder(self.reparameterize(mu, logvar))
+        z, mu, logvar = self.forward(rating_matrix)
         return mu, logvar, -(F.log_softmax(z, 1) * rating_matrix).sum(1)
 
     def calculate_loss(self, interaction):
         user = interaction[self.USER_ID]
-        mu, logvar, recon = self._encode_batch(user)
+        mu, logvar, recon = self._loss_terms(user)
 
         # sum over latent dims of (1 + logvar - mu^2 - var): -2 * KL_u
         neg2_kl = torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
@@ -275,16 +209,15 @@ class BetaMultVAE(MultiVAE):
         return recon.mean(), kl_loss
 
     def full_sort_predict(self, interaction):
-        if not self.sparse_input:
+        if self.sparse_input is None:
             return super().full_sort_predict(interaction)
-        scores, _, _ = self.forward_sparse(self.history.batch(interaction[self.USER_ID]))
-        return scores.view(-1)
+        return self.sparse_input.scores(interaction[self.USER_ID], self.reparameterize).view(-1)
 
     def predict(self, interaction):
-        if not self.sparse_input:
+        if self.sparse_input is None:
             return super().predict(interaction)
         item = interaction[self.ITEM_ID]
-        scores, _, _ = self.forward_sparse(self.history.batch(interaction[self.USER_ID]))
+        scores = self.sparse_input.scores(interaction[self.USER_ID], self.reparameterize)
         return scores[torch.arange(len(item), device=self.device), item]
 
     def other_parameter(self):

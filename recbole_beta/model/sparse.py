@@ -1,91 +1,17 @@
-"""The sparse input path's pieces: the users' interactions as a CSR matrix, the first layer on
-sparse rows, and the output layer with the multinomial likelihood on sparse targets.
+"""The sparse input path's kernels: the first layer on sparse rows, the output layer fused with the likelihood.
 
-RecBole's autoencoders keep every user's history as two padded (users x longest history)
-matrices, ids and values, on the model's device: about 6 GB at the ML-20M shape for data a CSR
-matrix holds in ~120 MB. :class:`UserItemCSR` is that CSR matrix, with the two batch views the
-model needs (dense rows as RecBole builds them, or the sparse batch). :class:`TransposedLinear`
-is the encoder's first layer for sparse rows; :func:`linear_multinomial_nll` the decoder's output
-layer and the reconstruction term in one, which writes no batch x items tensor per step.
+:class:`TransposedLinear` is the encoder's first layer for sparse rows; :func:`linear_multinomial_nll`
+the decoder's output layer and the reconstruction term in one, which writes no batch x items tensor
+per step (:class:`Workspace`: the one buffer it reuses). Their batches are
+:class:`~recbole_beta.data.user_items.SparseBatch` rows of the users' history; the path that composes
+them into the model's is :mod:`recbole_beta.model.sparse_input`.
 """
 
 import weakref
-from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-
-class UserItemCSR(nn.Module):
-    """The binary user x item matrix of a RecBole dataset's interactions, row-compressed.
-
-    A (user, item) pair present several times is one entry of value 1, as in the dense rows of
-    RecBole's ``AutoEncoderMixin.get_rating_matrix`` (which writes 1 over 1). Column ids are sorted
-    within each row. The arrays are non-persistent buffers: ``.to(device)`` moves them, checkpoints
-    do not hold them (they are derived from the data).
-    """
-
-    def __init__(self, user_ids, item_ids, n_users, n_items):
-        super().__init__()
-        self.n_users, self.n_items = n_users, n_items
-        users = np.asarray(user_ids, dtype=np.int64)
-        items = np.asarray(item_ids, dtype=np.int64)
-        #: interactions per user, duplicates included: RecBole's history length
-        self.register_buffer("counts", torch.from_numpy(np.bincount(users, minlength=n_users)), persistent=False)
-        pairs = np.unique(users * n_items + items)  # sorted by user, then item; duplicates once
-        crow = np.zeros(n_users + 1, dtype=np.int64)
-        np.cumsum(np.bincount(pairs // n_items, minlength=n_users), out=crow[1:])
-        self.register_buffer("crow", torch.from_numpy(crow), persistent=False)
-        self.register_buffer("col", torch.from_numpy(pairs % n_items), persistent=False)
-
-    @classmethod
-    def from_dataset(cls, dataset):
-        inter = dataset.inter_feat
-        return cls(inter[dataset.uid_field].numpy(), inter[dataset.iid_field].numpy(), dataset.user_num, dataset.item_num)
-
-    @property
-    def nnz(self):
-        return len(self.col)
-
-    def batch(self, user):
-        """Rows ``user`` as a :class:`SparseBatch`, in row-major order with sorted items."""
-        start = self.crow[user]
-        length = self.crow[user + 1] - start
-        crow = torch.zeros(len(user) + 1, dtype=torch.long, device=start.device)
-        torch.cumsum(length, 0, out=crow[1:])
-        total = int(crow[-1])
-        rows = torch.repeat_interleave(torch.arange(len(user), device=start.device), length, output_size=total)
-        # position of each entry in self.col: its row's start plus its offset inside the row
-        position = torch.arange(total, device=start.device) - crow[:-1][rows] + start[rows]
-        cols = self.col[position]
-        return SparseBatch(crow, rows, cols, torch.ones(total, device=cols.device), self.n_items)
-
-    def dense(self, user):
-        """Rows ``user`` as a dense float tensor (len(user) x n_items), the values of RecBole's
-        ``AutoEncoderMixin.get_rating_matrix``."""
-        return self.batch(user).dense()
-
-
-class SparseBatch(NamedTuple):
-    """A batch of user rows: CSR offsets (batch + 1), each non-zero's batch row and item id, and its
-    value (1: RecBole's implicit feedback, as its dense rows hold)."""
-
-    crow: torch.Tensor
-    rows: torch.Tensor
-    cols: torch.Tensor
-    values: torch.Tensor
-    n_items: int
-
-    def dense(self):
-        matrix = torch.zeros(len(self.crow) - 1, self.n_items, device=self.values.device, dtype=self.values.dtype)
-        return matrix.index_put_((self.rows, self.cols), self.values)
-
-    def coo(self):
-        # built from valid, sorted, distinct indices: skip the invariant check (and its warning)
-        return torch.sparse_coo_tensor(torch.stack([self.rows, self.cols]), self.values,
-                                       (len(self.crow) - 1, self.n_items), is_coalesced=True, check_invariants=False)
 
 
 def _sparse_nll(log_probs, rows, values, n_rows):
@@ -182,16 +108,14 @@ class Workspace:
         return {"_buffer": None, "_owner": None}
 
 
-#: output columns per matrix product of the CPU forward in :func:`_linear_into`
-CPU_COLUMN_BLOCK = 1024
-
-
-def _linear_into(out, h, weight, bias):
-    """out = h W^T + b, written into ``out``. On the CPU in blocks of output columns: MKL runs the
-    decoder's (2,048 x 600) x (600 x 20,108) product at ~176 GFLOP/s in one call and at ~200 (the
-    backward's two products' rate) in blocks of 512 to 1,024 columns, on this project's 2-core
-    CPU. Each block is the same dot products, so the values are those of one call up to rounding."""
-    block = CPU_COLUMN_BLOCK if out.device.type == "cpu" else out.shape[1]
+def _linear_into(out, h, weight, bias, cpu_column_block):
+    """out = h W^T + b, written into ``out``. On the CPU in blocks of ``cpu_column_block`` output
+    columns (None: one product), elsewhere in one product: MKL ran the decoder's (2,048 x 600) x
+    (600 x 20,108) product at ~176 GFLOP/s in one call and at ~200 (the backward's two products'
+    rate) in blocks of 512 to 1,024 columns, on a 2-core CPU (the key ``sparse_cpu_column_block``
+    sets it). Each block is the same dot products, so the values are those of one call up to
+    rounding."""
+    block = out.shape[1] if out.device.type != "cpu" or cpu_column_block is None else cpu_column_block
     for start in range(0, out.shape[1], block):
         part = slice(start, start + block)
         if bias is None:
@@ -208,9 +132,9 @@ class _LinearMultinomialNLL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, weight, bias, rows, cols, values, workspace, keep):
+    def forward(ctx, h, weight, bias, rows, cols, values, workspace, cpu_column_block, keep):
         logits = workspace.take(ctx, h.shape[0], weight.shape[0], h.dtype, h.device)
-        _linear_into(logits, h, weight, bias)
+        _linear_into(logits, h, weight, bias, cpu_column_block)
         picked = logits[rows, cols]
         top = logits.amax(1)
         probs = torch.ops.aten._softmax.out(logits, 1, False, out=logits)  # in place, row by row
@@ -236,19 +160,22 @@ class _LinearMultinomialNLL(torch.autograd.Function):
         grad_weight = grad_logits.t() @ h if need_weight else None
         grad_bias = grad_logits.sum(0) if need_bias else None
         ctx.workspace.give_back(ctx)
-        return grad_h, grad_weight, grad_bias, None, None, None, None, None
+        return grad_h, grad_weight, grad_bias, None, None, None, None, None, None
 
 
-def linear_multinomial_nll(linear, h, batch, workspace):
+def linear_multinomial_nll(linear, h, batch, workspace, cpu_column_block=None):
     """``multinomial_nll(linear(h), batch.rows, batch.cols, batch.values)``, the same numbers without
-    a second batch x items tensor: see :class:`_LinearMultinomialNLL`. Under autocast it is that
-    composition (the logits in autocast's dtype, the likelihood in float32), as it is for weights
-    in a half-precision dtype."""
+    a second batch x items tensor: see :class:`_LinearMultinomialNLL`. ``batch``: a
+    :class:`~recbole_beta.data.user_items.SparseBatch`; ``workspace``: the :class:`Workspace` the
+    logits are written into; ``cpu_column_block``: output columns per matrix product on the CPU
+    (None: one product; see :func:`_linear_into`). Under autocast it is that composition (the
+    logits in autocast's dtype, the likelihood in float32), as it is for weights in a
+    half-precision dtype."""
     if torch.is_autocast_enabled(h.device.type) or h.dtype not in (torch.float32, torch.float64):
         return multinomial_nll(linear(h), batch.rows, batch.cols, batch.values)
     values = batch.values.to(h.dtype)
     return _LinearMultinomialNLL.apply(h, linear.weight, linear.bias, batch.rows, batch.cols, values, workspace,
-                                       torch.is_grad_enabled())
+                                       cpu_column_block, torch.is_grad_enabled())
 
 
 class TransposedLinear(nn.Module):
