@@ -1,4 +1,6 @@
-"""Checkpoints: saved as plain data that torch's safe loader (``weights_only=True``) reads, checked before a
+"""Checkpoints: saving, safe loading, resume checks, and RecBole's own converted.
+
+Checkpoints: saved as plain data that torch's safe loader (``weights_only=True``) reads, checked before a
 resume, and RecBole 1.2.1's own checkpoints converted on request.
 
 Why not RecBole's: RecBole 1.2.1 pickles its Config object (and models' numpy/scipy attributes) into

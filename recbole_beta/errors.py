@@ -1,4 +1,6 @@
-"""Errors the plugin raises for bad input: each renders as one line that names what to fix, and the
+"""The plugin's one-line errors for bad input, and the one way a command line fails.
+
+Errors the plugin raises for bad input: each renders as one line that names what to fix, and the
 one way a command line ends on one (:func:`fail`)."""
 
 import math

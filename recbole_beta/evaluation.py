@@ -1,4 +1,6 @@
-"""Per-user evaluation: the test metrics of each user, from RecBole's own metric classes on the top-k
+"""Per-user evaluation: each user's test metrics from RecBole's own metric classes.
+
+Per-user evaluation: the test metrics of each user, from RecBole's own metric classes on the top-k
 lists its evaluator used (``run_recbole_beta(..., per_user=True)``; the experiments' significance tests
 and activity buckets rest on them)."""
 

@@ -1,5 +1,8 @@
 """BetaMultVAE's loss against a hand computation, and the ablation knobs, on a tiny real dataset."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -161,3 +164,55 @@ def test_activity_exponent_zero_trains_as_a_constant_beta(fast):
         assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-6)
         assert mine["beta"] == pytest.approx(0.2)
     assert scaled["test_result"] == pytest.approx(constant["test_result"], abs=1e-4)
+
+
+NAMED_MODEL = '''r"""
+ProbeBetaMultVAE
+################################################
+Reference:
+    Dawen Liang et al. "Variational Autoencoders for Collaborative Filtering." in WWW 2018.
+
+A named model added as one module and its YAML.
+"""
+
+from recbole_beta.model.beta_multvae import BetaMultVAE
+
+
+class ProbeBetaMultVAE(BetaMultVAE):
+    r"""Mult-VAE with a constant beta."""
+
+    strategy = "constant"
+'''
+
+NAMED_MODEL_PROBE = '''
+from recbole_beta.quick_start import run_recbole_beta
+from recbole_beta.registry import get_model
+assert get_model("ProbeBetaMultVAE").__name__ == "ProbeBetaMultVAE"
+result = run_recbole_beta("ProbeBetaMultVAE", "ml-100k", config_dict={"epochs": 1, "state": "ERROR",
+                          "show_progress": False, "results_dir": None, "checkpoint_dir": "saved"})
+print("beta", result["history"][0]["beta"])
+'''
+
+
+def test_a_named_model_is_one_module_and_its_yaml(tmp_path):
+    """A BetaMultVAE subclass dropped into recbole_beta/model/ with its properties/model/<Model>.yaml is a
+    model the lookup finds and RecBole runs, its YAML read (before, model/__init__.py listed every model)."""
+    import subprocess
+    import sys
+
+    import recbole_beta.model
+    from recbole_beta.defaults import properties_dir
+
+    name = f"probe_beta_multvae_{os.getpid()}"
+    module = Path(recbole_beta.model.__file__).parent / f"{name}.py"
+    yaml_file = properties_dir() / "model" / "ProbeBetaMultVAE.yaml"
+    module.write_text(NAMED_MODEL)
+    yaml_file.write_text("beta_strategy: constant   # (str) fixed by the model\nbeta: 0.25                # (float)\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", NAMED_MODEL_PROBE], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        module.unlink()
+        yaml_file.unlink()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "beta 0.25"  # the model's YAML was read

@@ -1,4 +1,6 @@
-"""Reading a raw interactions file in chunks with pandas, every bad row, header or encoding named by file
+"""Reading a raw interactions file in chunks, every bad row named (the converters' input).
+
+Reading a raw interactions file in chunks with pandas, every bad row, header or encoding named by file
 and line in one :class:`ConversionError` (the converter's errors)."""
 
 import csv

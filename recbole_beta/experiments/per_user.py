@@ -1,4 +1,6 @@
-"""A sweep folder's run records and per-user tables, read back: which runs, which users (one id for the whole
+"""A sweep folder's records and per-user tables, read back and pooled per user.
+
+A sweep folder's run records and per-user tables, read back: which runs, which users (one id for the whole
 sweep), which metrics, and each user's metrics averaged over seeds (folds pooled)."""
 
 import json

@@ -1,4 +1,6 @@
-"""Figures for the beta study's results: test metrics, paired differences from the reference method,
+"""Figures of a study's results: metrics, paired differences, activity buckets.
+
+Figures for the beta study's results: test metrics, paired differences from the reference method,
 activity buckets; and what every figure shares (colours, legends, saving). The figures of training
 itself (beta schedules, training curves) are in :mod:`recbole_beta.experiments.training_plots`.
 

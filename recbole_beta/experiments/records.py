@@ -1,6 +1,8 @@
-"""A sweep run's files: its record (JSON) and per-user table (NPZ), where they go, how a run is trained
-into them (:class:`SweepJob`, for any of :mod:`~recbole_beta.runs.engines`), and how a run's files are
-judged finished or unreadable.
+"""A sweep run's files (record and per-user table) and the job that trains a run into them.
+
+Where a run's record (JSON) and per-user table (NPZ) go, how a run is trained into them
+(:class:`SweepJob`, for any of :mod:`~recbole_beta.runs.engines`), and how they are judged finished or
+unreadable.
 
 A worker writes the run's per-user table and then its record, each atomically, the moment the run ends,
 so a driver that is killed loses no finished run, and a rerun skips them. Paths travel absolute

@@ -1,4 +1,6 @@
-"""The study's statistics on paired per-user metrics, files aside: paired t and Wilcoxon tests, Benjamini-Hochberg
+"""The study's statistics on paired per-user metrics: tests, BH, TOST, power, verdicts.
+
+The study's statistics on paired per-user metrics, files aside: paired t and Wilcoxon tests, Benjamini-Hochberg
 adjustment, equivalence (TOST), the minimum detectable effect, the corrected resampled t-test over folds, and the
 verdict that combines them. scipy.stats and statsmodels do the work."""
 

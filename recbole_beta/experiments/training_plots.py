@@ -1,4 +1,6 @@
-"""Figures of training: beta against the training step for each strategy (simulated from the
+"""Figures of training: each strategy's beta over steps, each run's per-epoch curves.
+
+Figures of training: beta against the training step for each strategy (simulated from the
 strategies themselves), and each run's per-epoch curves (reconstruction, weighted KL, mean beta, valid
 metric). Saving, colours and legends as in :mod:`recbole_beta.experiments.plots`.
 """

@@ -1,5 +1,6 @@
-"""Where many trainings run: in this process, in local processes, or as Ray tasks; the options that choose
-one, checked once for sweeps and tuning alike.
+"""The engines that run many trainings (this process, local processes, Ray) and their options.
+
+The options are checked once (:meth:`Engine.checked`) for sweeps and searches alike.
 
 A :class:`Job` is one training and its record. An engine's ``run(jobs, ended, started=None)`` runs jobs and
 tells the driver as each ends (``ended(job, record)``) and, where it knows, as each starts

@@ -1,5 +1,7 @@
-"""One training, as every study runs it: :func:`train` (a run of :func:`run_recbole_beta` with its outcome
-in the one vocabulary of run states), and the config a driver builds to check runs before they go elsewhere."""
+"""One training and its outcome, in the one vocabulary of run states.
+
+:func:`train` runs :func:`run_recbole_beta` for sweeps and searches alike; :func:`driver_config` and
+:func:`absolute_data_path` check a run in the driver before it goes elsewhere."""
 
 import os
 import time

@@ -1,4 +1,6 @@
-"""Engine ``ray``: Ray Tune (ray 2.6.3, installed with RecBole), trials in parallel on a local Ray instance
+"""Engine ``ray``: Ray Tune, trials in parallel on a local Ray instance or a cluster.
+
+Engine ``ray``: Ray Tune (ray 2.6.3, installed with RecBole), trials in parallel on a local Ray instance
 or an existing cluster.
 
 Each trial is :func:`trainable` in a Ray worker: the same :class:`~recbole_beta.tuning.trials.TrialJob`

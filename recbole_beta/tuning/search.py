@@ -1,5 +1,6 @@
-"""One search, either engine: everything checked before any trial (:func:`prepare_search`, which returns
-a :class:`Search`), then the engine's run and the results files (:func:`run_search`)."""
+"""One search: every check before any trial, then the engine's run and the results files.
+
+:func:`prepare_search` returns a checked :class:`Search`; :func:`run_search` runs it on either engine."""
 
 import os
 import sys

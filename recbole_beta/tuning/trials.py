@@ -1,6 +1,7 @@
-"""Trials, the same on both engines: one trial (a :class:`TrialJob`, trained as every run is, by
-:func:`recbole_beta.runs.training.train`), its record, the early-stop rule, the best trial, and the results
-files (``trials.jsonl`` after each trial; ``trials.csv``, ``best.json`` and the plot at the end).
+"""Trials, the same on both engines: one trial, its record, the early stop, the results files.
+
+A trial is a :class:`TrialJob`, trained as every run is, by :func:`recbole_beta.runs.training.train`.
+Results files: ``trials.jsonl`` after each trial; ``trials.csv``, ``best.json`` and the plot at the end.
 """
 
 import json
@@ -175,6 +176,8 @@ class TrialLog:
 def _frame(dicts, columns=None):
     """Dicts as rows, lists and dicts as JSON; dtype object keeps every value as it is (an int column
     with a gap does not turn into floats)."""
+    # not pd.json_normalize: it infers dtypes (an int column with a gap writes 1.0) and leaves lists as
+    # Python reprs ("[1, 2]" unquoted differs from JSON for strings); tried on pandas 2.3
     rows = [{k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else v for k, v in d.items()} for d in dicts]
     return pd.DataFrame(rows, columns=columns, dtype=object)
 
