@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -100,14 +102,16 @@ def main():
             print(f"{name} {variant}: peak {measured['peak_rss'] / 2**30:.2f} GiB, "
                   f"{time.perf_counter() - started:.0f} s, test {measured['test']}", flush=True)
     print()
-    print(f"| dataset | model | peak RSS GiB | x {REFERENCE} | CUDA peak GiB | run s | test NDCG@100 |")
-    print("|---|---|---|---|---|---|---|")
+    cells = []
     for row in rows:
         reference = next(r for r in rows if r["dataset"] == row["dataset"] and r["variant"] == REFERENCE)
         cuda = "-" if row["cuda_peak"] is None else f"{row['cuda_peak'] / 2**30:.2f}"
-        print(f"| {row['dataset']} | {row['variant']} | {row['peak_rss'] / 2**30:.2f} "
-              f"| {row['peak_rss'] / reference['peak_rss']:.3f} | {cuda} | {row['seconds']:.0f} "
-              f"| {row['test'].get('ndcg@100', float('nan')):.4f} |")
+        cells.append([row["dataset"], row["variant"], f"{row['peak_rss'] / 2**30:.2f}",
+                      f"{row['peak_rss'] / reference['peak_rss']:.3f}", cuda, f"{row['seconds']:.0f}",
+                      f"{row['test'].get('ndcg@100', float('nan')):.4f}"])
+    header = ["dataset", "model", "peak RSS GiB", f"x {REFERENCE}", "CUDA peak GiB", "run s", "test NDCG@100"]
+    # disable_numparse: the cells are written as formatted here, not re-read as numbers
+    print(pd.DataFrame(cells, columns=header).to_markdown(index=False, disable_numparse=True))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

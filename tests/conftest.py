@@ -52,3 +52,10 @@ def run_cli(monkeypatch, capsys, *args):
     code = main(argv)
     captured = capsys.readouterr()
     return code, captured.err.strip(), captured.out
+
+
+def plain_tables(text):
+    """``text`` with each Markdown table row written as ``| a | b |``: the reports' tables come from pandas'
+    ``to_markdown``, which pads every cell to its column's width."""
+    return "\n".join("| " + " | ".join(cell.strip() for cell in line.strip()[1:-1].split("|")) + " |"
+                     if line.startswith("|") else line for line in text.splitlines())

@@ -1,4 +1,4 @@
-"""Opt-in download through RecBole's own ``Dataset._download``, served from a local HTTP server.
+"""Opt-in download with RecBole's download pieces (``recbole.utils.url``), served from a local HTTP server.
 
 The zip is laid out like RecBole's hosted ones (``ProcessedDatasets/.../ml-20m.zip``): flat atomic
 files named after the zip (``Hosted_Tiny.inter``, ``Hosted_Tiny.item``), which RecBole extracts
@@ -8,19 +8,23 @@ into ``<data_path>/<name>/`` and renames to ``<name>.*``.
 import contextlib
 import functools
 import http.server
+import json
 import random
 import socket
 import sys
 import threading
+import time
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from recbole.utils import url as recbole_url
 
 from recbole_beta.cli import main
 from recbole_beta.config import Config
-from recbole_beta.data.download import barrier_guard, download_dataset, is_downloadable
+from recbole_beta.data.download import download_dataset, is_downloadable
 from recbole_beta.errors import DatasetNotFoundError
 from recbole_beta.quick_start import check_dataset, run_recbole_beta
 
@@ -33,11 +37,23 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class SlowCountingHandler(QuietHandler):
+    """Notes each request in ``requests`` and answers it after ``delay`` seconds."""
+
+    requests = []
+    delay = 0.0
+
+    def do_GET(self):
+        type(self).requests.append(self.path)
+        time.sleep(self.delay)
+        super().do_GET()
+
+
 @contextlib.contextmanager
-def http_server(directory):
+def http_server(directory, handler=QuietHandler):
     """Serve ``directory`` on 127.0.0.1 at a free port, in a thread; yields the base URL."""
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(directory))
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(directory))
     )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -101,8 +117,10 @@ def test_a_large_download_is_confirmed_without_a_prompt(tmp_path, monkeypatch, c
         config = config_for(NAME, tmp_path / "data", download=True, download_url=f"{base}/{ZIP_BASE}.zip")
         path = download_dataset(config)
     assert path == str(tmp_path / "data" / NAME / f"{NAME}.inter")
-    assert "Will you proceed? (y/N) y (download=True)" in caplog.text  # RecBole asked; the opt-in answered
-    assert not hasattr(recbole_url, "input")  # the answer was scoped to the download
+    # no prompt (input() raises under pytest): the size is logged as the answered question, before the download
+    text = caplog.text
+    assert "Will you proceed? (y/N) y (download=True)" in text
+    assert text.index("Will you proceed?") < text.index(f"Downloading {base}/{ZIP_BASE}.zip")
 
 
 def test_an_existing_dataset_is_not_downloaded_again(tmp_path):
@@ -180,28 +198,37 @@ def test_an_archive_without_the_inter_file_is_reported(tmp_path):
     assert "--multvae" in message
 
 
-# ---------------------------------------------------------------- the barrier guard
+# ---------------------------------------------------------------- under DDP
 
-def test_barrier_guard_is_a_no_op_without_a_process_group_and_is_restored():
-    original = dist.barrier
-    assert not dist.is_initialized()
-    with pytest.raises((RuntimeError, ValueError)):
-        dist.barrier()  # what RecBole's _download hits in a single-process run
-    with barrier_guard():
-        assert dist.barrier is not original
-        assert dist.barrier() is None
-    assert dist.barrier is original
-
-    with pytest.raises(KeyError):
-        with barrier_guard():
-            raise KeyError("boom")
-    assert dist.barrier is original
+def _download_in_rank(rank, world_size, port, config, out):
+    """A DDP rank (gloo): download, then note whether the files were there as soon as it returned."""
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, init_method=f"tcp://127.0.0.1:{port}")
+    try:
+        path = download_dataset(dict(config, local_rank=rank))
+        Path(out, f"rank{rank}.json").write_text(json.dumps({"path": path, "there": Path(path).is_file()}))
+    finally:
+        dist.destroy_process_group()
 
 
-def test_barrier_guard_keeps_the_real_barrier_under_a_process_group(monkeypatch):
-    calls = []
-    monkeypatch.setattr(dist, "barrier", lambda *a, **k: calls.append(a) or "waited")
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    with barrier_guard():
-        assert dist.barrier() == "waited"
-    assert calls == [()]
+def test_under_ddp_rank_zero_downloads_and_the_other_ranks_wait(tmp_path, monkeypatch):
+    write_hosted_zip(tmp_path / "www")
+    monkeypatch.setattr(SlowCountingHandler, "requests", [])
+    monkeypatch.setattr(SlowCountingHandler, "delay", 1.0)  # a rank that did not wait would find no file
+    with http_server(tmp_path / "www", SlowCountingHandler) as base:
+        url = f"{base}/{ZIP_BASE}.zip"
+        download_dataset(config_for(NAME, tmp_path / "alone", download=True, download_url=url))
+        alone = list(SlowCountingHandler.requests)
+        SlowCountingHandler.requests.clear()
+
+        # the keys download_dataset reads; Config's data_path ends in the dataset's name
+        config = {"dataset": NAME, "data_path": str(tmp_path / "data" / NAME), "download_url": url}
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.spawn(_download_in_rank, args=(2, port, config, str(tmp_path)), nprocs=2)
+
+    assert SlowCountingHandler.requests == alone  # one download: rank 0's
+    inter = str(tmp_path / "data" / NAME / f"{NAME}.inter")
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {"path": inter, "there": True}
+    assert sorted(p.name for p in (tmp_path / "data" / NAME).iterdir()) == [f"{NAME}.inter", f"{NAME}.item"]

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from conftest import plain_tables
 from recbole_beta.experiments import analysis
 from recbole_beta.experiments.cli import main
 from recbole_beta.experiments.report import write_report
@@ -67,7 +68,7 @@ def test_sweep_writes_every_run_and_the_tables(sweep):
     assert row["ndcg@100_std"] == pytest.approx(np.std(scaled, ddof=1))
     assert row["n_seeds"] == 2
 
-    report = (out / "report.md").read_text()
+    report = plain_tables((out / "report.md").read_text())
     assert "| Scaled | 2 |" in report and "Paired tests against AnnealedBetaMultVAE" in report
     assert json.loads((out / "summary.json").read_text())["failed"] == []
     for stem in ("metrics", "paired_differences", "training_curves", "activity_buckets", "beta_schedules"):
@@ -248,7 +249,7 @@ def test_significance_covers_every_per_user_metric(tmp_path):
     buckets = analysis.activity_buckets(tmp_path, runs)
     assert {"truncatedrecall@20", "truncatedrecall@50", "mrr@10"} <= set(buckets.columns)
     write_report(tmp_path, figures=False)
-    assert "| A | truncatedrecall@50 | 300 |" in (tmp_path / "report.md").read_text()
+    assert "| A | truncatedrecall@50 | 300 |" in plain_tables((tmp_path / "report.md").read_text())
 
 
 def test_significance_on_metrics_other_than_the_main_ones(tmp_path):
@@ -275,7 +276,7 @@ def test_confidence_intervals_and_adjusted_p_values_in_the_report(tmp_path):
     row = sig[(sig["label"] == "A") & (sig["metric"] == "recall@20")].iloc[0]
     assert (row["ci_low"], row["ci_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
 
-    report = (tmp_path / "report.md").read_text()
+    report = plain_tables((tmp_path / "report.md").read_text())
     assert "| method | metric | users | Δ | 95% CI of Δ | p_t | p_t (BH) | d_z | p_W | p_W (BH) | r |" in report
     assert f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]" in report
     assert "Benjamini-Hochberg" in report
@@ -300,7 +301,7 @@ def test_buckets_of_nearly_constant_activity_hold_enough_users(tmp_path):
     stats_ = analysis.activity_summary(tmp_path, runs)
     assert stats_["barely_varies"] and stats_["iqr_over_median"] == 0 and stats_["cv"] < 0.01
     write_report(tmp_path, figures=True)
-    report = (tmp_path / "report.md").read_text()
+    report = plain_tables((tmp_path / "report.md").read_text())
     assert "Activity barely varies" in report and "per-user scaled beta is then nearly a constant" in report
     assert "| [50, 51] (1877 users) |" in report
 

@@ -160,3 +160,16 @@ def test_the_module_graph_sees_lazy_imports():
     edges, _ = module_edges()
     assert "recbole_beta.quick_start" in edges["recbole_beta.cli"]  # inside main()
     assert find_cycle({"x.a": {"x.b"}, "x.b": {"x.a"}}) == ["x.a", "x.b", "x.a"]
+
+
+def test_every_module_opens_with_one_line_saying_what_it_holds():
+    """A docstring whose first line is the summary (then a blank line, or nothing); a model file may open in
+    RecBole's style instead (its name, then a rule of #), as RecBole's model files do."""
+    offenders = []
+    for name, path in module_names().items():
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+        lines = (doc or "").splitlines()
+        recbole_style = len(lines) > 2 and set(lines[1]) == {"#"}
+        if not lines or not lines[0].strip() or (len(lines) > 1 and lines[1].strip() and not recbole_style):
+            offenders.append(f"{path.relative_to(ROOT.parent)}: {lines[0] if lines else '(no docstring)'}")
+    assert not offenders, "\n".join(offenders)

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from scipy import optimize, stats
 
+from conftest import plain_tables
 from recbole_beta.experiments import analysis
 from recbole_beta.experiments.cli import main
 from recbole_beta.experiments.report import write_report
@@ -169,7 +170,7 @@ def test_pairs_only_the_folds_and_seeds_both_ran(tmp_path):
 def test_report_shows_verdicts_and_the_resampled_test(sweep):
     out, _ = sweep
     write_report(out, figures=True)
-    report = (out / "report.md").read_text()
+    report = plain_tables((out / "report.md").read_text())
     assert "120 users tested, each in one fold" in report
     assert "| method | metric | users | Δ | 90% CI of Δ | margin | p_TOST | p_t (BH) | verdict | MDE |" in report
     assert "| Same | NDCG@100 | 120 |" in report and "**equivalent**" in report and "**different**" in report
@@ -245,7 +246,7 @@ def test_a_three_fold_sweep_on_ml_100k_reaches_verdicts(tmp_path):
     assert sig.loc["ndcg@100", "verdict"] == "different" and sig.loc["ndcg@100", "mean_diff"] > 0.1
     assert sig.loc["recall@20", "verdict"] == "different"
     assert sig.loc["ndcg@100", "n_runs"] == 3 and np.isfinite(sig.loc["ndcg@100", "p_nb"])
-    report = (out / "report.md").read_text()
+    report = plain_tables((out / "report.md").read_text())
     assert "## Verdicts against Pop" in report and "| EASE | NDCG@100 |" in report
 
 

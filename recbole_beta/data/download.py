@@ -1,4 +1,4 @@
-"""Opt-in download of the datasets RecBole hosts (ml-20m among them), through RecBole's own code.
+"""Opt-in download of the datasets RecBole hosts (ml-20m among them), with RecBole's own pieces.
 
 RecBole 1.2.1 downloads a dataset it knows (a name in ``recbole/properties/dataset/url.yaml``)
 in ``Dataset._download``: it asks ``recbole.utils.url.decide_download`` whether to go on
@@ -7,24 +7,24 @@ in ``Dataset._download``: it asks ``recbole.utils.url.decide_download`` whether 
 ``<name>.*`` and then calls ``torch.distributed.barrier()``, which raises in a
 single-process run (no process group).
 
-:func:`download_dataset` runs that same method, with two scoped changes only:
+:func:`download_dataset` takes the same steps with the same functions of ``recbole.utils.url``
+(``makedirs``, ``download_url``, ``extract_zip``, ``rename_atomic_files``) and RecBole's log
+lines, with two differences:
 
-* :func:`barrier_guard`: ``torch.distributed.barrier`` does nothing while no process group is
-  initialised (under DDP the real barrier runs, so the other ranks wait for rank 0);
-* the confirmation prompt is answered "y": the user asked for the download with
-  ``download: True``, and a run must not wait on stdin.
+* no prompt: the user asked for the download with ``download: True``, and a run must not wait
+  on stdin; a zip over 1 GB is logged with its size, as the answered prompt;
+* the barrier only runs under DDP (a process group exists): rank 0 (``local_rank``) downloads,
+  the other ranks of the node wait for it there.
 
-Both are undone when the download ends, however it ends. The key ``download_url`` (not set by
-default) replaces the address from url.yaml, e.g. a mirror, or a local server in the tests; with
-it set, any dataset name can be downloaded from a zip laid out like RecBole's (flat
-``<zip name>.inter``, ``.item``, ... files).
+The key ``download_url`` (not set by default) replaces the address from url.yaml, e.g. a mirror,
+or a local server in the tests; with it set, any dataset name can be downloaded from a zip laid
+out like RecBole's (flat ``<zip name>.inter``, ``.item``, ... files).
 """
 
-import contextlib
 import os
+import urllib.request
 import zipfile
 from logging import getLogger
-from unittest import mock
 
 import torch.distributed as dist
 import yaml
@@ -33,8 +33,6 @@ from recbole_beta.errors import DatasetNotFoundError
 
 #: where the preprocessing commands for a hand-made copy are documented
 README = "dataset/README.md"
-
-_MISSING = object()
 
 
 def recbole_urls():
@@ -56,43 +54,6 @@ def is_downloadable(config):
     return download_url_of(config) is not None
 
 
-@contextlib.contextmanager
-def barrier_guard():
-    """Within the block, ``torch.distributed.barrier()`` is a no-op while no process group exists.
-
-    The check is made at each call, so a process group initialised meanwhile gets the real
-    barrier. The original function is put back on exit, exceptions included.
-    """
-    original = getattr(dist, "barrier", _MISSING)
-
-    def barrier(*args, **kwargs):
-        if original is not _MISSING and dist.is_available() and dist.is_initialized():
-            return original(*args, **kwargs)
-        return None
-
-    dist.barrier = barrier
-    try:
-        yield
-    finally:
-        if original is _MISSING:
-            del dist.barrier
-        else:
-            dist.barrier = original
-
-
-@contextlib.contextmanager
-def _confirmed(logger):
-    """Answer ``decide_download``'s "Will you proceed? (y/N)" with "y" (logged), within the block only."""
-    from recbole.utils import url as recbole_url
-
-    def answer(prompt=""):
-        logger.info(f"{' '.join(str(prompt).split())} y (download=True)")
-        return "y"
-
-    with mock.patch.object(recbole_url, "input", answer, create=True):
-        yield
-
-
 def _by_hand(config):
     """The part of every message that says how to make the files without the download."""
     name, path = config["dataset"], config["data_path"]
@@ -108,15 +69,39 @@ def _one_line(error):
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def download_dataset(config):
-    """Fetch and extract ``config['dataset']`` into ``config['data_path']`` with RecBole's ``_download``.
+def _log_size(url, logger):
+    """Log what ``decide_download`` would ask for a zip over 1 GB, answered by ``download: True``."""
+    from recbole.utils.url import GBFACTOR
 
-    Returns the path of the ``.inter`` file. Raises :class:`DatasetNotFoundError` (one line: the
+    # not decide_download: over 1 GB it calls input() (measured: EOFError with stdin from /dev/null, OSError under pytest)
+    with urllib.request.urlopen(url) as response:
+        size = int(response.info()["Content-Length"]) / GBFACTOR
+    if size > 1:
+        logger.info(f"This will download {size:.2f}GB. Will you proceed? (y/N) y (download=True)")
+
+
+def _fetch(url, name, path, logger):
+    """RecBole's ``Dataset._download`` on rank 0, without its prompt; see the module's docstring."""
+    from recbole.utils.url import download_url, extract_zip, makedirs, rename_atomic_files
+
+    logger.info(f"Prepare to download dataset [{name}] from [{url}].")
+    _log_size(url, logger)
+    makedirs(path)
+    zip_path = download_url(url, path)
+    extract_zip(zip_path, path)
+    os.unlink(zip_path)
+    rename_atomic_files(path, os.path.splitext(os.path.basename(zip_path))[0], name)
+    logger.info("Downloading done.")
+
+
+def download_dataset(config):
+    """Fetch and extract ``config['dataset']`` into ``config['data_path']`` as RecBole's ``_download`` does.
+
+    Returns the path of the ``.inter`` file. Under DDP only ``local_rank`` 0 downloads; every rank
+    then meets at ``torch.distributed.barrier()``. Raises :class:`DatasetNotFoundError` (one line: the
     reason, where the files go, the converter command) when the name has no address, the
     download fails (e.g. no network) or the archive holds no ``<name>.inter``.
     """
-    from recbole.data.dataset import Dataset
-
     name, path = config["dataset"], config["data_path"]
     inter = os.path.join(path, f"{name}.inter")
     url = download_url_of(config)
@@ -129,14 +114,11 @@ def download_dataset(config):
     logger = getLogger()
     zip_path = os.path.join(path, url.rpartition("/")[2])
     zip_was_there = os.path.exists(zip_path)
-
-    # RecBole's own Dataset._download, on an instance that has just what it reads.
-    dataset = Dataset.__new__(Dataset)
-    dataset.config, dataset.dataset_name, dataset.dataset_path, dataset.logger = config, name, path, logger
-    dataset._get_download_url = lambda url_file, allow_none=False: url
     try:
-        with barrier_guard(), _confirmed(logger):
-            dataset._download()
+        if config["local_rank"] == 0:
+            _fetch(url, name, path, logger)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # the node's other ranks wait here for rank 0's files
     except (OSError, ValueError, RuntimeError, TypeError, zipfile.BadZipFile) as error:
         if not zip_was_there and os.path.isfile(zip_path):
             os.remove(zip_path)  # a half-done zip would be reused by the next try

@@ -1,5 +1,6 @@
-"""User activity |x_u| in a sweep: how much it varies, the buckets cut at its quantiles, each method's metrics
-per bucket and its paired difference from the reference within each bucket."""
+"""User activity |x_u| in a sweep: its spread, its quantile buckets, each method's metrics per bucket.
+
+Each method's paired difference from the reference is also taken within each bucket."""
 
 import math
 

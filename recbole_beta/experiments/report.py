@@ -16,6 +16,12 @@ class ReportError(RecBoleBetaError, ValueError):
     """A folder that holds no sweep, or runs whose files cannot give the report (one line)."""
 
 
+def markdown_table(header, rows):
+    """A Markdown table (as lines) of cells already formatted as text: pandas' ``to_markdown`` (tabulate),
+    with ``disable_numparse`` so that a cell such as ``0.0100`` is written as given, not re-read as a number."""
+    return pd.DataFrame(list(rows), columns=header).to_markdown(index=False, disable_numparse=True).splitlines()
+
+
 def _pm(mean, std):
     return f"{mean:.4f} ± {std:.4f}"
 
@@ -73,13 +79,13 @@ def _verdict_section(sig, reference):
            "A pair can be equivalent and still differ significantly: its difference is then real but inside the "
            "margin (p_t (BH) says so). MDE: the smallest mean difference a paired t-test at "
            f"alpha = {analysis.ALPHA:g} detects with {analysis.POWER:.0%} power over these users, from the observed "
-           "spread of the differences (statsmodels' `TTestPower`).", "",
-           f"| method | metric | users | Δ | {level} CI of Δ | margin | p_TOST | p_t (BH) | verdict | MDE |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-    for _, row in sig.iterrows():
-        out.append(f"| {row['label']} | {metric_label(row['metric'])} | {row['n_users']} | {row['mean_diff']:+.4f} | "
-                   f"{_ci(row['ci90_low'], row['ci90_high'])} | {_margin(row['margin'])} | {_p(row['p_tost'])} | "
-                   f"{_p(row['p_t_adj'])} | **{row['verdict']}** | {row['mde']:.4f} |")
+           "spread of the differences (statsmodels' `TTestPower`).", ""]
+    header = ["method", "metric", "users", "Δ", f"{level} CI of Δ", "margin", "p_TOST", "p_t (BH)", "verdict", "MDE"]
+    out += markdown_table(header, (
+        [row["label"], metric_label(row["metric"]), f"{row['n_users']}", f"{row['mean_diff']:+.4f}",
+         _ci(row["ci90_low"], row["ci90_high"]), _margin(row["margin"]), _p(row["p_tost"]), _p(row["p_t_adj"]),
+         f"**{row['verdict']}**", f"{row['mde']:.4f}"]
+        for _, row in sig.iterrows()))
     return out + [""]
 
 
@@ -89,11 +95,11 @@ def _resampled_section(sig, reference):
            "Each run's mean over its test users minus the reference's run on the same fold and seed, averaged over "
            "the fold's seeds (the seeds retrain on the same folds: the folds are the resamples); "
            "t = mean / sqrt((1/J + n_test/n_train) s²) over the J folds, with J - 1 degrees of freedom (Nadeau and "
-           "Bengio, 2003), since the folds share training users; p (BH) adjusted over this table.", "",
-           "| method | metric | folds J | Δ of fold means | t | p | p (BH) |", "|---|---|---|---|---|---|---|"]
-    for _, row in sig.iterrows():
-        out.append(f"| {row['label']} | {metric_label(row['metric'])} | {row['n_runs']} | "
-                   f"{row['mean_diff_runs']:+.4f} | {row['t_nb']:+.3f} | {_p(row['p_nb'])} | {_p(row['p_nb_adj'])} |")
+           "Bengio, 2003), since the folds share training users; p (BH) adjusted over this table.", ""]
+    out += markdown_table(["method", "metric", "folds J", "Δ of fold means", "t", "p", "p (BH)"], (
+        [row["label"], metric_label(row["metric"]), f"{row['n_runs']}", f"{row['mean_diff_runs']:+.4f}",
+         f"{row['t_nb']:+.3f}", _p(row["p_nb"]), _p(row["p_nb_adj"])]
+        for _, row in sig.iterrows()))
     return out + [""]
 
 
@@ -106,14 +112,14 @@ def markdown_tables(summary, sig, buckets, reference, metrics, activity=None, qu
     bucket section says about |x_u|.
     """
     folds = "n_folds" in summary
-    extra = " folds | users |" if folds else ""
-    lines = ["| method | seeds |" + extra + " " + " | ".join(metric_label(m) for m in metrics) + " | epochs | train s |",
-             "|---|---|" + ("---|---|" if folds else "") + "---|" * len(metrics) + "---|---|"]
-    for _, row in summary.iterrows():
-        cells = [_pm(row[f"{m}_mean"], row[f"{m}_std"]) for m in metrics]
-        counts = f" {row['n_folds']} | {row['n_users']} |" if folds else ""
-        lines.append(f"| {row['label']} | {row['n_seeds']} |{counts} " + " | ".join(cells)
-                     + f" | {row['epochs_mean']:.0f} | {row['train_seconds_mean']:.1f} |")
+    counts = ["n_folds", "n_users"] if folds else []
+    header = ["method", "seeds", *(["folds", "users"] if folds else []), *map(metric_label, metrics), "epochs",
+              "train s"]
+    lines = markdown_table(header, (
+        [row["label"], f"{row['n_seeds']}", *(f"{row[c]}" for c in counts),
+         *(_pm(row[f"{m}_mean"], row[f"{m}_std"]) for m in metrics),
+         f"{row['epochs_mean']:.0f}", f"{row['train_seconds_mean']:.1f}"]
+        for _, row in summary.iterrows()))
     title = ("## Test metrics over every tested user, folds pooled (mean ± std over seeds; epochs and train s per fold)"
              if folds else "## Test metrics (mean ± std over seeds)")
     out = [title, "", *lines, ""]
@@ -128,14 +134,14 @@ def markdown_tables(summary, sig, buckets, reference, metrics, activity=None, qu
                 "p_t (BH) and p_W (BH) are adjusted for multiple comparisons with the Benjamini-Hochberg procedure "
                 f"(scipy.stats.false_discovery_control) over the {len(sig)} comparisons of this table "
                 f"({n_methods} methods x {n_metrics} metrics, each against {reference}); the t-tests and the "
-                "Wilcoxon tests are adjusted each as one family.", "",
-                f"| method | metric | users | Δ | {confidence} CI of Δ | p_t | p_t (BH) | d_z | p_W | p_W (BH) | r |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for _, row in sig.iterrows():
-            out.append(f"| {row['label']} | {row['metric']} | {row['n_users']} | {row['mean_diff']:+.4f} | "
-                       f"{_ci(row['ci_low'], row['ci_high'])} | {_p(row['p_t'])} | {_p(row['p_t_adj'])} | "
-                       f"{row['d_z']:+.3f} | {_p(row['p_wilcoxon'])} | {_p(row['p_wilcoxon_adj'])} | "
-                       f"{row['r_rb']:+.3f} |")
+                "Wilcoxon tests are adjusted each as one family.", ""]
+        header = ["method", "metric", "users", "Δ", f"{confidence} CI of Δ", "p_t", "p_t (BH)", "d_z", "p_W",
+                  "p_W (BH)", "r"]
+        out += markdown_table(header, (
+            [row["label"], row["metric"], f"{row['n_users']}", f"{row['mean_diff']:+.4f}",
+             _ci(row["ci_low"], row["ci_high"]), _p(row["p_t"]), _p(row["p_t_adj"]), f"{row['d_z']:+.3f}",
+             _p(row["p_wilcoxon"]), _p(row["p_wilcoxon_adj"]), f"{row['r_rb']:+.3f}"]
+            for _, row in sig.iterrows()))
         out.append("")
         out += _verdict_section(sig, reference)
         if "p_nb" in sig:
@@ -147,10 +153,9 @@ def markdown_tables(summary, sig, buckets, reference, metrics, activity=None, qu
         header = [f"{names.loc[i, 'bucket']} ({names.loc[i, 'n_users']} users)" for i in table.columns]
         measure = (activity or {}).get("measure") or buckets["activity_measure"].iloc[0]
         out += [f"## {metric} by {measure} (users bucketed at activity quantiles)", "",
-                *_activity_text(activity, quantiles),
-                "| method | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
-        for label, row in table.reindex(summary["label"]).iterrows():
-            out.append(f"| {label} | " + " | ".join(f"{v:.4f}" for v in row) + " |")
+                *_activity_text(activity, quantiles)]
+        out += markdown_table(["method", *header], (
+            [label, *(f"{v:.4f}" for v in row)] for label, row in table.reindex(summary["label"]).iterrows()))
         out.append("")
     if bucket_diffs is not None and not bucket_diffs.empty:
         out += _bucket_difference_section(bucket_diffs, reference)
@@ -165,8 +170,8 @@ def _bucket_difference_section(diffs, reference):
     out = [f"## Δ {metric_label(metric)} against {reference} within each activity bucket", "",
            f"Mean per-user difference (method - {reference}) of the bucket's users with its "
            f"{analysis.CONFIDENCE:.0%} confidence interval (paired t-test); * where the Benjamini-Hochberg adjusted "
-           f"p (over the {len(diffs)} cells of this table) is below {analysis.ALPHA:g}.", "",
-           "| method | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+           f"p (over the {len(diffs)} cells of this table) is below {analysis.ALPHA:g}.", ""]
+    rows = []
     for label in dict.fromkeys(diffs["label"]):
         part = diffs[diffs["label"] == label].set_index("bucket_index")
         cells = []
@@ -177,8 +182,8 @@ def _bucket_difference_section(diffs, reference):
             row = part.loc[i]
             star = "*" if row["p_t_adj"] < analysis.ALPHA else ""
             cells.append(f"{row['mean_diff']:+.4f}{star} {_ci(row['ci_low'], row['ci_high'])}")
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
-    return out + [""]
+        rows.append([label, *cells])
+    return out + markdown_table(["method", *header], rows) + [""]
 
 
 def write_report(out_dir, spec=None, figures=True):

@@ -155,6 +155,7 @@ class SearchSpace:
                                                 "values": list(p.values), "line": p.line} for p in self.params]}
 
 
+# not RecBole's _build_space_from_file: hyperopt nodes only (no values for Ray/grid, no line numbers); skips tab-separated lines silently
 def _numbers(text, count, where, name, distribution, example):
     parts = text.split(",")
     try:
