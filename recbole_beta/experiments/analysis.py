@@ -1,8 +1,9 @@
 """From run records to tables: the summary over seeds and the paired tests against the reference.
 
 Mean +- std over seeds, and paired significance tests over users against a reference with equivalence
-verdicts, the minimum detectable effect and, under folds, the corrected resampled t-test. Under cross-validated held-out users (runs with a ``fold``) every table pools the folds: a user's metric
-comes from the fold that tested it, averaged over seeds.
+verdicts, the minimum detectable effect and, under folds, the corrected resampled t-test. Under
+cross-validated held-out users (runs with a ``fold``) every table pools the folds: a user's metric comes
+from the fold that tested it, averaged over seeds.
 
 The pieces live by concern: :mod:`~recbole_beta.experiments.per_user` (reading a sweep's files),
 :mod:`~recbole_beta.experiments.stats` (the tests themselves) and :mod:`~recbole_beta.experiments.buckets`
