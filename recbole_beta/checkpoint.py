@@ -412,6 +412,13 @@ class SafeCheckpointMixin:
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 
+    def save_pretrained_model(self, epoch, saved_model_file):
+        # mirrors RecBole's PretrainTrainer.save_pretrained_model (recbole/trainer/trainer.py lines 755-771):
+        # the same file, as _save_checkpoint writes it, so that the safe loader reads it for the test (RaCT's
+        # actor_pretrain ends there; RecBole pickles its Config into it)
+        self._save_checkpoint(epoch, verbose=False, saved_model_file=saved_model_file)
+        self.saved_model_file = saved_model_file
+
     def _load_model_state(self, checkpoint):
         self.model.load_state_dict(checkpoint["state_dict"])
         self.model.load_other_parameter(checkpoint.get("other_parameter"))

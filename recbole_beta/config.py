@@ -19,7 +19,8 @@ from recbole_beta.files import require_file
 from recbole_beta.errors import (
     ConfigError, ConfigFileError, RecBoleBetaError, RecBoleConfigError, check, check_number, is_number,
 )
-from recbole_beta.registry import HELDOUT_RECBOLE_MODELS, get_model, supports_heldout_users
+from recbole_beta.fold_in import PER_USER, check_fold_in_config
+from recbole_beta.registry import HELDOUT_RECBOLE_MODELS, get_model, is_plugin_vae, supports_heldout_users
 from recbole_beta import metrics  # noqa: F401  (registers TruncatedRecall with RecBole)
 
 
@@ -184,12 +185,18 @@ class Config(RecBoleConfig):
         check_no_empty_values(self.external_config_dict)
         check_run_keys(self)
         check_protocol_keys(self)
-        if self["eval_protocol"] == "strong" and not supports_heldout_users(self.model_class):
-            raise ConfigError(
-                "model", self["model"],
-                f"eval_protocol=strong runs the plugin's models and RecBole's {', '.join(HELDOUT_RECBOLE_MODELS)} "
-                "(models that score a user from the items it is given); use eval_protocol=weak for the others",
-            )
+        if self["eval_protocol"] == "strong":
+            name = self.model_class.__name__
+            if not supports_heldout_users(self.model_class):
+                raise ConfigError(
+                    "model", self["model"],
+                    f"eval_protocol=strong evaluates users the model never trained on, and {name} holds "
+                    f"{'a parameter per user, which cannot be folded in' if name in PER_USER else 'no fold-in step'}; "
+                    f"it runs the plugin's models and RecBole's {', '.join(HELDOUT_RECBOLE_MODELS)} "
+                    "(or use eval_protocol=weak)",
+                )
+            if not is_plugin_vae(self.model_class):
+                check_fold_in_config(name, self)
         validate = getattr(self.model_class, "validate_config", None)
         if validate is not None:
             validate(self)

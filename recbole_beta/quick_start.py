@@ -21,12 +21,13 @@ from recbole_beta.compat import init_logger
 from recbole_beta.data.dataset import create_dataset  # RecBole's, with the plugin's faster reader
 from recbole_beta.data.fullsort import eval_loaders, lean_eval_applies
 from recbole_beta.data.heldout import (
-    HeldOutDataset, attach_fold_in, heldout_data_preparation, is_strong, split_fingerprint, split_keys,
+    HeldOutDataset, heldout_data_preparation, is_strong, split_fingerprint, split_keys,
 )
 from recbole_beta.files import ensure_writable, plain, write_json
 from recbole_beta.config import Config, unknown_key_warnings
 from recbole_beta.errors import ConfigError, DatasetError, DatasetNotFoundError, OutputError, RecBoleBetaError, check
 from recbole_beta.evaluation import RecordingEvaluator, per_user_metrics, training_activity
+from recbole_beta.fold_in import attach_fold_in
 from recbole_beta.registry import get_model, get_trainer, is_plugin_vae
 
 
@@ -117,8 +118,8 @@ def prepare(config):
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    if strong:
-        attach_fold_in(model, dataset)
+    if strong:  # a model built on training users alone: the rows it scores held-out users from
+        attach_fold_in(model, dataset.seen_dataset)
     logger.info(model)
     transform = construct_transform(config)
     flops = get_flops(model, dataset, config["device"], logger, transform)

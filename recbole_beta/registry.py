@@ -11,12 +11,13 @@ from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_beta.errors import UnknownModelError
+from recbole_beta.fold_in import FOLD_IN
 from recbole_beta.model import FIXED_RECBOLE_MODELS, MODELS
 from recbole_beta.model.beta_multvae import BetaMultVAE
 from recbole_beta.trainer import BetaTrainer, CPUDistributed, PluginTrainerMixin
 
-#: RecBole's models that eval_protocol=strong runs (the plugin's own models all do)
-HELDOUT_RECBOLE_MODELS = ("MultiVAE", "MultiDAE", "RecVAE", "EASE", "Pop")
+#: RecBole's models that eval_protocol=strong runs (the plugin's own models all do): recbole_beta.fold_in
+HELDOUT_RECBOLE_MODELS = tuple(FOLD_IN)
 
 _RECBOLE_FAMILIES = (
     "general_recommender",
@@ -109,5 +110,6 @@ def is_plugin_vae(model_class):
 
 def supports_heldout_users(model_class):
     """True for the models ``eval_protocol: strong`` runs: ours, and RecBole's that score a user
-    from the items it is given (fold-in) rather than from a learned per-user embedding."""
-    return is_plugin_vae(model_class) or model_class.__name__ in HELDOUT_RECBOLE_MODELS
+    from the items it is given (fold-in) rather than from a learned per-user parameter
+    (:data:`recbole_beta.fold_in.FOLD_IN`)."""
+    return is_plugin_vae(model_class) or model_class.__name__ in FOLD_IN

@@ -12,7 +12,8 @@ only. RecBole's loaders (or, for the plugin's VAEs, the same batches from
   items of a held-out user (its "history", as RecBole's sampler gives it), and RecBole's
   evaluator scores the targets;
 - training iterates training users only (:class:`HeldOutUserDataLoader` for the autoencoders,
-  a training-users-only dataset for EASE and Pop).
+  a training-users-only dataset for the models that train on interactions); how each model then
+  scores a held-out user from its fold-in is the model's affair (:mod:`recbole_beta.fold_in`).
 
 The draws follow the reference preprocessing (dawenl/vae_cf): users in ascending id order are
 permuted with ``RandomState(split_seed)``; then, for the validation users and again for the test
@@ -41,7 +42,6 @@ from recbole.data.dataloader import UserDataLoader
 from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
 from recbole.data.interaction import Interaction
 from recbole.data.utils import get_dataloader
-from recbole.model.general_recommender import EASE
 
 from recbole_beta.data.dataset import PluginDataset
 from recbole_beta.data.fullsort import eval_loaders, lean_eval_applies
@@ -303,7 +303,7 @@ class HeldOutDataset(PluginDataset):
         return built
 
     def training_dataset(self):
-        """The training users' rows alone, for the models that train on interactions (EASE, Pop);
+        """The training users' rows alone, for the models that train on interactions (EASE, ItemKNN, ...);
         made on demand: the autoencoders never need this copy (10M rows at the ML-20M shape)."""
         return self.copy(self.inter_feat[torch.as_tensor(self._roles) == TRAIN])
 
@@ -334,7 +334,7 @@ def heldout_data_preparation(config, dataset, user_rows):
     """Train, valid and test dataloaders under ``eval_protocol: strong``.
 
     ``user_rows``: the model trains on whole user rows (RecBole's autoencoders and the plugin's
-    models); else it trains on interactions (EASE, Pop), from training users only.
+    models); else it trains on interactions (EASE, ItemKNN, ...), from training users only.
     """
     built = dataset.build()
     # the plugin's VAEs with full ranking read no sampler (recbole_beta.data.fullsort)
@@ -345,14 +345,3 @@ def heldout_data_preparation(config, dataset, user_rows):
     else:
         train_data = train_loader(config, dataset.training_dataset(), train_sampler, shuffle=config["shuffle"])
     return train_data, valid_data, test_data
-
-
-def attach_fold_in(model, dataset):
-    """Give a model fitted on training users the held-out users' fold-in rows to score from.
-
-    The autoencoders read every user's row from the dataset they were built on, which holds the
-    fold-in already; EASE keeps its own user-item matrix, built from training users only.
-    """
-    if isinstance(model, EASE):
-        model.interaction_matrix = dataset.seen_dataset.inter_matrix(form="csr").astype(np.float32)
-    return model

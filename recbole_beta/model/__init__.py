@@ -14,6 +14,7 @@ from recbole_beta.model.beta_multvae import ACTIVATIONS, BetaMultVAE
 from recbole_beta.model.constant_beta_multvae import ConstantBetaMultVAE
 from recbole_beta.model.controlled_beta_multvae import ControlledBetaMultVAE
 from recbole_beta.model.cyclical_beta_multvae import CyclicalBetaMultVAE
+from recbole_beta.model.nceplrec import NCEPLRec
 from recbole_beta.model.pop import Pop
 from recbole_beta.model.scaled_beta_multvae import ScaledBetaMultVAE
 
@@ -32,8 +33,8 @@ def _find_models():
 #: model name -> class, for the model lookup
 MODELS = _find_models()
 
-#: RecBole's models with a defect fixed, found by the model lookup before RecBole's own
-FIXED_RECBOLE_MODELS = {cls.__name__: cls for cls in (Pop,)}
+#: RecBole's models with a defect fixed or a piece kept, found by the model lookup before RecBole's own
+FIXED_RECBOLE_MODELS = {cls.__name__: cls for cls in (Pop, NCEPLRec)}
 
 __all__ = [
     "ACTIVATIONS",
@@ -44,6 +45,7 @@ __all__ = [
     "ConstantBetaMultVAE",
     "ControlledBetaMultVAE",
     "CyclicalBetaMultVAE",
+    "NCEPLRec",
     "Pop",
     "ScaledBetaMultVAE",
 ]
