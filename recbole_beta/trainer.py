@@ -6,7 +6,8 @@
   puts it before every RecBole ``Trainer`` it hands out (``registry._safe``) and before ours.
 - :class:`CPUDistributed`: RecBole's DDP wrapping of the model, on the CPU (gloo) too.
 - :class:`BetaTrainer`: RecBole's ``Trainer`` for the BetaMultVAE family, with the beta of each epoch (tallied
-  here from each batch's) and, under DDP, the KL a feedback strategy steps on averaged over the ranks.
+  here from each batch's), under DDP the KL a feedback strategy steps on averaged over the ranks, and
+  ``enable_amp`` in evaluation too (:mod:`~recbole_beta.precision`).
 """
 
 import os
@@ -24,6 +25,7 @@ from recbole_beta.collector import FastCollector
 from recbole_beta.checkpoint import SafeCheckpointMixin
 from recbole_beta.errors import CheckpointError, TrainingDivergedError
 from recbole_beta.files import plain
+from recbole_beta.precision import amp_unavailable
 
 
 def capture_rng(train_data=None):
@@ -263,6 +265,10 @@ class BetaTrainer(PluginTrainerMixin, Trainer, CPUDistributed):
     The mean beta over the epoch's training rows is kept in ``history`` (recorded with the epoch, in
     ``_train_epoch``), appended to RecBole's per-epoch log line and written to TensorBoard as
     ``Beta/Train``.
+
+    With ``enable_amp`` (RecBole's key) training runs its products under RecBole's autocast, and so
+    does evaluation (RecBole evaluates outside it); on a CPU without bfloat16 instructions both stay
+    float32, with one warning.
     """
 
     def _build_optimizer(self, **kwargs):
@@ -281,6 +287,10 @@ class BetaTrainer(PluginTrainerMixin, Trainer, CPUDistributed):
 
     def __init__(self, config, model):
         super().__init__(config, model)
+        why = amp_unavailable(self.device) if self.enable_amp else None
+        if why is not None:
+            self.logger.warning(why)
+            self.enable_amp = False
         if not config["single_spec"]:
             # every rank steps a feedback strategy on the KL averaged over the ranks (their batches have
             # the same size), so all follow one beta trajectory
@@ -300,6 +310,10 @@ class BetaTrainer(PluginTrainerMixin, Trainer, CPUDistributed):
         losses = super()._train_epoch(train_data, epoch_idx, loss_func=loss_and_beta, show_progress=show_progress)
         self._history_entry(epoch_idx)["beta"] = float(tally["sum"]) / tally["rows"] if tally["rows"] else None
         return losses
+
+    def _full_sort_batch_eval(self, batched_data):
+        with torch.autocast(device_type=self.device.type, enabled=self.enable_amp):
+            return super()._full_sort_batch_eval(batched_data)
 
     def _beta_of(self, epoch_idx):
         """The mean beta recorded for the epoch (None if it has none)."""

@@ -181,11 +181,13 @@ class BetaMultVAE(MultiVAE):
             return self.sparse_input.loss_terms(user, self.reparameterize)
         rating_matrix = self.get_rating_matrix(user)
         z, mu, logvar = self.forward(rating_matrix)
-        return mu, logvar, -(F.log_softmax(z, 1) * rating_matrix).sum(1)
+        # under autocast (enable_amp) z is bfloat16 or float16: the softmax and likelihood in float32
+        return mu, logvar, -(F.log_softmax(z.float(), 1) * rating_matrix).sum(1)
 
     def calculate_loss(self, interaction):
         user = interaction[self.USER_ID]
         mu, logvar, recon = self._loss_terms(user)
+        mu, logvar = mu.float(), logvar.float()  # the KL in float32 under autocast too (else a no-op)
 
         # sum over latent dims of (1 + logvar - mu^2 - var): -2 * KL_u
         neg2_kl = torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
