@@ -68,6 +68,30 @@ def test_the_fused_layer_and_likelihood_equal_linear_then_log_softmax_with_gradi
         assert torch.allclose(got, want, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("block", [3, 1024])
+@pytest.mark.parametrize("bias", [True, False])
+def test_under_autocast_the_fused_layer_is_autocasts_linear_then_a_float32_likelihood(block, bias):
+    """enable_amp: the products in bfloat16, as autocast runs nn.Linear's (forward and backward), the
+    logits' softmax, the likelihood and the float32 parameters' gradients in float32."""
+    linear, h, batch, upstream = small_case(torch.float32, bias=bias, n_items=11)
+    h = h.detach().bfloat16().requires_grad_()  # the decoder's hidden layer under autocast gives bfloat16
+    inputs = [h, *linear.parameters()]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        nll = linear_multinomial_nll(linear, h, batch, Workspace(), cpu_column_block=block)
+        fused = torch.autograd.grad((nll * upstream).sum(), inputs)
+        logits = linear(h)
+        expected = -(F.log_softmax(logits.float(), 1) * batch.dense()).sum(1)
+        reference = torch.autograd.grad((expected * upstream).sum(), inputs)
+    assert logits.dtype == torch.bfloat16 and nll.dtype == torch.float32
+    assert [g.dtype for g in fused] == [torch.bfloat16] + [torch.float32] * (len(inputs) - 1)
+    # the same bfloat16 products, then float32 (autocast's logits are rounded to bfloat16: ours are not)
+    assert torch.allclose(nll, expected, rtol=2e-2, atol=2e-2)
+    for got, want in zip(fused, reference):
+        assert torch.allclose(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+    # and not float32's products
+    assert not torch.allclose(nll, reference_nll(linear, h.float(), batch), rtol=1e-6, atol=0)
+
+
 def test_only_what_needs_a_gradient_gets_one():
     linear, h, batch, upstream = small_case()
     linear.weight.requires_grad_(False)  # a frozen weight, and an input without gradient

@@ -114,14 +114,21 @@ def _linear_into(out, h, weight, bias, cpu_column_block):
     (600 x 20,108) product at ~176 GFLOP/s in one call and at ~200 (the backward's two products'
     rate) in blocks of 512 to 1,024 columns, on a 2-core CPU (the key ``sparse_cpu_column_block``
     sets it). Each block is the same dot products, so the values are those of one call up to
-    rounding."""
+    rounding. ``h`` and ``weight`` in a lower precision than ``out`` (autocast's): each block is
+    computed in theirs and written into ``out`` in its own."""
     block = out.shape[1] if out.device.type != "cpu" or cpu_column_block is None else cpu_column_block
+    same = h.dtype == out.dtype
     for start in range(0, out.shape[1], block):
         part = slice(start, start + block)
-        if bias is None:
+        if same and bias is None:
             torch.mm(h, weight[part].t(), out=out[:, part])
-        else:
+        elif same:
             torch.addmm(bias[part], h, weight[part].t(), out=out[:, part])
+        else:
+            product = torch.mm(h, weight[part].t())
+            out[:, part].copy_(product)
+            if bias is not None:
+                out[:, part] += bias[part]
 
 
 class _LinearMultinomialNLL(torch.autograd.Function):
@@ -129,12 +136,19 @@ class _LinearMultinomialNLL(torch.autograd.Function):
     reconstruction term in one, so the batch x items logits are written once, into a reused buffer
     that the softmax then overwrites in place and the backward turns, in place, into the logits'
     gradient. The products are those of ``nn.Linear`` and its backward.
+
+    ``product_dtype`` (autocast's, under ``enable_amp``): the three products run in it, as autocast
+    runs ``nn.Linear``'s, while the logits, the softmax, the likelihood and the gradients of the
+    float32 weight and bias stay float32.
     """
 
     @staticmethod
-    def forward(ctx, h, weight, bias, rows, cols, values, workspace, cpu_column_block, keep):
-        logits = workspace.take(ctx, h.shape[0], weight.shape[0], h.dtype, h.device)
-        _linear_into(logits, h, weight, bias, cpu_column_block)
+    def forward(ctx, h, weight, bias, rows, cols, values, workspace, cpu_column_block, keep, product_dtype):
+        dtype = torch.promote_types(h.dtype, torch.float32)  # the logits': float32 at least
+        logits = workspace.take(ctx, h.shape[0], weight.shape[0], dtype, h.device)
+        low = product_dtype is not None
+        h_low, weight_low = (h.to(product_dtype), weight.to(product_dtype)) if low else (h, weight)
+        _linear_into(logits, h_low, weight_low, bias, cpu_column_block)
         picked = logits[rows, cols]
         top = logits.amax(1)
         probs = torch.ops.aten._softmax.out(logits, 1, False, out=logits)  # in place, row by row
@@ -143,8 +157,9 @@ class _LinearMultinomialNLL(torch.autograd.Function):
         log_sum = probs.amax(1).log_().neg_()
         nll, total = _sparse_nll(picked - top[rows] - log_sum[rows], rows, values, h.shape[0])
         if keep and any(ctx.needs_input_grad):  # keep: gradients were on (inside, they never are)
-            ctx.save_for_backward(h, weight, probs, rows, cols, values, total)
+            ctx.save_for_backward(h_low, weight_low, probs, rows, cols, values, total)
             ctx.workspace, ctx.spent = workspace, False
+            ctx.dtypes = (h.dtype, weight.dtype)
         else:
             workspace.give_back(ctx)
         return nll
@@ -156,11 +171,13 @@ class _LinearMultinomialNLL(torch.autograd.Function):
         h, weight, probs, rows, cols, values, total = ctx.saved_tensors
         grad_logits = _logits_grad_(probs, grad, total, rows, cols, values)
         need_h, need_weight, need_bias = ctx.needs_input_grad[:3]
-        grad_h = grad_logits @ weight if need_h else None
-        grad_weight = grad_logits.t() @ h if need_weight else None
         grad_bias = grad_logits.sum(0) if need_bias else None
+        product = grad_logits.to(h.dtype)  # a copy in autocast's dtype; else grad_logits itself
+        h_dtype, weight_dtype = ctx.dtypes
+        grad_h = (product @ weight).to(h_dtype) if need_h else None
+        grad_weight = (product.t() @ h).to(weight_dtype) if need_weight else None
         ctx.workspace.give_back(ctx)
-        return grad_h, grad_weight, grad_bias, None, None, None, None, None, None
+        return grad_h, grad_weight, grad_bias, None, None, None, None, None, None, None
 
 
 def linear_multinomial_nll(linear, h, batch, workspace, cpu_column_block=None):
@@ -168,14 +185,18 @@ def linear_multinomial_nll(linear, h, batch, workspace, cpu_column_block=None):
     a second batch x items tensor: see :class:`_LinearMultinomialNLL`. ``batch``: a
     :class:`~recbole_beta.data.user_items.SparseBatch`; ``workspace``: the :class:`Workspace` the
     logits are written into; ``cpu_column_block``: output columns per matrix product on the CPU
-    (None: one product; see :func:`_linear_into`). Under autocast it is that composition (the
-    logits in autocast's dtype, the likelihood in float32), as it is for weights in a
-    half-precision dtype."""
-    if torch.is_autocast_enabled(h.device.type) or h.dtype not in (torch.float32, torch.float64):
+    (None: one product; see :func:`_linear_into`). Under autocast the products run in autocast's
+    dtype, the rest in float32; weights held in a half-precision dtype take the plain composition."""
+    device = h.device.type
+    if linear.weight.dtype not in (torch.float32, torch.float64):
         return multinomial_nll(linear(h), batch.rows, batch.cols, batch.values)
-    values = batch.values.to(h.dtype)
-    return _LinearMultinomialNLL.apply(h, linear.weight, linear.bias, batch.rows, batch.cols, values, workspace,
-                                       cpu_column_block, torch.is_grad_enabled())
+    product_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    if product_dtype is None:
+        h = h.to(linear.weight.dtype)
+    values = batch.values.to(torch.promote_types(h.dtype, torch.float32))
+    with torch.autocast(device_type=device, enabled=False):
+        return _LinearMultinomialNLL.apply(h, linear.weight, linear.bias, batch.rows, batch.cols, values, workspace,
+                                           cpu_column_block, torch.is_grad_enabled(), product_dtype)
 
 
 class TransposedLinear(nn.Module):
