@@ -10,6 +10,10 @@ by f and the density kept, made by ``recbole_beta.data.synthetic`` into benchmar
 Figures are medians over the repetitions with min and max; ratios are taken per repetition
 against MultiVAE's measurement of the same round, then summarised.
 
+Floors: the decoder's output-layer products alone, bare ``torch.mm`` at the variant's precision (float32,
+or autocast's dtype under ``enable_amp``): three per training batch (forward, input and weight
+gradients), one per evaluation batch (the forward over every evaluated user).
+
 On a CUDA machine (RecBole's ``use_gpu``/``gpu_id`` pick the device) the timed regions end with
 ``torch.cuda.synchronize()`` and memory is the CUDA allocator's peak over what was allocated
 before the epoch, not the host's resident set; ``--device cpu`` forces the CPU.
@@ -55,6 +59,10 @@ VARIANTS = {
     "Scaled x Cyclical": ("BetaMultVAE", {"beta_strategy": ["scaled", "cyclical"]}),
     "Annealed, sparse input": ("AnnealedBetaMultVAE", {"sparse_input": True}),
     "Annealed, dense input": ("AnnealedBetaMultVAE", {"sparse_input": False}),
+    # mixed precision (RecBole's enable_amp): bfloat16 products on the CPU, float16 on CUDA; RecBole's
+    # MultiVAE trains under autocast and evaluates in float32, the plugin's models do both under it
+    "MultiVAE, enable_amp": ("MultiVAE", {"enable_amp": True}),
+    "Annealed, enable_amp": ("AnnealedBetaMultVAE", {"enable_amp": True}),
 }
 
 
@@ -147,31 +155,38 @@ def matmul_gflops(m, k, n, device, reps=5):
     return 2 * m * k * n / statistics.median(times) / 1e9
 
 
-def decoder_floor(model, rows, batch, device, reps=3):
-    """Seconds the decoder's output layer's matrix products alone take for ``rows`` training rows
-    in batches of ``batch``, and their GFLOP/s: the forward (B x H)(H x I) and the backward's input
-    and weight gradients, bare ``torch.mm`` at those shapes, medians over ``reps``. An epoch cannot
-    take less on this device at this throughput; its multiple of this is the other work's price."""
+def decoder_floor(model, rows, batch, device, dtype=torch.float32, backward=True, reps=3):
+    """Seconds the decoder's output layer's matrix products alone take for ``rows`` rows in batches
+    of ``batch``, and their GFLOP/s: the forward (B x H)(H x I) and, with ``backward`` (training),
+    the input and weight gradients, bare ``torch.mm`` in ``dtype`` at those shapes, medians over
+    ``reps``. An epoch (an evaluation) cannot take less on this device at this throughput; its
+    multiple of this is the other work's price."""
     layer = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     items, hidden = layer.out_features, layer.in_features
 
     def products(b):
-        h, w = torch.randn(b, hidden, device=device), torch.randn(items, hidden, device=device)
-        g = torch.randn(b, items, device=device)
+        h, w = (torch.randn(b, hidden, device=device, dtype=dtype), torch.randn(items, hidden, device=device, dtype=dtype))
+        g = torch.randn(b, items, device=device, dtype=dtype)
         times = []
         for _ in range(reps + 1):  # the first warms up
             synchronize(device)
             start = time.perf_counter()
             torch.mm(h, w.t())
-            torch.mm(g, w)
-            torch.mm(g.t(), h)
+            if backward:
+                torch.mm(g, w)
+                torch.mm(g.t(), h)
             synchronize(device)
             times.append(time.perf_counter() - start)
         return statistics.median(times[1:])
 
     full, last = divmod(rows, batch)
     seconds = full * products(batch) + (products(last) if last else 0.0)
-    return seconds, 6 * rows * hidden * items / seconds / 1e9
+    return seconds, (6 if backward else 2) * rows * hidden * items / seconds / 1e9
+
+
+def precision_of(trainer):
+    """The dtype of the variant's products: autocast's where its trainer runs under it, else float32."""
+    return torch.get_autocast_dtype(trainer.device.type) if trainer.enable_amp else torch.float32
 
 
 def build(variant, dataset, extra_config, train_data):
@@ -274,17 +289,28 @@ def bench_dataset(name, variants, reps, max_batches, eval_users, overrides):
     rows_timed = min(train_data.sample_size, timed_batches * config["train_batch_size"])
     flops = layer_flops(model, rows_timed)
     peak_mm = matmul_gflops(config["train_batch_size"], data.item_num, config["mlp_hidden_size"][0], device)
-    floor_s, floor_gflops = decoder_floor(model, rows_timed, config["train_batch_size"], device)
+    precisions = {v: precision_of(built[v][1]) for v in variants}
+    floors = {dtype: decoder_floor(model, rows_timed, config["train_batch_size"], device, dtype)
+              for dtype in dict.fromkeys(precisions.values())}
+    # evaluation: every evaluated user's forward product, in batches of eval_batch_size // items users
+    eval_rows, eval_batch = len(valid_data.uid_list), max(config["eval_batch_size"] // data.item_num, 1)
+    eval_floors = {dtype: decoder_floor(model, eval_rows, eval_batch, device, dtype, backward=False)
+                   for dtype in dict.fromkeys(precisions.values())} if eval_users else {}
     rows = []
     reference = results.get("MultiVAE")
     for variant in variants:
-        r = results[variant]
-        row = {"dataset": name, "variant": variant, "batches": timed_batches, "batches_per_epoch": batches,
+        r, dtype = results[variant], precisions[variant]
+        floor_s, floor_gflops = floors[dtype]
+        row = {"dataset": name, "variant": variant, "precision": str(dtype).removeprefix("torch."),
+               "batches": timed_batches, "batches_per_epoch": batches,
                "train_s": r["train"], "eval_s": r["eval"], "epoch_extra_rss_mb": [m / 2**20 for m in r["memory"]],
                "memory": "CUDA" if device.type == "cuda" else "RSS",
                "train_gflops": flops / statistics.median(r["train"]) / 1e9, "matmul_gflops": peak_mm,
                "decoder_floor_s": floor_s, "decoder_floor_gflops": floor_gflops,
                "x_floor": [t / floor_s for t in r["train"]]}
+        if r["eval"]:
+            row["eval_floor_s"], row["eval_floor_gflops"] = eval_floors[dtype]
+            row["eval_x_floor"] = [t / row["eval_floor_s"] for t in r["eval"]]
         if reference:
             row["train_ratio"] = [a / b for a, b in zip(r["train"], reference["train"])]
             if r["eval"]:
@@ -301,12 +327,16 @@ def summary(values, digits=2):
 
 def markdown(rows):
     memory = rows[0]["memory"] if rows else "RSS"
-    header = ["dataset", "model", "train s (batches)", "x MultiVAE", "eval s", "x MultiVAE", f"extra {memory} MiB",
-              "GFLOP/s (mm peak)", "decoder floor s (GFLOP/s)", "x floor"]
-    cells = [[row["dataset"], row["variant"], f"{summary(row['train_s'])} ({row['batches']}/{row['batches_per_epoch']})",
+    header = ["dataset", "model", "precision", "train s (batches)", "x MultiVAE", "eval s", "x MultiVAE",
+              f"extra {memory} MiB", "GFLOP/s (mm peak)", "decoder floor s (GFLOP/s)", "x floor",
+              "eval floor s (GFLOP/s)", "eval x floor"]
+    cells = [[row["dataset"], row["variant"], row["precision"],
+              f"{summary(row['train_s'])} ({row['batches']}/{row['batches_per_epoch']})",
               summary(row.get("train_ratio", []), 3), summary(row["eval_s"]), summary(row.get("eval_ratio", []), 3),
               summary(row["epoch_extra_rss_mb"], 0), f"{row['train_gflops']:.1f} ({row['matmul_gflops']:.0f})",
-              f"{row['decoder_floor_s']:.2f} ({row['decoder_floor_gflops']:.0f})", summary(row["x_floor"])]
+              f"{row['decoder_floor_s']:.2f} ({row['decoder_floor_gflops']:.0f})", summary(row["x_floor"]),
+              f"{row['eval_floor_s']:.2f} ({row['eval_floor_gflops']:.0f})" if "eval_floor_s" in row else "-",
+              summary(row.get("eval_x_floor", []))]
              for row in rows]
     # disable_numparse: the cells are written as formatted here, not re-read as numbers
     return pd.DataFrame(cells, columns=header).to_markdown(index=False, disable_numparse=True)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import plain_tables
+from recbole_beta.precision import cpu_has_bfloat16
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,7 @@ def test_synthetic_shape_scaled_with_density_kept(harness, synthetic_tenth):
 
 
 def test_interleaved_rounds_on_ml100k(harness):
-    variants = ["MultiVAE", "ScaledBetaMultVAE", "Annealed, sparse input"]
+    variants = ["MultiVAE", "ScaledBetaMultVAE", "Annealed, sparse input", "Annealed, enable_amp"]
     rows = harness.bench_dataset("ml-100k", variants, reps=2, max_batches=0, eval_users=True,
                                  overrides={"use_gpu": False})
     assert [row["variant"] for row in rows] == variants
@@ -74,10 +75,21 @@ def test_interleaved_rounds_on_ml100k(harness):
         assert row["decoder_floor_s"] > 0
         assert row["decoder_floor_gflops"] * row["decoder_floor_s"] * 1e9 == pytest.approx(6 * 944 * 600 * 1683)
         assert row["x_floor"] == [t / row["decoder_floor_s"] for t in row["train_s"]]
+        # evaluation's floor: the forward product alone for the 943 evaluated users, in batches of
+        # eval_batch_size // 1683 users
+        assert row["eval_floor_gflops"] * row["eval_floor_s"] * 1e9 == pytest.approx(2 * 943 * 600 * 1683)
+        assert row["eval_x_floor"] == [t / row["eval_floor_s"] for t in row["eval_s"]]
+    # each precision's floor at its own rate: enable_amp's products in autocast's dtype (where the CPU has it)
+    amp = rows[-1]
+    assert amp["precision"] == ("bfloat16" if cpu_has_bfloat16() else "float32")
+    assert all(row["precision"] == "float32" for row in rows[:-1])
+    if cpu_has_bfloat16():
+        assert amp["decoder_floor_s"] != reference["decoder_floor_s"]
     table = harness.markdown(rows)
     assert table.count("\n") == len(rows) + 1
     assert "| ml-100k | Annealed, sparse input |" in plain_tables(table)
-    assert "extra RSS MiB" in table and "decoder floor s" in table
+    assert "extra RSS MiB" in table and "decoder floor s" in table and "eval floor s" in table
+    assert "| ml-100k | Annealed, enable_amp | bfloat16 |" in plain_tables(table) or not cpu_has_bfloat16()
 
 
 def test_max_batches_limits_the_timed_epoch(harness, synthetic_tenth):
