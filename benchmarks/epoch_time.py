@@ -44,6 +44,7 @@ from recbole_beta.config import Config  # noqa: E402
 from recbole_beta.data.synthetic import PRESETS, Shape, generate  # noqa: E402
 from recbole_beta.quick_start import data_preparation  # noqa: E402
 from recbole_beta.data.dataset import create_dataset as plugin_create_dataset  # noqa: E402
+from recbole_beta.precision import autocast_dtype  # noqa: E402
 from recbole_beta.registry import get_model, get_trainer, is_plugin_vae  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data"
@@ -186,7 +187,7 @@ def decoder_floor(model, rows, batch, device, dtype=torch.float32, backward=True
 
 def precision_of(trainer):
     """The dtype of the variant's products: autocast's where its trainer runs under it, else float32."""
-    return torch.get_autocast_dtype(trainer.device.type) if trainer.enable_amp else torch.float32
+    return autocast_dtype(trainer.device) if trainer.enable_amp else torch.float32
 
 
 def build(variant, dataset, extra_config, train_data):

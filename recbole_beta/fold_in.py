@@ -142,11 +142,6 @@ PER_USER = ("BPR", "NeuMF", "ConvNCF", "NNCF", "LINE", "ENMF", "CDAE", "SimpleX"
             "GCMC", "SpectralCF", "SGL", "NCL")
 
 
-def fold_in_of(name):
-    """The :class:`FoldIn` of a RecBole model, or None."""
-    return FOLD_IN.get(name)
-
-
 def check_fold_in_config(name, config):
     """Refuse (ConfigError, one line) a value of the model's keys the protocol cannot run."""
     entry = FOLD_IN[name]
