@@ -312,8 +312,16 @@ class BetaTrainer(PluginTrainerMixin, Trainer, CPUDistributed):
         return losses
 
     def _full_sort_batch_eval(self, batched_data):
+        # mirrors Trainer._full_sort_batch_eval (RecBole 1.2.1) for a model with full_sort_predict: the
+        # scores from the model's ranking_scores (on the sparse path a buffer reused from batch to
+        # batch, which the collector reads before the next), under autocast with enable_amp
+        interaction, history_index, positive_u, positive_i = batched_data
         with torch.autocast(device_type=self.device.type, enabled=self.enable_amp):
-            return super()._full_sort_batch_eval(batched_data)
+            scores = self.model.ranking_scores(interaction.to(self.device))
+        scores[:, 0] = -np.inf
+        if history_index is not None:
+            scores[history_index] = -np.inf
+        return interaction, scores, positive_u, positive_i
 
     def _beta_of(self, epoch_idx):
         """The mean beta recorded for the epoch (None if it has none)."""

@@ -3,11 +3,13 @@
 The reference in every test is RecBole 1.2.1's own ``recbole.evaluator.Collector`` on the same scores.
 """
 
+import math
+
 import pytest
 import torch
 from recbole.evaluator import Collector, Evaluator
 
-from recbole_beta.collector import FastCollector
+from recbole_beta.collector import MIN_BLOCK, FastCollector, topk_hits, topk_indices
 from recbole_beta.config import Config
 from recbole_beta.quick_start import prepare
 
@@ -67,13 +69,22 @@ def test_every_batch_matches_recbole(fast, model_name, topk, metrics):
     ours, theirs = FastCollector(config), Collector(config)
     assert ours.register.need("rec.topk")
     assert ours.register.need("rec.items") == ("ShannonEntropy" in metrics)
-    n_batches = 0
+    # Pop's equal counts tie; topk_indices in blocks (top 10 of 1,683 items) may list other items of
+    # the same score than torch.topk, whose order among ties is unspecified: there, the same scores
+    blocks = math.isqrt(dataset.item_num // max(topk)) >= MIN_BLOCK
+    n_batches = reordered = 0
     for scores in _collected_batches(trainer, dataset, model, (valid_data, test_data), (ours, theirs)):
         ours_struct, theirs_struct = ours.get_data_struct(), theirs.get_data_struct()
-        _assert_same_struct(ours_struct, theirs_struct)
+        if model_name == "Pop" and blocks:
+            expected = torch.topk(scores, max(topk), dim=-1)
+            assert torch.equal(scores.gather(1, ours.topk_items(scores)), expected.values)
+            reordered += not torch.equal(ours.topk_items(scores), expected.indices)
+        else:
+            _assert_same_struct(ours_struct, theirs_struct)
         assert ours_struct["rec.topk"].shape == (scores.shape[0], max(topk) + 1)
         n_batches += 1
     assert n_batches >= 10
+    assert reordered == (n_batches if model_name == "Pop" and blocks else 0)  # the ties were there to test
 
 
 def test_trained_model_metrics_equal_recbole_collector(fast):
@@ -197,3 +208,54 @@ def test_cuda_tensors_match_recbole():
     ours.eval_batch_collect(scores.cuda(), None, positive_u, positive_i)
     theirs.eval_batch_collect(scores.cuda(), None, positive_u, positive_i)
     _assert_same_struct(ours.get_data_struct(), theirs.get_data_struct())
+
+
+def test_topk_indices_are_torch_topks_in_blocks():
+    """Many items (blocks of 5 to 14 columns, with columns left over): the indices torch.topk gives,
+    best first, where no two scores tie; where they do (integer scores, masked rows), its values."""
+    generator = torch.Generator().manual_seed(0)
+    for n_items in (2_600, 7_001, 20_108):
+        scores = torch.randn(40, n_items, generator=generator)
+        assert math.isqrt(n_items // 100) >= MIN_BLOCK  # the block path, not torch.topk itself
+        expected = torch.topk(scores, 100, dim=1)
+        assert torch.equal(topk_indices(scores, 100), expected.indices)
+
+        ties = torch.randint(0, 50, (40, n_items), generator=generator).float()
+        ties[:, 0] = -float("inf")
+        ties[3, : n_items - 40] = -float("inf")  # a user with 40 unmasked items: 60 of its top 100 are -inf
+        got = topk_indices(ties, 100)
+        assert torch.equal(ties.gather(1, got), torch.topk(ties, 100, dim=1).values)
+        assert all(len(set(row.tolist())) == 100 for row in got)  # each item once
+
+
+def test_many_items_match_recbole():
+    """The block path inside FastCollector: RecBole's tensors and metrics on 3,000 items."""
+    generator = torch.Generator().manual_seed(1)
+    n_users, n_items = 64, 3000
+    scores = torch.rand(n_users, n_items, generator=generator)
+    positive_u = torch.randint(0, n_users, (4000,), generator=generator)
+    positive_i = torch.randint(1, n_items, (4000,), generator=generator)
+    config = _hand_config(["Recall", "NDCG", "ShannonEntropy"], [20, 50, 100])
+    ours, theirs = FastCollector(config), Collector(config)
+    for collector in (ours, theirs):
+        collector.eval_batch_collect(scores, None, positive_u, positive_i)
+    ours_struct, theirs_struct = ours.get_data_struct(), theirs.get_data_struct()
+    _assert_same_struct(ours_struct, theirs_struct)
+    assert ours_struct["rec.topk"][:, :-1].sum() > 0  # some hits to compare
+    assert Evaluator(config).evaluate(ours_struct) == Evaluator(config).evaluate(theirs_struct)
+
+
+def test_sorted_positives_give_recbole_hits():
+    """The plugin's loaders hand positives sorted and distinct (no sort); RecBole's in any order."""
+    generator = torch.Generator().manual_seed(2)
+    topk_idx = torch.topk(torch.rand(30, 500, generator=generator), 20, dim=1).indices
+    keys = torch.unique(torch.randint(0, 30 * 500, (3000,), generator=generator))
+    positive_u, positive_i = keys // 500, keys % 500
+    shuffled = torch.randperm(len(keys), generator=generator)
+    repeated = torch.cat((shuffled, shuffled[:100]))
+    sorted_rows = topk_hits(topk_idx, positive_u, positive_i, 500)
+    assert torch.equal(sorted_rows, topk_hits(topk_idx, positive_u[repeated], positive_i[repeated], 500))
+    pos_matrix = torch.zeros(30, 500, dtype=torch.int)
+    pos_matrix[positive_u, positive_i] = 1
+    assert torch.equal(sorted_rows[:, :-1], torch.gather(pos_matrix, 1, topk_idx))
+    assert torch.equal(sorted_rows[:, -1], pos_matrix.sum(1))

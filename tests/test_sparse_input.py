@@ -421,3 +421,36 @@ def test_a_checkpoint_resumes_on_the_other_input_path(fast, first, then, hidden)
         assert torch.equal(moment, saved_moments[key].t())
     # and it steps with the kernel of its own path, not the checkpoint's
     assert bool(trainer.optimizer.param_groups[0]["fused"]) is then
+
+
+def test_ranking_scores_are_full_sort_predicts_in_one_reused_buffer(ml100k):
+    """What the trainer ranks: full_sort_predict's scores, written into one buffer from batch to
+    batch; under autocast (enable_amp) the output layer's weight is cast once, and again after it
+    changed."""
+    _, _, model = ml100k
+    model.eval()
+    user = {"user_id": torch.arange(1, 944, 5)}
+    few = {"user_id": torch.arange(1, 11)}
+
+    def expected(users):
+        return model.full_sort_predict(users).view(len(users["user_id"]), -1)
+
+    with torch.no_grad():
+        first = model.ranking_scores(user)
+        assert torch.equal(first, expected(user))
+        assert model.ranking_scores(few).data_ptr() == first.data_ptr()  # the same buffer, overwritten
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model.ranking_scores(user).clone()  # the next call writes over the buffer
+            assert low.dtype == torch.bfloat16
+            assert torch.equal(low, expected(user))  # autocast's own nn.Linear, the same product
+        model.decoder[-1].weight.mul_(-2)  # as an optimizer step or load_state_dict changes it
+        try:
+            # a new autocast region: autocast's own cache of casts would also hold the old weight
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                changed = model.ranking_scores(user)
+                assert torch.equal(changed, expected(user))
+            assert not torch.equal(changed, low)
+        finally:
+            model.decoder[-1].weight.div_(-2)
+    model.train()
+    assert model.sparse_input._scores._buffer is None  # training does not keep evaluation's buffer

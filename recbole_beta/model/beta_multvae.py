@@ -215,6 +215,14 @@ class BetaMultVAE(MultiVAE):
             return super().full_sort_predict(interaction)
         return self.sparse_input.scores(interaction[self.USER_ID], self.reparameterize).view(-1)
 
+    def ranking_scores(self, interaction):
+        """``full_sort_predict``'s scores as a users x items matrix, for the trainer's full ranking.
+        On the sparse path they are written into one buffer reused from call to call: the next call
+        overwrites them (``full_sort_predict`` returns a tensor of its own)."""
+        if self.sparse_input is None:
+            return super().full_sort_predict(interaction).view(len(interaction[self.USER_ID]), -1)
+        return self.sparse_input.scores(interaction[self.USER_ID], self.reparameterize, reuse=True)
+
     def predict(self, interaction):
         if self.sparse_input is None:
             return super().predict(interaction)

@@ -69,7 +69,8 @@ def multinomial_nll(logits, rows, cols, values):
 
 
 class Workspace:
-    """One reusable batch x items buffer for :func:`linear_multinomial_nll`.
+    """One reusable batch x items buffer for :func:`linear_multinomial_nll` (and for the scores of
+    full ranking, :func:`linear_into_workspace`).
 
     A fresh 165 MB tensor per training step (ML-20M's 2,048 x 20,108 logits) costs the CPU about
     40 ms of page faults, as much as the softmax over it; reusing one buffer avoids them. The
@@ -85,13 +86,16 @@ class Workspace:
         return None if self._owner is None else self._owner()
 
     def take(self, owner, n_rows, n_cols, dtype, device):
+        """An n_rows x n_cols view of the buffer, lent to ``owner`` (a graph's context) until
+        :meth:`give_back`; ``owner`` None: the caller keeps no graph, and the next ``take`` may
+        overwrite what it wrote."""
         if self._lent_to() is not None:
             return torch.empty(n_rows, n_cols, dtype=dtype, device=device)
         size = n_rows * n_cols
         buffer = self._buffer
         if buffer is None or buffer.numel() < size or buffer.dtype != dtype or buffer.device != device:
             self._buffer = buffer = torch.empty(size, dtype=dtype, device=device)
-        self._owner = weakref.ref(owner)
+        self._owner = None if owner is None else weakref.ref(owner)
         return buffer[:size].view(n_rows, n_cols)
 
     def give_back(self, owner):
@@ -129,6 +133,45 @@ def _linear_into(out, h, weight, bias, cpu_column_block):
             out[:, part].copy_(product)
             if bias is not None:
                 out[:, part] += bias[part]
+
+
+class LowPrecisionCopy:
+    """A parameter's copy in a lower precision, made again only when the parameter changed.
+
+    autocast casts a layer's float32 weight afresh on every call outside one autocast region; full
+    ranking scores batch after batch with the same weights, so the copy is kept, keyed by the
+    parameter's storage and in-place version (an optimizer step or ``load_state_dict`` moves it)."""
+
+    def __init__(self):
+        self._key, self._copy = None, None
+
+    def of(self, tensor, dtype):
+        if tensor is None or tensor.dtype == dtype:
+            return tensor
+        key = (tensor.data_ptr(), tensor._version, tensor.shape, dtype)
+        if key != self._key:
+            self._key, self._copy = key, tensor.detach().to(dtype)
+        return self._copy
+
+    def __getstate__(self):
+        return {"_key": None, "_copy": None}
+
+
+def linear_into_workspace(linear, h, workspace, copies=(None, None)):
+    """``linear(h)`` (no gradient), written into ``workspace``'s buffer, lent to nobody: the next
+    ``take`` overwrites it. Under autocast the product runs as autocast runs ``nn.Linear``'s, in its
+    dtype, with the weight and bias cast once (``copies``: two :class:`LowPrecisionCopy`) rather than
+    on every call."""
+    device = h.device.type
+    weight, bias = linear.weight, linear.bias
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+    if dtype != weight.dtype:
+        weight, bias = copies[0].of(weight, dtype), copies[1].of(bias, dtype)
+    out = workspace.take(None, h.shape[0], weight.shape[0], dtype, h.device)
+    with torch.autocast(device_type=device, enabled=False):
+        if bias is None:
+            return torch.mm(h.to(dtype), weight.t(), out=out)
+        return torch.addmm(bias, h.to(dtype), weight.t(), out=out)
 
 
 class _LinearMultinomialNLL(torch.autograd.Function):

@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 
 from recbole_beta.errors import check, check_number
-from recbole_beta.model.sparse import TransposedLinear, Workspace, linear_multinomial_nll
+from recbole_beta.model.sparse import (LowPrecisionCopy, TransposedLinear, Workspace, linear_into_workspace,
+                                       linear_multinomial_nll)
 
 
 def check_sparse_keys(config):
@@ -57,15 +58,21 @@ class SparseInput(nn.Module):
         #: ``sparse_cpu_column_block``)
         self.cpu_column_block = int(cpu_column_block)
         self._logits = Workspace()  # the training logits (batch x items), reused from step to step
+        self._scores = Workspace()  # full ranking's scores (batch x items), reused from batch to batch
+        self._output_copies = (LowPrecisionCopy(), LowPrecisionCopy())  # its weight and bias under autocast
 
     def encode(self, user):
         """The encoder's (mu, logvar) of the rows ``user``."""
         return self._encode(self.history.batch(user))
 
-    def scores(self, user, reparameterize):
+    def scores(self, user, reparameterize, reuse=False):
         """``MultiVAE.forward``'s logits (len(user) x items) of the rows ``user``; ``reparameterize``:
-        the model's, from (mu, logvar) to the code."""
-        return self.decoder(reparameterize(*self.encode(user)))
+        the model's, from (mu, logvar) to the code. ``reuse``: written into one buffer kept from call
+        to call (the next call overwrites them), the output layer's weights cast once under autocast."""
+        hidden = self.decoder[:-1](reparameterize(*self.encode(user)))
+        if not reuse:
+            return self.decoder[-1](hidden)
+        return linear_into_workspace(self.decoder[-1], hidden, self._scores, self._output_copies)
 
     def loss_terms(self, user, reparameterize):
         """mu, logvar and the reconstruction term -sum_i x_ui log softmax(z_u)_i of each row ``user``,
@@ -88,8 +95,8 @@ class SparseInput(nn.Module):
         return h[:, :half], h[:, half:]
 
     def train(self, mode=True):
-        if not mode:
-            self._logits.clear()  # evaluation does not need training's buffer
+        # each mode drops the other's buffer: evaluation does not need training's, nor training evaluation's
+        (self._scores if mode else self._logits).clear()
         return super().train(mode)
 
     def extra_repr(self):
