@@ -211,21 +211,25 @@ def test_cuda_tensors_match_recbole():
 
 
 def test_topk_indices_are_torch_topks_in_blocks():
-    """Many items (blocks of 5 to 14 columns, with columns left over): the indices torch.topk gives,
-    best first, where no two scores tie; where they do (integer scores, masked rows), its values."""
+    """Many items (blocks of 5 to 14 columns, with columns left over), scores row-major or
+    item-major: the indices torch.topk gives, best first, where no two scores tie; where they do
+    (integer scores, masked rows), its values."""
     generator = torch.Generator().manual_seed(0)
     for n_items in (2_600, 7_001, 20_108):
         scores = torch.randn(40, n_items, generator=generator)
         assert math.isqrt(n_items // 100) >= MIN_BLOCK  # the block path, not torch.topk itself
         expected = torch.topk(scores, 100, dim=1)
+        item_major = scores.t().contiguous().t()  # the plugin's ranking scores' layout
         assert torch.equal(topk_indices(scores, 100), expected.indices)
+        assert torch.equal(topk_indices(item_major, 100), expected.indices)
 
         ties = torch.randint(0, 50, (40, n_items), generator=generator).float()
         ties[:, 0] = -float("inf")
         ties[3, : n_items - 40] = -float("inf")  # a user with 40 unmasked items: 60 of its top 100 are -inf
-        got = topk_indices(ties, 100)
-        assert torch.equal(ties.gather(1, got), torch.topk(ties, 100, dim=1).values)
-        assert all(len(set(row.tolist())) == 100 for row in got)  # each item once
+        for layout in (ties, ties.t().contiguous().t()):
+            got = topk_indices(layout, 100)
+            assert torch.equal(ties.gather(1, got), torch.topk(ties, 100, dim=1).values)
+            assert all(len(set(row.tolist())) == 100 for row in got)  # each item once
 
 
 def test_many_items_match_recbole():
