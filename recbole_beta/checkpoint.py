@@ -8,7 +8,8 @@ checkpoints with ``pickle_protocol=4`` and reads them back with a bare ``torch.l
 refuses. :class:`SafeCheckpointMixin` replaces only the saving and loading, for any RecBole ``Trainer``
 subclass; training and evaluation run through RecBole's own code. What the plugin's trainers add to a
 checkpoint (optimizers and their layout, history, random generators, the split) is theirs: see
-:mod:`recbole_beta.trainer`.
+:mod:`recbole_beta.trainer`. What RecBole's pickled files would import, and the restricted unpickler
+that converts them, are :mod:`recbole_beta.recbole_pickles`.
 
     python -m recbole_beta.checkpoint convert-checkpoint IN.pth OUT.pth   # a RecBole 1.2.1 checkpoint, once
 """
@@ -17,9 +18,7 @@ import argparse
 import os
 import pickle
 import sys
-import types
 import warnings
-import zipfile
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,6 +28,7 @@ from recbole.utils import set_color
 from recbole_beta.data.heldout import describe_split, split_keys
 from recbole_beta.errors import CheckpointError, OutputError, TrainingDivergedError, fail
 from recbole_beta.files import atomic_write, plain, require_file
+from recbole_beta.recbole_pickles import convertible, load_recbole_checkpoint, pickled_globals
 
 _TAG = "__recbole_beta__"
 
@@ -83,117 +83,11 @@ def load_checkpoint(path, device="cpu"):
 #: what every checkpoint holds, the plugin's and RecBole's
 _CHECKPOINT_KEYS = ("config", "epoch", "state_dict")
 
-#: globals a RecBole 1.2.1 checkpoint may hold besides classes of recbole and scipy.sparse
-#: (Config, its enums, the model class, sparse matrices): read by ``convert-checkpoint`` only
-_CONVERTIBLE = {
-    ("collections", "OrderedDict"),
-    ("torch", "device"),
-    ("torch", "Size"),
-    ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_parameter"),
-    ("numpy", "dtype"),
-    ("numpy", "ndarray"),
-    ("numpy", "matrix"),  # EASE's item similarity
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("copyreg", "_reconstructor"),
-    ("_codecs", "encode"),
-    ("builtins", "object"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "slice"),
-    ("yaml.loader", "FullLoader"),
-    ("yaml.loader", "SafeLoader"),
-}
-_CONVERTIBLE_CLASS_MODULES = ("recbole.", "recbole_beta.", "scipy.sparse.")
-
-
-def _convertible(module, name):
-    """True for the globals ``convert-checkpoint`` reads: those of RecBole's checkpoints, nothing that runs."""
-    if (module, name) in _CONVERTIBLE:
-        return True
-    if module in ("torch", "torch.storage") and name.endswith("Storage"):
-        return True  # how a torch file names its tensors' storages (torch's loader maps these itself)
-    return "." not in name and module.startswith(_CONVERTIBLE_CLASS_MODULES)
-
-
-class _Stub:
-    """Stands for every object while a refused file is inspected: nothing it names is imported or called."""
-
-    def __new__(cls, *args, **kwargs):
-        return object.__new__(cls)
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __call__(self, *args, **kwargs):
-        return _Stub()
-
-    def __setstate__(self, state):
-        pass
-
-    def __setitem__(self, key, value):
-        pass
-
-    def append(self, value):
-        pass
-
-    def extend(self, values):
-        pass
-
-
-class _GlobalsScanner(pickle.Unpickler):
-    """Lists the globals (``module.name``) a pickle would import, without importing or calling any."""
-
-    def __init__(self, file):
-        super().__init__(file)
-        self.found = []
-
-    def find_class(self, module, name):
-        if (module, name) not in self.found:
-            self.found.append((module, name))
-        return _Stub
-
-    def persistent_load(self, pid):
-        return None
-
-
-def pickled_globals(path):
-    """The globals a torch or pickle file would import when fully unpickled, as (module, name) pairs,
-    found without importing or running any of them."""
-    # not torch.serialization.get_unsafe_globals_in_checkpoint: on torch 2.13 it stops at RecBole's pickle
-    # protocol 4 ("Unsupported operand 149"), the very files this must name
-    found = []
-
-    def scan(file, limit):
-        for _ in range(limit):  # torch's legacy format is several pickles in a row
-            scanner = _GlobalsScanner(file)
-            try:
-                scanner.load()
-            except Exception:
-                break
-            finally:
-                found.extend(g for g in scanner.found if g not in found)
-
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                for member in archive.namelist():
-                    if member.endswith("data.pkl"):
-                        with archive.open(member) as file:
-                            scan(file, 1)
-        else:
-            with open(path, "rb") as file:
-                scan(file, 5)
-    except (OSError, zipfile.BadZipFile):
-        pass
-    return found
-
 
 def _refusal(path):
     """Why the safe loader refused ``path``, as one line, never advising to switch it off."""
     found = pickled_globals(path)
-    foreign = [f"{module}.{name}" for module, name in found if not _convertible(module, name)]
+    foreign = [f"{module}.{name}" for module, name in found if not convertible(module, name)]
     if foreign:
         return (
             f"cannot resume from {path}: it would import and call {foreign[0]}, which no checkpoint holds "
@@ -252,30 +146,6 @@ def read_checkpoint(path, config=None, device="cpu"):
     return checkpoint
 
 
-# not torch.serialization.safe_globals with weights_only=True: torch 2.13's weights-only unpickler refuses
-# RecBole's pickle protocol 4 whatever is allow-listed ("Unsupported operand 149")
-class _ConvertUnpickler(pickle.Unpickler):
-    """Unpickles RecBole 1.2.1 checkpoints only: every global must be one such a checkpoint holds
-    (:func:`_convertible`), and a class named in recbole or scipy.sparse must be defined there."""
-
-    def find_class(self, module, name):
-        if not _convertible(module, name):
-            raise CheckpointError(f"{module}.{name}")
-        found = super().find_class(module, name)
-        if (module, name) not in _CONVERTIBLE and not (
-            isinstance(found, type) and found.__module__.startswith(_CONVERTIBLE_CLASS_MODULES)
-        ):
-            raise CheckpointError(f"{module}.{name}")
-        return found
-
-
-def _convert_pickle_module():
-    module = types.ModuleType("recbole_beta_convert_pickle")
-    module.Unpickler = _ConvertUnpickler
-    module.load = lambda file, **kwargs: _ConvertUnpickler(file, **kwargs).load()
-    return module
-
-
 def convert_checkpoint(source, target):
     """Rewrite a checkpoint that RecBole 1.2.1 itself wrote in the plugin's safe format; return ``target``.
 
@@ -300,9 +170,7 @@ def convert_checkpoint(source, target):
     except Exception:
         pass  # refused or unreadable: the restricted unpickler below says which
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            old = torch.load(source, map_location="cpu", weights_only=False, pickle_module=_convert_pickle_module())
+        old = load_recbole_checkpoint(source)
     except CheckpointError as refused:
         raise CheckpointError(
             f"cannot convert {source}: it would import {refused}, which a RecBole checkpoint never holds "
