@@ -10,16 +10,17 @@ trainer, loaders and collector) by timing wrappers on the objects that do it:
 - **batches**: the loader's ``collate_fn`` (the batch's users, histories and positives);
 - **encode**: the model's ``ranking_scores`` less the output layer (the input rows, the encoder, the
   decoder's hidden layers);
-- **score**: the decoder's output layer, (B x H)(H x I) plus the bias;
+- **score**: the decoder's output layer (on the sparse path W h^T + b into the reused item-major buffer,
+  :func:`recbole_beta.model.sparse.linear_into_workspace`; on the dense path RecBole's ``nn.Linear``);
 - **mask**: ``_full_sort_batch_eval`` less ``ranking_scores`` (-inf on the padding item and on
   each user's history);
-- **top-k**: the collector's ``torch.topk`` of each batch's scores;
+- **top-k**: the collector's top-k of each batch's scores (``recbole_beta.collector.topk_indices``);
 - **hits**: the rest of the collector's batch step (the top-k's hits and the users' target counts);
 - **metric**: joining the batches and RecBole's metric classes (NDCG@k, Recall@k);
 - **other**: the rest of ``evaluate`` (its loop, moving tensors).
 
-The floor is bare ``torch.mm`` at the output layer's shape in the variant's precision
-(``epoch_time.decoder_floor``); "x floor" is the evaluation's time over it. ``ml-20m@f`` is
+The floor is bare ``torch.mm`` at the output layer's shape in the variant's precision, in the
+faster of its two layouts (``epoch_time.decoder_floor``); "x floor" is the evaluation's time over it. ``ml-20m@f`` is
 synthetic data shaped like ML-20M (see epoch_time.py). The model is untrained: the time does not
 depend on the weights (the top-k's scores are a trained model's in distribution only roughly).
 """

@@ -157,28 +157,34 @@ class LowPrecisionCopy:
         return {"_key": None, "_copy": None}
 
 
-def linear_into_workspace(linear, h, workspace, copies=(None, None)):
+def linear_into_workspace(linear, h, workspace, copies=None):
     """``linear(h)`` (no gradient), written into ``workspace``'s buffer, lent to nobody: the next
     ``take`` overwrites it. Under autocast the product runs as autocast runs ``nn.Linear``'s, in its
-    dtype, with the weight and bias cast once (``copies``: two :class:`LowPrecisionCopy`) rather than
-    on every call.
+    dtype, with the weight and bias cast once (``copies``: two :class:`LowPrecisionCopy` kept by the
+    caller) rather than on every call.
 
-    The result is a (rows x out_features) view of an item-major buffer, (h W^T)^T = W h^T + b: on
-    the CPU the product runs faster in that layout (MKL and oneDNN with AMX, measured at
-    ML-20M's (208 x 600)(600 x 20,108): about 1.2x in float32, 3x in bfloat16), and the
-    collector's top-k reads it as it lies (:func:`recbole_beta.collector.topk_indices`)."""
+    On the CPU the result is a (rows x out_features) view of an item-major buffer, (h W^T)^T =
+    W h^T + b: the CPU runs the product faster in that layout (MKL, and oneDNN with AMX, measured
+    at ML-20M's (208 x 600)(600 x 20,108): about 1.2x in float32, 3x in bfloat16), and the
+    collector's top-k reads it as it lies (:func:`recbole_beta.collector.topk_indices`). Elsewhere
+    it is row-major, as ``nn.Linear`` writes it."""
     device = h.device.type
     weight, bias = linear.weight, linear.bias
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     if dtype != weight.dtype:
+        copies = copies or (LowPrecisionCopy(), LowPrecisionCopy())
         weight, bias = copies[0].of(weight, dtype), copies[1].of(bias, dtype)
-    out = workspace.take(None, weight.shape[0], h.shape[0], dtype, h.device)
+    h = h.to(dtype)
     with torch.autocast(device_type=device, enabled=False):
+        if device != "cpu":
+            out = workspace.take(None, h.shape[0], weight.shape[0], dtype, h.device)
+            return torch.mm(h, weight.t(), out=out) if bias is None else torch.addmm(bias, h, weight.t(), out=out)
+        out = workspace.take(None, weight.shape[0], h.shape[0], dtype, h.device)
         if bias is None:
-            torch.mm(weight, h.to(dtype).t(), out=out)
+            torch.mm(weight, h.t(), out=out)
         else:
-            torch.addmm(bias.unsqueeze(1), weight, h.to(dtype).t(), out=out)
-    return out.t()
+            torch.addmm(bias.unsqueeze(1), weight, h.t(), out=out)
+        return out.t()
 
 
 class _LinearMultinomialNLL(torch.autograd.Function):
