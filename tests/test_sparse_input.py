@@ -454,5 +454,25 @@ def test_ranking_scores_are_full_sort_predicts_in_one_reused_buffer(ml100k):
             assert not torch.equal(changed, low)
         finally:
             model.decoder[-1].weight.div_(-2)
-    model.train()
-    assert model.sparse_input._scores._buffer is None  # training does not keep evaluation's buffer
+    # a step of torch's fused Adam (the sparse path's optimizer) changes the weights without moving
+    # their version counter: the copy must not outlive the evaluation pass
+    saved = {name: value.clone() for name, value in model.state_dict().items()}
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            before = model.ranking_scores(user).clone()  # the copy made for the weights as they are
+        model.train()
+        assert model.sparse_input._scores._buffer is None  # training does not keep evaluation's buffer
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.05, fused=True)
+        for parameter in model.parameters():
+            parameter.grad = torch.ones_like(parameter)
+        version = model.decoder[-1].weight._version
+        optimizer.step()
+        assert model.decoder[-1].weight._version == version  # what makes the version no key here
+        model.eval()  # as RecBole's evaluate does before each pass
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            stepped = model.ranking_scores(user)
+            assert torch.allclose(stepped.float(), expected(user).float(), rtol=2**-7, atol=1e-4)
+            assert not torch.allclose(stepped.float(), before.float(), rtol=2**-7, atol=1e-4)
+    finally:
+        model.load_state_dict(saved)
+        model.eval()

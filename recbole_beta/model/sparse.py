@@ -140,7 +140,9 @@ class LowPrecisionCopy:
 
     autocast casts a layer's float32 weight afresh on every call outside one autocast region; full
     ranking scores batch after batch with the same weights, so the copy is kept, keyed by the
-    parameter's storage and in-place version (an optimizer step or ``load_state_dict`` moves it)."""
+    parameter's storage and in-place version (``load_state_dict`` and most in-place updates move
+    it). torch's fused Adam does not move the version: its owner drops the copy when training
+    resumes (``SparseInput.train``)."""
 
     def __init__(self):
         self._key, self._copy = None, None

@@ -97,6 +97,10 @@ class SparseInput(nn.Module):
     def train(self, mode=True):
         # each mode drops the other's buffer: evaluation does not need training's, nor training evaluation's
         (self._scores if mode else self._logits).clear()
+        # and the output layer's low-precision copies live for one evaluation pass (RecBole's evaluate
+        # calls eval() before each): torch's fused Adam, the sparse path's, updates the weights in
+        # place without moving their version counter, so a copy kept across training would go stale
+        self._output_copies = (LowPrecisionCopy(), LowPrecisionCopy())
         return super().train(mode)
 
     def extra_repr(self):
