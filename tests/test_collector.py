@@ -194,13 +194,19 @@ def test_meanrank_metric_goes_through_recbole(fast):
     assert 0.5 < ours_result["gauc"] <= 1
 
 
+def _random_batch(seed, n_positives, n_users=64, n_items=3000):
+    """Scores of ``n_users`` x ``n_items`` and ``n_positives`` random (user, item) targets (item 0,
+    the padding, never one), drawn from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.rand(n_users, n_items, generator=generator)
+    positive_u = torch.randint(0, n_users, (n_positives,), generator=generator)
+    positive_i = torch.randint(1, n_items, (n_positives,), generator=generator)
+    return scores, positive_u, positive_i
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_tensors_match_recbole():
-    generator = torch.Generator().manual_seed(0)
-    n_users, n_items = 64, 3000
-    scores = torch.rand(n_users, n_items, generator=generator)
-    positive_u = torch.randint(0, n_users, (2000,), generator=generator)
-    positive_i = torch.randint(1, n_items, (2000,), generator=generator)
+    scores, positive_u, positive_i = _random_batch(seed=0, n_positives=2000)
     config = _hand_config(["Recall", "NDCG", "ShannonEntropy", "GAUC"], [20, 50, 100])
     config["device"] = torch.device("cuda")
     ours, theirs = FastCollector(config), Collector(config)
@@ -234,11 +240,7 @@ def test_topk_indices_are_torch_topks_in_blocks():
 
 def test_many_items_match_recbole():
     """The block path inside FastCollector: RecBole's tensors and metrics on 3,000 items."""
-    generator = torch.Generator().manual_seed(1)
-    n_users, n_items = 64, 3000
-    scores = torch.rand(n_users, n_items, generator=generator)
-    positive_u = torch.randint(0, n_users, (4000,), generator=generator)
-    positive_i = torch.randint(1, n_items, (4000,), generator=generator)
+    scores, positive_u, positive_i = _random_batch(seed=1, n_positives=4000)
     config = _hand_config(["Recall", "NDCG", "ShannonEntropy"], [20, 50, 100])
     ours, theirs = FastCollector(config), Collector(config)
     for collector in (ours, theirs):
