@@ -13,6 +13,8 @@ import math
 import torch
 from recbole.evaluator import Collector
 
+from recbole_beta import topk
+
 #: what FastCollector collects itself; every other key is left to RecBole's eval_batch_collect
 _OWN_KEYS = ("rec.items", "rec.topk")
 #: the smallest block for which topk_indices cuts rows into blocks
@@ -37,18 +39,20 @@ def topk_indices(scores, k):
     """The indices of each row's ``k`` highest ``scores`` (B x n), best first: ``torch.topk(scores, k,
     dim=-1)``'s indices, found faster on the CPU for k << n.
 
-    torch's CPU top-k copies every score of a row into a list of (value, index) pairs before it
-    selects (about 3 ns a score: 9 s of a 40 s evaluation at the ML-20M shape). Here each row's
-    columns are cut into blocks of ``b`` (about sqrt(n / k)); each block's maximum is one
-    vectorised pass, and only the ``k`` blocks with the highest maxima can hold the top k (a score
-    in any other block has k block maxima, k distinct scores, at least as high), so torch's top-k
-    runs on the n / b block maxima and on those k blocks' ``b * k`` scores, plus the columns left
-    over. The values returned are torch.topk's; among equal scores the index chosen may differ, as
-    torch.topk's own order among ties is unspecified.
+    Item-major scores (``scores.t()`` contiguous: the plugin's ranking scores, which the CPU
+    computes faster in that layout) go to :func:`recbole_beta.topk.topk_indices`: a threshold, then
+    one pass over the scores as they lie (numba, a dependency; torch.topk if it cannot be imported).
 
-    ``scores`` row-major (contiguous), a block is the strided columns j, j + m, j + 2m, ...;
-    item-major (``scores.t()`` contiguous: the plugin's ranking scores, which the CPU computes
-    faster in that layout), a block is b neighbouring columns.
+    Row-major scores (RecBole's baselines): torch's CPU top-k copies every score of a row into a
+    list of (value, index) pairs before it selects (about 3 ns a score: 9 s of a 40 s evaluation at
+    the ML-20M shape). Here each row's columns are cut into ``b`` (about sqrt(n / k)) strided blocks
+    of columns j, j + m, j + 2m, ...; each block's maximum is one vectorised pass, and only the
+    ``k`` blocks with the highest maxima can hold the top k (a score in any other block has k block
+    maxima, k distinct scores, at least as high), so torch's top-k runs on the n / b block maxima
+    and on those k blocks' ``b * k`` scores, plus the columns left over.
+
+    The values returned are torch.topk's; among equal scores the index chosen may differ, as
+    torch.topk's own order among ties is unspecified.
     """
     n_rows, n = scores.shape
     block = math.isqrt(n // k) if k > 0 else 0
@@ -56,18 +60,13 @@ def topk_indices(scores, k):
     # below 5 (n < 25 k: ml-100k's 1,683 items at k = 100) the two top-k calls cost as much as one
     if scores.device.type != "cpu" or block < MIN_BLOCK or not (scores.is_contiguous() or item_major):
         return torch.topk(scores, k, dim=-1)[1]
-    m = n // block
     if item_major:
-        by_item = scores.t()  # n x B, contiguous
-        maxima = by_item[: block * m].view(m, block, n_rows).amax(1).t().contiguous()  # B x m
-        _, chosen = torch.topk(maxima, k, dim=1, sorted=False)  # (B, k) block numbers
-        columns = (chosen.mul_(block).unsqueeze(2) + torch.arange(block)).view(n_rows, k * block)
-        candidates = by_item.reshape(-1).take(columns * n_rows + torch.arange(n_rows).unsqueeze(1))
-    else:
-        blocks = scores.as_strided((n_rows, block, m), (n, m, 1))  # [row, r, j] = column r * m + j
-        _, chosen = torch.topk(blocks.amax(1), k, dim=1, sorted=False)  # (B, k) block numbers j
-        candidates = blocks.gather(2, chosen.unsqueeze(1).expand(n_rows, block, k)).view(n_rows, block * k)
-        columns = (torch.arange(0, block * m, m).view(1, block, 1) + chosen.unsqueeze(1)).view(n_rows, block * k)
+        return topk.topk_indices(scores, k) if topk.available() else torch.topk(scores, k, dim=-1)[1]
+    m = n // block
+    blocks = scores.as_strided((n_rows, block, m), (n, m, 1))  # [row, r, j] = column r * m + j
+    _, chosen = torch.topk(blocks.amax(1), k, dim=1, sorted=False)  # (B, k) block numbers j
+    candidates = blocks.gather(2, chosen.unsqueeze(1).expand(n_rows, block, k)).view(n_rows, block * k)
+    columns = (torch.arange(0, block * m, m).view(1, block, 1) + chosen.unsqueeze(1)).view(n_rows, block * k)
     if block * m < n:  # the columns past the blocks are candidates too
         candidates = torch.cat((candidates, scores[:, block * m:]), 1)
         columns = torch.cat((columns, torch.arange(block * m, n).expand(n_rows, -1)), 1)

@@ -238,6 +238,37 @@ def test_topk_indices_are_torch_topks_in_blocks():
             assert all(len(set(row.tolist())) == 100 for row in got)  # each item once
 
 
+def test_item_major_scores_are_ranked_by_a_threshold_and_one_pass(monkeypatch):
+    """recbole_beta.topk on the plugin's item-major layout: torch.topk's values, equal scores
+    listed lower item first (bfloat16 ties many, through one widening buffer batch after batch);
+    a user tied past the candidate buffer, a NaN batch and a missing numba fall back to torch.topk."""
+    from recbole_beta import topk
+
+    assert topk.available()  # numba is a dependency
+    n_items, users = 20_108, 50
+    for seed in (3, 4):
+        low = (torch.randn(n_items, users, generator=torch.Generator().manual_seed(seed)) * 3).bfloat16().t()
+        got = topk_indices(low, 100)
+        values = low.gather(1, got)
+        assert torch.equal(values, torch.topk(low, 100, dim=1).values)
+        tied = values[:, 1:] == values[:, :-1]
+        assert tied.sum() > 100 and bool((got[:, 1:] > got[:, :-1])[tied].all())
+    assert not torch.equal(got, torch.topk(low, 100, dim=1).indices)  # so the next check can fail
+    monkeypatch.setattr(topk, "available", lambda: False)
+    assert torch.equal(topk_indices(low, 100), torch.topk(low, 100, dim=1).indices)
+    monkeypatch.undo()
+
+    scores = torch.randn(n_items, users, generator=torch.Generator().manual_seed(5)).t()
+    scores[:, 0] = -float("inf")
+    scores[7] = 0.5  # every score tied: more candidates than the buffer holds
+    got, expected = topk_indices(scores, 100), torch.topk(scores, 100, dim=1)
+    assert torch.equal(scores.gather(1, got), expected.values)
+    others = torch.arange(users) != 7
+    assert torch.equal(got[others], expected.indices[others])
+    scores[11, 123] = float("nan")  # torch ranks NaN highest
+    assert torch.equal(topk_indices(scores, 100), torch.topk(scores, 100, dim=1).indices)
+
+
 def test_many_items_match_recbole():
     """The block path inside FastCollector: RecBole's tensors and metrics on 3,000 items."""
     scores, positive_u, positive_i = _random_batch(seed=1, n_positives=4000)
