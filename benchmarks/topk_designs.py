@@ -3,23 +3,26 @@
     python benchmarks/topk_designs.py                      # ML-20M's batch: 208 users, 20,108 items, k = 100
     python benchmarks/topk_designs.py --users 208 --items 20108 --k 100 --reps 30
 
-The evaluation profile (eval_profile.py) puts the collector's top-k at 9-10 s of a 41 s float32
-evaluation at the ML-20M shape. This script measures what else was tried for it, so the figures in
-docs/benchmarks.md ("Top-k designs measured") can be rerun:
+Before the threshold scan (recbole_beta/topk.py), the evaluation profile (eval_profile.py) put the
+collector's top-k at 9-10 s of a 41 s float32 evaluation at the ML-20M shape. This script
+measures the designs tried for it, so the figures in docs/benchmarks.md ("Top-k designs
+measured") can be rerun:
 
 - ``torch.topk`` on row-major scores, and on the item-major view the plugin's sparse path writes;
-- the plugin's blocked top-k (``recbole_beta.collector.topk_indices``), both layouts;
+- the collector's top-k (``recbole_beta.collector.topk_indices``): row-major, the blocked top-k
+  (RecBole's baselines' scores); item-major, the plugin's threshold from torch and one numba scan
+  in the calling thread (``recbole_beta.topk``);
 - one read of the scores (``torch.sum``): no design that looks at every score goes below it;
 - a two-pass numba kernel (strided block maxima, each user's k-th highest maximum as a threshold,
   one scan keeping the scores at or above it, a sort of those few), users split over Python threads
   without the GIL; timed alone, and right after the product that writes the scores, as it would
   run in an evaluation (torch's and MKL's worker threads are then still awake);
 - the product and selection fused: the output layer computed in chunks of items and each chunk's
-  scores pushed into per-user heaps while in cache, against the product followed by the blocked
+  scores pushed into per-user heaps while in cache, against the product followed by the
   top-k.
 
-The numba rows need ``pip install numba`` (not a dependency of the plugin); without it they are
-skipped, and the script says so. Scores are a popularity term plus per-user noise (``--shape
+The rows of the alternatives need numba (a dependency of the plugin since the threshold scan);
+without it they are skipped, and the script says so. Scores are a popularity term plus per-user noise (``--shape
 popular``, the shape a trained model's scores roughly have: the same items lead for most users) or
 independent normal draws (``--shape iid``, the worst case for a threshold scan), items in random id
 order. Every design's values are checked against torch.topk's before it is timed.
@@ -175,12 +178,12 @@ def main(argv=None):
 
     row("torch.topk, row-major", lambda: torch.topk(row_major, k, dim=1)[1])
     row("torch.topk, item-major view", lambda: torch.topk(item_major, k, dim=1)[1])
-    row("blocked (topk_indices), row-major", lambda: topk_indices(row_major, k))
-    row("blocked (topk_indices), item-major", lambda: topk_indices(item_major, k))
+    row("collector, row-major (blocked)", lambda: topk_indices(row_major, k))
+    row("collector, item-major (threshold + numba scan)", lambda: topk_indices(item_major, k))
     rows.append(("one read of the scores (torch.sum)", per_call_ms(lambda: by_item.sum(), args.reps)))
     kernels = numba_designs()
     if kernels is None:
-        print("numba is not installed: its rows are skipped (pip install numba)")
+        print("numba is not installed: the alternatives' rows are skipped (pip install numba)")
     else:
         two_pass, absorb = kernels
         values, bits = by_item.numpy(), by_item.numpy().view(np.int32)
@@ -213,18 +216,15 @@ def main(argv=None):
             order = np.argsort(-heap_values, axis=1, kind="stable")
             return torch.from_numpy(np.take_along_axis(heap_items, order, axis=1))
 
-        def product_then_blocked():
+        def product_then(select):
             product()
-            return topk_indices(item_major, k)
-
-        def product_then_two_pass(parts):
-            product()
-            return numba_two_pass(parts)
+            return select()
 
         rows.append(("product alone (addmm, item-major)", per_call_ms(product, args.reps)))
-        row("product + blocked top-k", product_then_blocked)
-        row("product + numba two-pass, 1 thread", lambda: product_then_two_pass(1))
-        row(f"product + numba two-pass, {parts} threads", lambda: product_then_two_pass(parts))
+        row("product + torch.topk, item-major view", lambda: product_then(lambda: torch.topk(item_major, k, dim=1)[1]))
+        row("product + collector (threshold + numba scan)", lambda: product_then(lambda: topk_indices(item_major, k)))
+        row("product + numba two-pass, 1 thread", lambda: product_then(lambda: numba_two_pass(1)))
+        row(f"product + numba two-pass, {parts} threads", lambda: product_then(lambda: numba_two_pass(parts)))
         row("product and heaps fused (chunks of 2,048 items)", fused)
     print(f"{users} users x {n} items, k = {k}, {args.shape} scores, {torch.get_num_threads()} threads, median of {args.reps}")
     width = max(len(name) for name, _ in rows)
