@@ -1,5 +1,7 @@
-"""Each user's k best-scored items from item-major scores on the CPU: a threshold from torch's own
-reductions, then one pass of a numba kernel over the scores as they lie.
+"""Each user's k best-scored items from item-major scores on the CPU: a threshold, then one pass.
+
+The threshold comes from torch's own reductions; the pass is a numba kernel over the scores as
+they lie.
 
 The plugin's sparse path writes its ranking scores item-major (items x users: the CPU computes the
 product faster in that layout). The collector's blocked top-k then gathers its candidates one
