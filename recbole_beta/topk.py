@@ -30,10 +30,13 @@ fewer than k or more than ``CANDIDATES_PER_K * k`` scores at the threshold (ties
 to ``torch.topk``.
 """
 
+import functools
 import threading
 
 import numpy as np
 import torch
+
+from recbole_beta.model.sparse import Workspace
 
 #: blocks per listed item: more blocks cost more to rank, fewer let more scores past the threshold
 BLOCKS_PER_K = 3
@@ -41,9 +44,19 @@ BLOCKS_PER_K = 3
 CANDIDATES_PER_K = 8
 
 _scan = None
-_widened = threading.local()  # the float32 copy of 16-bit scores, reused from batch to batch
 
 
+class _PerThread(threading.local):
+    def __init__(self):
+        # the float32 copy of 16-bit scores, reused from batch to batch: a fresh 16 MB tensor per
+        # batch would cost its page faults every time
+        self.widened = Workspace()
+
+
+_per_thread = _PerThread()
+
+
+@functools.cache
 def available():
     """Whether numba, the scan's one requirement, can be imported."""
     try:
@@ -103,14 +116,10 @@ def _compile():
 
 
 def _as_float32(by_item):
-    """``by_item`` as float32; 16-bit scores widened into a buffer kept for the next batch (a
-    fresh 16 MB tensor per batch would cost its page faults every time)."""
+    """``by_item`` as float32: 16-bit scores widened into this thread's reused buffer."""
     if by_item.dtype == torch.float32:
         return by_item
-    buffer = getattr(_widened, "buffer", None)
-    if buffer is None or buffer.shape != by_item.shape:
-        buffer = _widened.buffer = torch.empty(by_item.shape, dtype=torch.float32)
-    return buffer.copy_(by_item)
+    return _per_thread.widened.take(None, *by_item.shape, torch.float32, by_item.device).copy_(by_item)
 
 
 def topk_indices(scores, k):

@@ -159,7 +159,7 @@ class LowPrecisionCopy:
         return {"_key": None, "_copy": None}
 
 
-def linear_into_workspace(linear, h, workspace, copies=None):
+def linear_into_workspace(linear, h, workspace, copies):
     """``linear(h)`` (no gradient), written into ``workspace``'s buffer, lent to nobody: the next
     ``take`` overwrites it. Under autocast the product runs as autocast runs ``nn.Linear``'s, in its
     dtype, with the weight and bias cast once (``copies``: two :class:`LowPrecisionCopy` kept by the
@@ -174,7 +174,6 @@ def linear_into_workspace(linear, h, workspace, copies=None):
     weight, bias = linear.weight, linear.bias
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     if dtype != weight.dtype:
-        copies = copies or (LowPrecisionCopy(), LowPrecisionCopy())
         weight, bias = copies[0].of(weight, dtype), copies[1].of(bias, dtype)
     h = h.to(dtype)
     with torch.autocast(device_type=device, enabled=False):
