@@ -101,3 +101,19 @@ def test_max_batches_limits_the_timed_epoch(harness, synthetic_tenth):
         assert (row["batches"], row["batches_per_epoch"]) == (2, 7)
         assert len(row["train_s"]) == 1
         assert row["eval_s"] == [] and "eval_ratio" not in row
+
+
+def test_train_step_profile_splits_a_step_into_products_and_float32_passes(capsys):
+    """benchmarks/train_step_profile.py on a small shape: a row per precision, and the profiler's split
+    finds both the products and the float32 passes in a step (each > 0 ms: neither class is empty)."""
+    spec = importlib.util.spec_from_file_location("train_step_profile", ROOT / "benchmarks" / "train_step_profile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = ["--batch", "64", "--items", "3000", "--hidden", "32", "--per-user", "10", "--block", "1024", "--reps", "3"]
+    step = module.Step(module.argparse.Namespace(batch=64, items=3000, hidden=32, per_user=10, block=1024), None)
+    products, rest = module.split_ms(step, 2)
+    assert products > 0 and rest > 0
+    module.main(args)
+    lines = plain_tables(capsys.readouterr().out).splitlines()
+    rows = [line.split(" | ")[0].removeprefix("| ") for line in lines if line.startswith("| float") or line.startswith("| bfloat")]
+    assert rows == ["float32", str(module.autocast_dtype(torch.device("cpu"))).removeprefix("torch.")]

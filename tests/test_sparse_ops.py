@@ -213,3 +213,31 @@ def test_transposed_linear_is_the_same_layer_with_linears_state_dict():
     assert torch.equal(layer.weight, other.weight) and layer.weight_t.is_contiguous()
     layer.load_state_dict(linear.state_dict(), assign=True)  # takes the tensors it is given
     assert torch.equal(layer.weight, linear.weight) and layer.weight_t.is_contiguous()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_under_autocast_the_backward_in_column_blocks_is_the_one_product_backward(bias):
+    """On the CPU the low-precision backward runs its products block by block (each block's gradient
+    narrowed while in cache): the same gradients as the backward of one product (``cpu_column_block``
+    None), up to bfloat16 rounding, with the last block short, and h's gradient summed over blocks."""
+    generator = torch.Generator().manual_seed(3)
+    n_rows, hidden, n_items = 16, 24, 2600
+    linear = nn.Linear(hidden, n_items, bias=bias)
+    rows = torch.arange(n_rows).repeat_interleave(40)
+    cols = torch.randint(0, n_items, (len(rows),), generator=generator)
+    batch = sparse_batch(rows, cols, torch.ones(len(rows)), n_rows, n_items)
+    h0 = torch.randn(n_rows, hidden, generator=generator).bfloat16()
+    upstream = torch.rand(n_rows, generator=generator)
+    grads = {}
+    for block in (None, 1024):
+        h = h0.clone().requires_grad_()
+        inputs = [h, *linear.parameters()]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            nll = linear_multinomial_nll(linear, h, batch, Workspace(), cpu_column_block=block)
+            grads[block] = torch.autograd.grad((nll * upstream).sum(), inputs)
+    assert [g.dtype for g in grads[1024]] == [torch.bfloat16] + [torch.float32] * (len(inputs) - 1)
+    for blocked, whole in zip(grads[1024], grads[None]):
+        scale = whole.float().abs().max()
+        assert scale > 0 and (blocked.float() - whole.float()).abs().max() <= 2e-2 * scale
+    if bias:  # float32 both ways: the blocked path's bias gradient is one float32 matrix-vector product
+        assert torch.allclose(grads[1024][2], grads[None][2], rtol=1e-5, atol=1e-7)
