@@ -198,7 +198,8 @@ class _LinearMultinomialNLL(torch.autograd.Function):
 
     ``product_dtype`` (autocast's, under ``enable_amp``): the three products run in it, as autocast
     runs ``nn.Linear``'s, while the logits, the softmax, the likelihood and the gradients of the
-    float32 weight and bias stay float32.
+    float32 weight and bias stay float32; on the CPU its backward runs in column blocks
+    (:func:`_low_precision_backward_in_blocks`).
     """
 
     @staticmethod
