@@ -16,13 +16,15 @@ a step's time into:
 
 These sit beside **bare products**: the same three products alone, at the precision of the run,
 timed in one call each and in the layer's own column blocks (``sparse_cpu_column_block``).
-``epoch_time.py``'s floor takes the one-call figure. The **floor** here is the fastest of the three
-product figures (in the step, one call, blocks), and "x floor" is the step's wall time over it.
+``epoch_time.py``'s floor takes the one-call figure.
 
-The figure this script exists for is the float32 passes' time over that floor. An epoch spends
-more than the output layer's step (the encoder, the optimizer, the batches), so one plus that
-ratio is a lower bound on the epoch's multiple of the products' floor for as long as the softmax
-stays a float32 pass of its own.
+**float32 passes / products** is taken within the profiled round, against the products as they
+run in the step, the fastest products the step reaches. The step takes at least ``1 +`` that ratio
+times its own products, for as long as the softmax stays a float32 pass of its own. So does an
+epoch, which also runs the encoder, the optimizer and the batches. The last column is the
+(unprofiled) step over the one-call products, which is what ``epoch_time.py``'s floor would say.
+That ratio moves with how fast one call happens to run: on a shared machine one call has run at
+anywhere from 1x to 3x the speed of blocks.
 """
 
 import argparse
@@ -65,8 +67,8 @@ class Step:
         self.low = low  # autocast's dtype, or None: float32
 
     def __call__(self):
-        h = self.h if self.low is None else self.h.to(self.low)  # the hidden layer's dtype under autocast
-        h.requires_grad_()
+        # a leaf of its own each step (the hidden layer's dtype under autocast), its gradient dropped
+        h = (self.h if self.low is None else self.h.to(self.low)).detach().requires_grad_()
         with torch.autocast("cpu", dtype=self.low or torch.bfloat16, enabled=self.low is not None):
             loss = linear_multinomial_nll(self.linear, h, self.batch, self.workspace, self.block).mean()
         loss.backward()
@@ -141,12 +143,12 @@ def main(argv=None):
     for name, step in steps.items():
         products, rest = split_ms(step, max(3, args.reps // 3))
         whole, blocks = bare_products(args, precisions[name] or torch.float32, max(3, args.reps // 3))
-        floor = min(products, whole, blocks)
         step_ms = 1e3 * statistics.median(wall[name])
         rows.append([name, f"{step_ms:.0f}", f"{products:.0f}", f"{rest:.0f}", f"{whole:.0f}", f"{blocks:.0f}",
-                     f"{step_ms / floor:.2f}", f"{rest / floor:.2f}"])
-    header = ["precision", "step ms", "products in the step ms", "float32 passes ms", "bare products ms (one call)",
-              "bare products ms (blocks)", "x floor", "float32 passes / floor"]
+                     f"{rest / products:.2f}", f"{step_ms / whole:.2f}"])
+    header = ["precision", "step ms", "products in the step ms", "float32 passes and casts ms",
+              "bare products ms (one call)", "bare products ms (blocks)", "float32 passes / products",
+              "step / one-call products"]
     print(pd.DataFrame(rows, columns=header).to_markdown(index=False, disable_numparse=True))
 
 

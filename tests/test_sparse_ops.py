@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from recbole_beta.data.user_items import SparseBatch
+from recbole_beta.model import sparse
 from recbole_beta.model.sparse import TransposedLinear, Workspace, linear_multinomial_nll
 
 
@@ -215,29 +216,54 @@ def test_transposed_linear_is_the_same_layer_with_linears_state_dict():
     assert torch.equal(layer.weight, linear.weight) and layer.weight_t.is_contiguous()
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_under_autocast_the_backward_in_column_blocks_is_the_one_product_backward(bias):
+# frozen: h and the weight need no gradient, only the bias
+@pytest.mark.parametrize("bias,frozen", [(True, False), (False, False), (True, True)])
+def test_under_autocast_the_backward_in_column_blocks_is_the_one_product_backward(bias, frozen, monkeypatch):
     """On the CPU the low-precision backward runs its products block by block (each block's gradient
     narrowed while in cache): the same gradients as the backward of one product (``cpu_column_block``
     None), up to bfloat16 rounding, with the last block short, and h's gradient summed over blocks."""
+    calls = []
+    blocked = sparse._low_precision_backward_in_blocks
+    monkeypatch.setattr(sparse, "_low_precision_backward_in_blocks", lambda *a: calls.append(1) or blocked(*a))
     generator = torch.Generator().manual_seed(3)
     n_rows, hidden, n_items = 16, 24, 2600
     linear = nn.Linear(hidden, n_items, bias=bias)
+    linear.weight.requires_grad_(not frozen)
     rows = torch.arange(n_rows).repeat_interleave(40)
     cols = torch.randint(0, n_items, (len(rows),), generator=generator)
-    batch = sparse_batch(rows, cols, torch.ones(len(rows)), n_rows, n_items)
+    values = torch.rand(len(rows), generator=generator) + 0.5  # counts other than 1
+    batch = sparse_batch(rows, cols, values, n_rows, n_items)
     h0 = torch.randn(n_rows, hidden, generator=generator).bfloat16()
     upstream = torch.rand(n_rows, generator=generator)
     grads = {}
     for block in (None, 1024):
-        h = h0.clone().requires_grad_()
-        inputs = [h, *linear.parameters()]
+        h = h0.clone().requires_grad_(not frozen)
+        inputs = [x for x in (h, *linear.parameters()) if x.requires_grad]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             nll = linear_multinomial_nll(linear, h, batch, Workspace(), cpu_column_block=block)
             grads[block] = torch.autograd.grad((nll * upstream).sum(), inputs)
-    assert [g.dtype for g in grads[1024]] == [torch.bfloat16] + [torch.float32] * (len(inputs) - 1)
-    for blocked, whole in zip(grads[1024], grads[None]):
+    assert calls == [1]  # the blocks ran for block 1024 alone
+    dtypes = [torch.float32] if frozen else [torch.bfloat16] + [torch.float32] * (len(inputs) - 1)
+    assert [g.dtype for g in grads[1024]] == dtypes
+    for blocked_grad, whole in zip(grads[1024], grads[None]):
         scale = whole.float().abs().max()
-        assert scale > 0 and (blocked.float() - whole.float()).abs().max() <= 2e-2 * scale
-    if bias:  # float32 both ways: the blocked path's bias gradient is one float32 matrix-vector product
-        assert torch.allclose(grads[1024][2], grads[None][2], rtol=1e-5, atol=1e-7)
+        assert scale > 0 and (blocked_grad.float() - whole.float()).abs().max() <= 2e-2 * scale
+
+
+def test_under_autocast_a_row_whose_values_sum_to_zero_takes_the_one_product_backward():
+    """The blocks divide by each row's sum of values; a row of signed values summing to 0 has the
+    gradient g_u (softmax(z_u) * 0 - x_u) = -g_u x_u, which the one-product backward gives: no NaN."""
+    linear, h, batch, upstream = small_case(torch.float32, n_items=11)
+    values = batch.values.clone()
+    values[3:6] = torch.tensor([1.0, -2.0, 1.0])  # row 3 sums to 0
+    batch = batch._replace(values=values)
+    h = h.detach().bfloat16()
+    grads = {}
+    for block in (None, 4):
+        x = h.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            nll = linear_multinomial_nll(linear, x, batch, Workspace(), cpu_column_block=block)
+            grads[block] = torch.autograd.grad((nll * upstream).sum(), [x, *linear.parameters()])
+    for blocked_grad, whole in zip(grads[4], grads[None]):
+        scale = whole.float().abs().max()
+        assert torch.isfinite(blocked_grad).all() and (blocked_grad.float() - whole.float()).abs().max() <= 2e-2 * scale

@@ -230,7 +230,10 @@ class _LinearMultinomialNLL(torch.autograd.Function):
         _spend(ctx, "linear_multinomial_nll")
         h, weight, probs, rows, cols, values, total = ctx.saved_tensors
         need_h, need_weight, need_bias = ctx.needs_input_grad[:3]
-        if h.dtype != probs.dtype and probs.device.type == "cpu" and ctx.cpu_column_block is not None:
+        blocked = h.dtype != probs.dtype and probs.device.type == "cpu" and ctx.cpu_column_block is not None
+        # the blocks divide by each row's sum of values: a row whose values sum to 0 (signed values;
+        # counts and RecBole's 1s never do) takes the one-product backward
+        if blocked and bool((total[rows] != 0).all()):
             grads = _low_precision_backward_in_blocks(probs, grad, total, rows, cols, values, h, weight,
                                                       ctx.cpu_column_block, need_h, need_weight, need_bias)
             grad_h, grad_weight, grad_bias = grads
@@ -260,7 +263,8 @@ def _low_precision_backward_in_blocks(probs, grad, total, rows, cols, values, h,
     gradient ran at ~1.4x the rate of one product (``h^T G`` of each block, which oneDNN runs faster
     than ``G^T h``), the input's at ~1.2x, and no batch x items copy is made. The values are those
     of one product up to the low precision's rounding: the input's gradient is summed over the blocks
-    in float32. Returns (grad_h, grad_weight, grad_bias), float32, None where not needed.
+    in float32. Every row with non-zeros must have a non-zero sum of values (it is divided by).
+    Returns (grad_h, grad_weight, grad_bias), float32, None where not needed.
     """
     scale = grad * total
     # g_u (softmax(z_u) sum_i x_ui - x_u) = scale_u (p_u - x_u / sum_i x_ui): the non-zeros' part on
@@ -272,9 +276,9 @@ def _low_precision_backward_in_blocks(probs, grad, total, rows, cols, values, h,
     low = torch.empty(n_rows, min(block, n_items), dtype=h.dtype, device=h.device)
     grad_h = torch.zeros(h.shape, dtype=probs.dtype, device=h.device) if need_h else None
     grad_weight = torch.empty(weight.shape, dtype=probs.dtype, device=h.device) if need_weight else None
-    h_t = h.t().contiguous()
+    h_t = h.t().contiguous() if need_weight else None
     scale = scale.unsqueeze(1)
-    for start in range(0, n_items, block):
+    for start in range(0, n_items if need_h or need_weight else 0, block):
         part = slice(start, start + block)
         narrow = low[:, : probs[:, part].shape[1]]
         narrow.copy_(probs[:, part].mul_(scale))
