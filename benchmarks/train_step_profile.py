@@ -38,6 +38,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from topk_designs import per_call_ms  # noqa: E402
 
 from recbole_beta.data.user_items import SparseBatch  # noqa: E402
 from recbole_beta.model.sparse import Workspace, linear_multinomial_nll  # noqa: E402
@@ -89,17 +92,7 @@ def bare_products(args, dtype, reps):
             part = slice(start, start + blk)
             torch.mm(h, w[part].t()), torch.mm(g[:, part], w[part]), torch.mm(h_t, g[:, part])
 
-    return median_ms(whole, reps), median_ms(blocks, reps)
-
-
-def median_ms(call, reps):
-    call()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return per_call_ms(whole, reps), per_call_ms(blocks, reps)
 
 
 def split_ms(step, steps):

@@ -112,15 +112,15 @@ class Workspace:
         return {"_buffer": None, "_owner": None}
 
 
-def _linear_into(out, h, weight, bias, cpu_column_block):
-    """out = h W^T + b, written into ``out``. On the CPU in blocks of ``cpu_column_block`` output
-    columns (None: one product), elsewhere in one product: MKL ran the decoder's (2,048 x 600) x
+def _linear_into(out, h, weight, bias, block):
+    """out = h W^T + b, written into ``out``, in blocks of ``block`` output columns (None: one
+    product; the output layer takes blocks on the CPU alone): MKL ran the decoder's (2,048 x 600) x
     (600 x 20,108) product at ~176 GFLOP/s in one call and at ~200 (the backward's two products'
     rate) in blocks of 512 to 1,024 columns, on a 2-core CPU (the key ``sparse_cpu_column_block``
     sets it). Each block is the same dot products, so the values are those of one call up to
     rounding. ``h`` and ``weight`` in a lower precision than ``out`` (autocast's): each block is
     computed in theirs and written into ``out`` in its own."""
-    block = out.shape[1] if out.device.type != "cpu" or cpu_column_block is None else cpu_column_block
+    block = out.shape[1] if block is None else block
     same = h.dtype == out.dtype
     # the low-precision product of each block, in one buffer: a fresh one per block costs its page faults
     low = None if same else torch.empty(h.shape[0], min(block, out.shape[1]), dtype=h.dtype, device=h.device)
@@ -208,7 +208,9 @@ class _LinearMultinomialNLL(torch.autograd.Function):
         logits = workspace.take(ctx, h.shape[0], weight.shape[0], dtype, h.device)
         low = product_dtype is not None
         h_low, weight_low = (h.to(product_dtype), weight.to(product_dtype)) if low else (h, weight)
-        _linear_into(logits, h_low, weight_low, bias, cpu_column_block)
+        # column blocks on the CPU alone (elsewhere one product), for the forward's and the backward's products
+        block = cpu_column_block if h.device.type == "cpu" else None
+        _linear_into(logits, h_low, weight_low, bias, block)
         picked = logits[rows, cols]
         top = logits.amax(1)
         probs = torch.ops.aten._softmax.out(logits, 1, False, out=logits)  # in place, row by row
@@ -219,7 +221,7 @@ class _LinearMultinomialNLL(torch.autograd.Function):
         if keep and any(ctx.needs_input_grad):  # keep: gradients were on (inside, they never are)
             ctx.save_for_backward(h_low, weight_low, probs, rows, cols, values, total)
             ctx.workspace, ctx.spent = workspace, False
-            ctx.dtypes, ctx.cpu_column_block = (h.dtype, weight.dtype), cpu_column_block
+            ctx.dtypes, ctx.block = (h.dtype, weight.dtype), block
         else:
             workspace.give_back(ctx)
         return nll
@@ -230,25 +232,21 @@ class _LinearMultinomialNLL(torch.autograd.Function):
         _spend(ctx, "linear_multinomial_nll")
         h, weight, probs, rows, cols, values, total = ctx.saved_tensors
         need_h, need_weight, need_bias = ctx.needs_input_grad[:3]
-        blocked = h.dtype != probs.dtype and probs.device.type == "cpu" and ctx.cpu_column_block is not None
         # the blocks divide by each row's sum of values: a row whose values sum to 0 (signed values;
         # counts and RecBole's 1s never do) takes the one-product backward
-        if blocked and bool((total[rows] != 0).all()):
-            grads = _low_precision_backward_in_blocks(probs, grad, total, rows, cols, values, h, weight,
-                                                      ctx.cpu_column_block, need_h, need_weight, need_bias)
-            grad_h, grad_weight, grad_bias = grads
-            h_dtype, weight_dtype = ctx.dtypes
-            grad_h = None if grad_h is None else grad_h.to(h_dtype)
-            grad_weight = None if grad_weight is None else grad_weight.to(weight_dtype)
-            ctx.workspace.give_back(ctx)
-            return grad_h, grad_weight, grad_bias, None, None, None, None, None, None, None
-        grad_logits = _logits_grad_(probs, grad, total, rows, cols, values)
-        grad_bias = grad_logits.sum(0) if need_bias else None
-        product = grad_logits.to(h.dtype)  # a copy in autocast's dtype; else grad_logits itself
+        if ctx.block is not None and h.dtype != probs.dtype and bool((total[rows] != 0).all()):
+            grad_h, grad_weight, grad_bias = _low_precision_backward_in_blocks(
+                probs, grad, total, rows, cols, values, h, weight, ctx.block, need_h, need_weight, need_bias)
+        else:
+            grad_logits = _logits_grad_(probs, grad, total, rows, cols, values)
+            grad_bias = grad_logits.sum(0) if need_bias else None
+            product = grad_logits.to(h.dtype)  # a copy in autocast's dtype; else grad_logits itself
+            grad_h = product @ weight if need_h else None
+            grad_weight = product.t() @ h if need_weight else None
         h_dtype, weight_dtype = ctx.dtypes
-        grad_h = (product @ weight).to(h_dtype) if need_h else None
-        grad_weight = (product.t() @ h).to(weight_dtype) if need_weight else None
         ctx.workspace.give_back(ctx)
+        grad_h = None if grad_h is None else grad_h.to(h_dtype)
+        grad_weight = None if grad_weight is None else grad_weight.to(weight_dtype)
         return grad_h, grad_weight, grad_bias, None, None, None, None, None, None, None
 
 
