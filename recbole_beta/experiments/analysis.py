@@ -13,6 +13,8 @@ The pieces live by concern: :mod:`~recbole_beta.experiments.per_user` (reading a
 import numpy as np
 import pandas as pd
 
+from recbole_beta.experiments import variance
+
 from recbole_beta.experiments.buckets import (  # noqa: F401  (the analysis API in one place)
     ACTIVITY_MEASURE, FLAT_ACTIVITY, MIN_BUCKET_SHARE, MIN_BUCKET_USERS, activity_bins, activity_buckets,
     activity_measure, activity_summary, bucket_differences, eval_protocol, min_bucket_users,
@@ -104,100 +106,130 @@ def _user_means(out_dir, members, metrics, key):
     return pd.concat(tables).groupby(level=0).mean()
 
 
-def _run_means(out_dir, members, metrics):
-    """Each run's mean of the per-user metrics (over its test users): {(fold, seed): {metric: mean}}."""
-    means = {}
-    for r in members:
-        table = load_per_user(out_dir, r)
-        means[run_key(r)] = {m: float(table[m].mean()) if m in table else float("nan") for m in metrics}
-    return means
+def _pairs(tables, ours_runs, ref_runs, metric, key):
+    """(fold, seed) -> (ours, reference): the two runs' per-user ``metric`` as Series indexed by user."""
+    ref = {run_key(r): r for r in ref_runs}
+    pairs = {}
+    for r in ours_runs:
+        mine, theirs = tables[r["run_id"]], tables[ref[run_key(r)]["run_id"]]
+        if metric in mine and metric in theirs:
+            pairs[run_key(r)] = (mine.set_index(key)[metric], theirs.set_index(key)[metric])
+    return pairs
+
+
+def run_aware_columns(folds, margin=None):
+    """The run-aware columns of one comparison from its :class:`~recbole_beta.experiments.variance.FoldTable` s:
+    the mean difference, its 95% interval, the two-sided p, and with a ``margin`` the TOST p and the 90%
+    interval; the minimum detectable effect and the variance components (users, runs, degrees of freedom)."""
+    c = variance.components(folds)
+    low, high = variance.interval(c, CONFIDENCE)
+    low90, high90 = variance.interval(c, 1 - 2 * ALPHA)
+    return {"mean_diff": c.mean, "ci_low": low, "ci_high": high, "p_run": variance.p_value(c),
+            "margin": margin if margin is not None else float("nan"),
+            "p_tost": variance.p_tost(c, margin) if margin is not None else float("nan"),
+            "ci90_low": low90, "ci90_high": high90,
+            "mde": variance.minimum_detectable_effect(c, ALPHA, POWER), **c.as_row()}
+
+
+def _users_only_columns(a, b):
+    """The secondary per-user test (users as if independent): its interval, tests and MDE."""
+    test = paired_tests(a, b)
+    sd = float(np.std(a - b, ddof=1)) if len(a) > 1 else float("nan")
+    return {"n_users": test.pop("n_users"), "ci_low_users": test.pop("ci_low"), "ci_high_users": test.pop("ci_high"),
+            **{k: v for k, v in test.items() if k != "mean_diff"},
+            "mde_users": minimum_detectable_effect(sd, len(a))}
+
+
+def _comparison_rows(out_dir, tables, members, ref_runs, reference, metrics, margins, key, folds):
+    """The rows of one group against the reference, a metric each (see :func:`significance`)."""
+    shared = {run_key(r) for r in members} & {run_key(r) for r in ref_runs}
+    if not shared:
+        return []
+    ours_runs = [r for r in members if run_key(r) in shared]
+    ref_shared = [r for r in ref_runs if run_key(r) in shared]
+    ours = _user_means(out_dir, ours_runs, metrics, key)
+    theirs = _user_means(out_dir, ref_shared, metrics, key)
+    if folds:
+        # n_test / n_train of the corrected resampled t-test: the folds' own user counts
+        ratio = np.mean([r["protocol_users"]["test"] / r["protocol_users"]["train"]
+                         for r in ref_shared if r.get("protocol_users")] or [float("nan")])
+    rows = []
+    for metric in metrics:
+        paired = pd.concat([ours[metric], theirs[metric]], axis=1, join="inner").dropna()
+        if paired.empty:  # a metric one side's tables lack
+            continue
+        a, b = paired.iloc[:, 0].to_numpy(), paired.iloc[:, 1].to_numpy()
+        fold_tables = variance.fold_tables(_pairs(tables, ours_runs, ref_shared, metric, key))
+        row = {"label": members[0]["group"], "reference": reference, "metric": metric,
+               "n_seeds": len({seed for _, seed in shared}),
+               **run_aware_columns(fold_tables, margins.get(metric)), **_users_only_columns(a, b)}
+        if folds:
+            row["n_folds"] = len({fold for fold, _ in shared})
+            # the corrected resampled t-test over the K fold means, each fold's seeds averaged
+            row.update(corrected_resampled_ttest([t.values.mean() for t in fold_tables], ratio))
+        rows.append(row)
+    return rows
+
+
+#: significance.csv's leading columns, in this order (the rest follow as computed)
+SIGNIFICANCE_HEAD = ("label", "reference", "metric", "n_seeds", "n_users", "n_folds", "mean_diff", "ci_low", "ci_high",
+                     "margin", "verdict", "p_run", "p_run_adj", "p_tost", "ci90_low", "ci90_high", "mde", "se", "df",
+                     "sd_user", "sd_run", "sd_resid", "df_runs", "variance_sources")
 
 
 def significance(out_dir, runs, reference, metrics=None, margins=None):
     """Each group against the reference label, per metric, on the (fold, seed) runs both have.
 
-    Per-user metrics are first averaged over those seeds, so each user is one pair; under folds each
-    user's pair comes from the fold that tested it. ``metrics``: by default those of
-    :data:`MAIN_METRICS` the per-user tables hold (every per-user metric if they hold none of them),
-    and every metric ``margins`` names; a metric asked for that no table holds is an error, not left out.
+    The point estimate ``mean_diff`` is the mean over users of each user's seed-averaged difference (under
+    folds each user's pair comes from the fold that tested it). Its interval ``ci_low``-``ci_high`` (95%),
+    ``p_run`` and, with ``margins``, ``p_tost``, the 90% interval and the ``verdict`` count both sources
+    of variance: users within a run and runs (training seeds within a fold), from
+    :mod:`~recbole_beta.experiments.variance` (``se``, ``df``, ``sd_user``, ``sd_run``); ``mde`` is the
+    minimum detectable effect from the same variance. With one seed per fold the run variance is not
+    estimable: ``variance_sources`` says so (:data:`~recbole_beta.experiments.variance.USERS_ONLY`).
 
-    ``p_t_adj``, ``p_wilcoxon_adj`` (and ``p_nb_adj``) are adjusted (Benjamini-Hochberg) over the family of
-    every comparison in the table, i.e. every method x metric against the reference, each test on its own.
-
-    ``margins`` (metric -> margin) adds ``p_tost`` (two one-sided tests) and a ``verdict`` (:func:`verdict`);
-    every row has ``mde``, the minimum detectable effect at :data:`POWER` and :data:`ALPHA` from the
-    observed spread of the paired differences. Under folds, ``t_nb`` and ``p_nb`` are the corrected
-    resampled t-test over the fold means, each fold's seeds averaged (:func:`corrected_resampled_ttest`).
+    Secondary columns: the per-user paired t and Wilcoxon tests (users as if independent: ``ci_low_users``,
+    ``p_t``, ``mde_users``, ...) and, under folds, the corrected resampled t-test over the fold means
+    (``t_nb``, ``p_nb``). Every ``*_adj`` is Benjamini-Hochberg adjusted over the table's comparisons.
+    ``metrics``: by default those of :data:`MAIN_METRICS` the per-user tables hold (every per-user metric if
+    they hold none of them), and every metric ``margins`` names; one asked for that no table holds is an error.
     """
     margins = dict(margins or {})
     ok = [r for r in runs if r["status"] == "ok"]
-    groups = list(dict.fromkeys(r["group"] for r in ok))
     ref_runs = [r for r in ok if r["group"] == reference]
     if not ref_runs:
         return pd.DataFrame()
+    metrics = _metrics_asked(out_dir, ok, metrics, margins)
+    key = user_key(out_dir, ok)
+    tables = {r["run_id"]: load_per_user(out_dir, r) for r in ok}
+    rows = []
+    for group in dict.fromkeys(r["group"] for r in ok):
+        if group != reference:
+            members = [r for r in ok if r["group"] == group]
+            rows += _comparison_rows(out_dir, tables, members, ref_runs, reference, metrics, margins, key,
+                                     has_folds(ok))
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    for column in ("p_run", "p_t", "p_wilcoxon", "p_nb"):
+        if column in table:
+            table.insert(table.columns.get_loc(column) + 1, f"{column}_adj", adjust_pvalues(table[column]))
+    table["verdict"] = [verdict(row.ci90_low, row.ci90_high, None if pd.isna(row.margin) else row.margin, row.p_run_adj)
+                        for row in table.itertuples()]
+    head = [c for c in SIGNIFICANCE_HEAD if c in table]
+    return table[head + [c for c in table.columns if c not in head]]
+
+
+def _metrics_asked(out_dir, ok, metrics, margins):
+    """The metrics :func:`significance` compares (see there), each one the per-user tables hold."""
     available = per_user_metric_names(out_dir, ok)
     if metrics is None:
-        metrics = [m for m in MAIN_METRICS if m in available] or available
-        metrics = main_first([*metrics, *margins])
         missing = [m for m in margins if m not in available]
         if missing:
             raise ValueError(f"no per-user {', '.join(missing)} in the runs' tables for its equivalence margin; "
                              f"they hold {', '.join(available)}")
-    else:
-        missing = [m for m in metrics if m not in available]
-        if missing:
-            raise ValueError(f"no per-user {', '.join(missing)} in the runs' tables; they hold {', '.join(available)}")
-    folds = has_folds(ok)
-    key = user_key(out_dir, ok)
-    rows = []
-    for group in groups:
-        if group == reference:
-            continue
-        members = [r for r in ok if r["group"] == group]
-        shared = {run_key(r) for r in members} & {run_key(r) for r in ref_runs}
-        if not shared:
-            continue
-        ours_runs = [r for r in members if run_key(r) in shared]
-        ref_shared = [r for r in ref_runs if run_key(r) in shared]
-        ours = _user_means(out_dir, ours_runs, metrics, key)
-        theirs = _user_means(out_dir, ref_shared, metrics, key)
-        if folds:
-            mine, ref = _run_means(out_dir, ours_runs, metrics), _run_means(out_dir, ref_shared, metrics)
-            # n_test / n_train of the corrected resampled t-test: the folds' own user counts
-            ratio = np.mean([r["protocol_users"]["test"] / r["protocol_users"]["train"]
-                             for r in ref_shared if r.get("protocol_users")] or [float("nan")])
-        for metric in metrics:
-            pairs = pd.concat([ours[metric], theirs[metric]], axis=1, join="inner").dropna()
-            if pairs.empty:  # a metric one side's tables lack
-                continue
-            a, b = pairs.iloc[:, 0].to_numpy(), pairs.iloc[:, 1].to_numpy()
-            test = paired_tests(a, b)
-            sd = float(np.std(a - b, ddof=1)) if len(a) > 1 else float("nan")
-            row = {"label": group, "reference": reference, "metric": metric,
-                   "n_seeds": len({seed for _, seed in shared}), **test}
-            if folds:
-                row["n_folds"] = len({fold for fold, _ in shared})
-            margin = margins.get(metric)
-            row.update(margin=margin if margin is not None else float("nan"),
-                       **(tost_paired(a, b, margin) if margin is not None
-                          else {"p_tost": float("nan"), "ci90_low": float("nan"), "ci90_high": float("nan")}),
-                       mde=minimum_detectable_effect(sd, len(a)))
-            if folds:
-                # the seeds retrain on the same folds: they are averaged within each fold, and the test runs
-                # over the K fold means (the folds are the resamples; the seeds are not)
-                by_fold = {}
-                for fold, seed in shared:
-                    by_fold.setdefault(fold, []).append(mine[fold, seed][metric] - ref[fold, seed][metric])
-                row.update(corrected_resampled_ttest([np.mean(by_fold[f]) for f in sorted(by_fold)], ratio))
-            rows.append(row)
-    table = pd.DataFrame(rows)
-    if not table.empty:
-        table.insert(table.columns.get_loc("p_t") + 1, "p_t_adj", adjust_pvalues(table["p_t"]))
-        table.insert(table.columns.get_loc("p_wilcoxon") + 1, "p_wilcoxon_adj", adjust_pvalues(table["p_wilcoxon"]))
-        if "p_nb" in table:
-            table.insert(table.columns.get_loc("p_nb") + 1, "p_nb_adj", adjust_pvalues(table["p_nb"]))
-        table["verdict"] = [
-            verdict(row.ci90_low, row.ci90_high, None if pd.isna(row.margin) else row.margin, row.p_t_adj)
-            for row in table.itertuples()
-        ]
-    return table
+        return main_first([*([m for m in MAIN_METRICS if m in available] or available), *margins])
+    missing = [m for m in metrics if m not in available]
+    if missing:
+        raise ValueError(f"no per-user {', '.join(missing)} in the runs' tables; they hold {', '.join(available)}")
+    return list(metrics)

@@ -7,10 +7,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from recbole_beta.experiments.per_user import (
-    USER_COLUMNS, main_first, load_per_user, per_user_table, run_key, user_key,
-)
-from recbole_beta.experiments.stats import adjust_pvalues, paired_tests
+from recbole_beta.experiments import variance
+from recbole_beta.experiments.per_user import USER_COLUMNS, main_first, load_per_user, run_key, user_key
+from recbole_beta.experiments.stats import CONFIDENCE, adjust_pvalues
 
 #: activity "barely varies" when its IQR / median or its coefficient of variation is below this
 FLAT_ACTIVITY = 0.1
@@ -136,8 +135,9 @@ def _bins(tables, quantiles, min_users, key):
 
 def bucket_differences(out_dir, runs, reference, metric="ndcg@100", quantiles=(0.25, 0.5, 0.75), min_users=None):
     """Each group against the reference within each activity bucket (the buckets of :func:`activity_buckets`):
-    the mean per-user difference of ``metric``, its confidence interval and paired t-test, BH-adjusted over
-    the table. Users are paired as in :func:`significance` (folds pooled, seeds averaged)."""
+    the mean per-user difference of ``metric`` and its run-aware 95% interval and test (users within a run
+    and runs within a fold, as :func:`~recbole_beta.experiments.analysis.significance` counts them), BH-adjusted
+    over the table (``p_run_adj``). Users are paired as there (folds pooled, seeds averaged)."""
     ok = [r for r in runs if r["status"] == "ok"]
     if not any(r["group"] == reference for r in ok):
         return pd.DataFrame()
@@ -146,29 +146,34 @@ def bucket_differences(out_dir, runs, reference, metric="ndcg@100", quantiles=(0
         return pd.DataFrame()
     key = user_key(out_dir, ok)
     bins, names = _bins(tables.values(), quantiles, min_users, key)
-    ref_runs = [r for r in ok if r["group"] == reference]
+    ref_runs = {run_key(r): r for r in ok if r["group"] == reference}
     rows = []
     for group in dict.fromkeys(r["group"] for r in ok):
         if group == reference:
             continue
-        members = [r for r in ok if r["group"] == group]
-        shared = {run_key(r) for r in members} & {run_key(r) for r in ref_runs}  # as significance pairs them
-        users = per_user_table(out_dir, [r for r in members + ref_runs if run_key(r) in shared], [metric])
-        ref = users[users["label"] == reference].set_index("user")
-        mine = users[users["label"] == group].set_index("user")
-        pairs = ref[["activity", metric]].join(mine[[metric]], rsuffix="_method", how="inner").dropna()
-        index = pd.cut(pairs["activity"].astype(float), bins, labels=False).to_numpy()
+        pairs = {run_key(r): (tables[r["run_id"]].set_index(key)[metric],
+                              tables[ref_runs[run_key(r)]["run_id"]].set_index(key)[metric])
+                 for r in ok if r["group"] == group and run_key(r) in ref_runs
+                 and metric in tables[r["run_id"]] and metric in tables[ref_runs[run_key(r)]["run_id"]]}
+        if not pairs:
+            continue
+        # each user's activity, as the reference's runs measured it (the same in every run of its fold)
+        activity = pd.concat([tables[ref_runs[k]["run_id"]].set_index(key)["activity"] for k in pairs])
+        activity = activity[~activity.index.duplicated()].astype(float)
+        index = pd.Series(pd.cut(activity, bins, labels=False), index=activity.index)
         for i, name in enumerate(names):
-            part = pairs[index == i]
-            if len(part) < 2:
+            folds = [t for t in variance.fold_tables(pairs, users=index.index[index == i]) if t.n_users]
+            if sum(t.n_users for t in folds) < 2:
                 continue
-            test = paired_tests(part[f"{metric}_method"].to_numpy(), part[metric].to_numpy())
+            c = variance.components(folds)
+            low, high = variance.interval(c, CONFIDENCE)
             rows.append({"label": group, "reference": reference, "metric": metric, "bucket": name, "bucket_index": i,
-                         "n_users": test["n_users"], "mean_diff": test["mean_diff"], "ci_low": test["ci_low"],
-                         "ci_high": test["ci_high"], "p_t": test["p_t"]})
+                         "n_users": c.n_users, "mean_diff": c.mean, "ci_low": low, "ci_high": high,
+                         "p_run": variance.p_value(c), "sd_run": c.sd_run, "df": c.df,
+                         "variance_sources": c.sources})
     table = pd.DataFrame(rows)
     if not table.empty:
-        table["p_t_adj"] = adjust_pvalues(table["p_t"])
+        table["p_run_adj"] = adjust_pvalues(table["p_run"])
     return table
 
 

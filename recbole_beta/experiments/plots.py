@@ -194,14 +194,15 @@ def plot_paired_differences(sig, out_dir, colors=None, confidence=0.95):
 
     A point with error bars around a line at 0, one row per method, one panel per metric: the bars of
     :func:`plot_metric_bars` start at 0 and hide differences of 0.001, which this shows. A filled
-    point: the Benjamini-Hochberg adjusted p of the paired t-test (``p_t_adj``) is below 0.05. An
+    point: the Benjamini-Hochberg adjusted p of the run-aware test (``p_run_adj``; ``p_t_adj`` in tables
+    without it) is below 0.05. An
     interval far off the panel's scale (see :func:`difference_limits`) is drawn as an arrow at the
     edge with its numbers.
 
     Args:
         sig: the significance table (:func:`recbole_beta.experiments.analysis.significance`): columns
             ``label``, ``reference``, ``metric``, ``mean_diff``, ``ci_low``, ``ci_high`` (NaN: no
-            interval) and optionally ``p_t_adj``.
+            interval) and optionally ``p_run_adj`` or ``p_t_adj``.
         out_dir: folder to write into (created if missing).
         colors: optional label -> colour mapping; by default :func:`label_colors` of the table.
         confidence: the level of the intervals, for the axis label.
@@ -235,7 +236,8 @@ def plot_paired_differences(sig, out_dir, colors=None, confidence=0.95):
         ax.axvline(0.0, color="0.3", linewidth=1)
         for (_, row), lo, hi in zip(part.iterrows(), low, high):
             y, color, mean = y_of[row["label"]], colors.get(row["label"]), float(row["mean_diff"])
-            filled = _finite(row.get("p_t_adj")) is not None and row["p_t_adj"] < 0.05
+            p_adj = row.get("p_run_adj", row.get("p_t_adj"))
+            filled = _finite(p_adj) is not None and p_adj < 0.05
             face = color if filled else "white"
             if not np.isfinite(mean):
                 continue
@@ -262,8 +264,9 @@ def plot_paired_differences(sig, out_dir, colors=None, confidence=0.95):
     axes[0].set_ylim(len(labels) - 0.5, -0.5)  # the table's order, top to bottom
     band = ("; grey band: equivalence margin, judged on the 90% interval (report)"
             if "margin" in sig and sig["margin"].notna().any() else "")
-    fig.suptitle(f"Mean per-user difference from {reference} with its {confidence:.0%} confidence interval "
-                 f"(filled: Benjamini-Hochberg adjusted p_t < 0.05{band})", fontsize=10)
+    sources = " over users and training runs" if "p_run_adj" in sig else ""
+    fig.suptitle(f"Mean per-user difference from {reference} with its {confidence:.0%} confidence interval{sources} "
+                 f"(filled: Benjamini-Hochberg adjusted p < 0.05{band})", fontsize=10)
     return _save(fig, out_dir, "paired_differences")
 
 

@@ -1,6 +1,7 @@
 """Write a sweep's tables (CSV, JSON, Markdown) and figures from its run records."""
 
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -8,6 +9,7 @@ from recbole.evaluator import register
 
 from recbole_beta import metrics as _plugin_metrics  # noqa: F401  (TruncatedRecall's name)
 from recbole_beta.experiments import analysis, plots, training_plots
+from recbole_beta.experiments.variance import USERS_AND_RUNS
 from recbole_beta.errors import RecBoleBetaError
 from recbole_beta.files import write_json
 
@@ -68,25 +70,38 @@ def _margin(value):
 
 
 def _verdict_section(sig, reference):
-    """The verdict table: equivalence (TOST) against the margins, difference after adjustment, and the
-    minimum detectable effect, one row per method x metric."""
+    """The verdict table, from the run-aware intervals: equivalence against the margins, difference after
+    adjustment, the minimum detectable effect and the variance components, one row per method x metric."""
     confidence = f"{analysis.CONFIDENCE:.0%}"
     level = f"{1 - 2 * analysis.ALPHA:.0%}"
-    out = [f"## Verdicts against {reference}", "",
-           f"**equivalent**: the {level} interval of Δ lies inside ± the margin (both one-sided tests of TOST, "
-           f"statsmodels' `ttost_paired`, below {analysis.ALPHA:g}); **different**: the BH-adjusted p_t is below "
-           f"{analysis.ALPHA:g} (the {confidence} interval excludes 0, after adjustment); **inconclusive**: neither. "
-           "A pair can be equivalent and still differ significantly: its difference is then real but inside the "
-           "margin (p_t (BH) says so). MDE: the smallest mean difference a paired t-test at "
-           f"alpha = {analysis.ALPHA:g} detects with {analysis.POWER:.0%} power over these users, from the observed "
-           "spread of the differences (statsmodels' `TTestPower`).", ""]
-    header = ["method", "metric", "users", "Δ", f"{level} CI of Δ", "margin", "p_TOST", "p_t (BH)", "verdict", "MDE"]
+    out = [f"## Verdicts against {reference} (users and training runs)", "",
+           f"Δ is the mean over users of each user's seed-averaged difference (method - {reference}). Its intervals "
+           "count both sources of variance: users within a run, and runs (one training seed's model is shared by "
+           "all of its fold's users). The components come from each fold's user x seed table (two-way mean "
+           "squares, the run variance pooled over folds and clipped at 0), with a t reference on Satterthwaite's "
+           "degrees of freedom (df); sd run is the standard deviation of a run's shared effect, sd user that of a "
+           "user's seed-averaged difference.", "",
+           f"**equivalent**: the {level} interval of Δ lies inside ± the margin (two one-sided tests at "
+           f"{analysis.ALPHA:g}); **different**: the two-sided test, Benjamini-Hochberg adjusted over the "
+           f"{len(sig)} comparisons of this table, is below {analysis.ALPHA:g}; **inconclusive**: neither. A pair can "
+           "be equivalent and still differ significantly: its difference is then real but inside the margin. MDE: "
+           f"the smallest true difference the same test detects with {analysis.POWER:.0%} power, from the same "
+           "variance. A row marked *users only* had one seed per fold: its training variance is not estimated and "
+           "its verdict rests on the users alone.", ""]
+    header = ["method", "metric", "users", "seeds", "Δ", f"{confidence} CI of Δ", f"{level} CI of Δ", "margin",
+              "p (BH)", "verdict", "MDE", "sd user", "sd run", "df"]
     out += markdown_table(header, (
-        [row["label"], metric_label(row["metric"]), f"{row['n_users']}", f"{row['mean_diff']:+.4f}",
-         _ci(row["ci90_low"], row["ci90_high"]), _margin(row["margin"]), _p(row["p_tost"]), _p(row["p_t_adj"]),
-         f"**{row['verdict']}**", f"{row['mde']:.4f}"]
+        [row["label"], metric_label(row["metric"]), f"{row['n_users']}", f"{row['n_seeds']}",
+         f"{row['mean_diff']:+.4f}", _ci(row["ci_low"], row["ci_high"]), _ci(row["ci90_low"], row["ci90_high"]),
+         _margin(row["margin"]), _p(row["p_run_adj"]),
+         f"**{row['verdict']}**" + ("" if row["variance_sources"] == USERS_AND_RUNS else " (users only)"),
+         f"{row['mde']:.4f}", f"{row['sd_user']:.4f}", _sd(row["sd_run"]), f"{row['df']:.0f}"]
         for _, row in sig.iterrows()))
     return out + [""]
+
+
+def _sd(value):
+    return "not estimated" if pd.isna(value) else f"{value:.4f}"
 
 
 def _resampled_section(sig, reference):
@@ -127,23 +142,23 @@ def markdown_tables(summary, sig, buckets, reference, metrics, activity=None, qu
         confidence = f"{analysis.CONFIDENCE:.0%}"
         n_methods, n_metrics = sig["label"].nunique(), sig["metric"].nunique()
         pooled = " (folds pooled: each user from the fold that tested it)" if "n_folds" in sig else ""
-        out += [f"## Paired tests against {reference} (per user, averaged over shared seeds){pooled}", "",
-                f"Δ is the mean per-user difference (method - reference), with its {confidence} confidence interval "
-                "from the paired t-test; p_t from the paired t-test, p_W from the Wilcoxon signed-rank test "
-                "(scipy.stats); d_z = Δ / sd of the differences; r = matched-pairs rank-biserial correlation.", "",
-                "p_t (BH) and p_W (BH) are adjusted for multiple comparisons with the Benjamini-Hochberg procedure "
-                f"(scipy.stats.false_discovery_control) over the {len(sig)} comparisons of this table "
-                f"({n_methods} methods x {n_metrics} metrics, each against {reference}); the t-tests and the "
-                "Wilcoxon tests are adjusted each as one family.", ""]
-        header = ["method", "metric", "users", "Δ", f"{confidence} CI of Δ", "p_t", "p_t (BH)", "d_z", "p_W",
-                  "p_W (BH)", "r"]
+        out += _verdict_section(sig, reference)
+        out += [f"## Per-user tests against {reference} (secondary: users as if independent){pooled}", "",
+                "The paired tests over users of each user's seed-averaged difference leave out the variance the "
+                "training runs share within a fold: their intervals are narrower than the run-aware ones above, "
+                f"and no verdict rests on them. {confidence} CI and p_t from the paired t-test, p_W from the "
+                "Wilcoxon signed-rank test (scipy.stats); d_z = Δ / sd of the differences; r = matched-pairs "
+                "rank-biserial correlation; (BH): Benjamini-Hochberg adjusted over the "
+                f"{len(sig)} comparisons ({n_methods} methods x {n_metrics} metrics), each test as one family.", ""]
+        header = ["method", "metric", "users", "Δ", f"{confidence} CI of Δ (users)", "p_t", "p_t (BH)", "d_z", "p_W",
+                  "p_W (BH)", "r", "MDE (users)"]
         out += markdown_table(header, (
             [row["label"], row["metric"], f"{row['n_users']}", f"{row['mean_diff']:+.4f}",
-             _ci(row["ci_low"], row["ci_high"]), _p(row["p_t"]), _p(row["p_t_adj"]), f"{row['d_z']:+.3f}",
-             _p(row["p_wilcoxon"]), _p(row["p_wilcoxon_adj"]), f"{row['r_rb']:+.3f}"]
+             _ci(row["ci_low_users"], row["ci_high_users"]), _p(row["p_t"]), _p(row["p_t_adj"]),
+             f"{row['d_z']:+.3f}", _p(row["p_wilcoxon"]), _p(row["p_wilcoxon_adj"]), f"{row['r_rb']:+.3f}",
+             f"{row['mde_users']:.4f}"]
             for _, row in sig.iterrows()))
         out.append("")
-        out += _verdict_section(sig, reference)
         if "p_nb" in sig:
             out += _resampled_section(sig, reference)
     if not buckets.empty:
@@ -169,8 +184,9 @@ def _bucket_difference_section(diffs, reference):
     header = [f"{names.loc[i, 'bucket']}" for i in names.index]
     out = [f"## Δ {metric_label(metric)} against {reference} within each activity bucket", "",
            f"Mean per-user difference (method - {reference}) of the bucket's users with its "
-           f"{analysis.CONFIDENCE:.0%} confidence interval (paired t-test); * where the Benjamini-Hochberg adjusted "
-           f"p (over the {len(diffs)} cells of this table) is below {analysis.ALPHA:g}.", ""]
+           f"{analysis.CONFIDENCE:.0%} interval counting users and training runs (as the verdicts above); * where the "
+           f"Benjamini-Hochberg adjusted p (over the {len(diffs)} cells of this table) is below {analysis.ALPHA:g}; "
+           "a cell without * is no evidence that the two are alike (few users: wide intervals).", ""]
     rows = []
     for label in dict.fromkeys(diffs["label"]):
         part = diffs[diffs["label"] == label].set_index("bucket_index")
@@ -180,7 +196,7 @@ def _bucket_difference_section(diffs, reference):
                 cells.append("–")
                 continue
             row = part.loc[i]
-            star = "*" if row["p_t_adj"] < analysis.ALPHA else ""
+            star = "*" if row["p_run_adj"] < analysis.ALPHA else ""
             cells.append(f"{row['mean_diff']:+.4f}{star} {_ci(row['ci_low'], row['ci_high'])}")
         rows.append([label, *cells])
     return out + markdown_table(["method", *header], rows) + [""]
@@ -201,6 +217,8 @@ def write_report(out_dir, spec=None, figures=True):
         spec_dict = spec.to_dict()
     problems = []
     runs = analysis.load_runs(out_dir, problems)
+    for line in problems:  # one line each, and the report goes on without them
+        print(f"skipped damaged run {line}", file=sys.stderr)
     try:
         return _write_report(out_dir, spec_dict, runs, problems, figures)
     except ValueError as error:  # what the runs' files cannot give (a margin's metric, users without ids)
@@ -241,7 +259,14 @@ def _write_report(out_dir, spec_dict, runs, problems, figures):
     written.append(out_dir / "summary.json")
 
     body = [f"# {spec_dict.get('name', 'sweep')}: {spec_dict['dataset']}", "",
-            f"{len(ok)} runs finished, {len(failed)} failed; seeds {spec_dict['seeds']}.", ""]
+            f"{len(ok)} runs finished, {len(failed)} failed"
+            + (f", {len(problems)} damaged (left out, listed below)" if problems else "")
+            + f"; seeds {spec_dict['seeds']}.", ""]
+    if spec_dict.get("plan"):
+        plan = spec_dict["plan"]
+        body += [f"Seeds fixed before the runs by the planner (`python -m recbole_beta.experiments plan`) on the pilot "
+                 f"`{plan['pilot']}`, at margin {plan['margin']} and power {plan['power']:g}; never raised after "
+                 "looking at a verdict.", ""]
     if analysis.has_folds(ok):
         tested = per_user.drop_duplicates("user")
         body += [f"Cross-validated held-out users: folds {sorted({r['fold'] for r in ok})} of "
@@ -259,8 +284,9 @@ def _write_report(out_dir, spec_dict, runs, problems, figures):
         body += ["## Failed runs", ""] + [f"- `{r['run_id']}`: {r['error'].splitlines()[0]}" for r in failed] + [""]
     if problems:
         body += ["## Files that could not be read", "",
-                 "Left out of every table above; running the sweep again moves them aside and redoes their runs.", ""]
-        body += [f"- `{line}`" for line in problems] + [""]
+                 f"{len(problems)} damaged runs, left out of every table above (each file and why); running the "
+                 "sweep again moves these files aside and redoes exactly these runs.", ""]
+        body += [f"- `{line.partition(': ')[0]}`: {line.partition(': ')[2]}" for line in problems] + [""]
     if figures and ok:
         figure_dir = out_dir / "figures"
         colors = plots.label_colors(list(summary["label"]))  # one colour per method in every figure

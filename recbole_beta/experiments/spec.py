@@ -107,6 +107,8 @@ class Spec:
     folds: list = None
     #: metric (lower-case, as RecBole reports it) -> equivalence margin
     equivalence_margin: dict = field(default_factory=dict)
+    #: the seed plan the sweep was run under ({pilot, margin, power}), repeated by the report; None: none
+    plan: dict = None
 
     def runs(self):
         """Every run: model by model, cell by cell, seed by seed; with folds, fold by fold first, so a
@@ -136,6 +138,7 @@ class Spec:
             "activity_quantiles": self.activity_quantiles,
             **({"folds": self.folds} if self.folds is not None else {}),
             **({"equivalence_margin": self.equivalence_margin} if self.equivalence_margin else {}),
+            **({"plan": self.plan} if self.plan else {}),
         }
 
 
@@ -213,7 +216,7 @@ def load_spec(source, overrides=None):
         raise SpecError("a spec is a mapping with at least 'dataset' and 'models'")
     raw = {**raw, **(overrides or {})}
     allowed = {"name", "dataset", "seeds", "models", "config", "config_files", "grid", "cells", "reference",
-               "activity_quantiles", "folds", "equivalence_margin"}
+               "activity_quantiles", "folds", "equivalence_margin", "plan"}
     unknown = set(raw) - allowed
     if unknown:
         raise SpecError(f"unknown spec fields {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -244,6 +247,7 @@ def load_spec(source, overrides=None):
         name=str(raw.get("name", name)),
         folds=_folds(raw.get("folds"), config, files, models),
         equivalence_margin=_margins(raw.get("equivalence_margin"), config, files),
+        plan=_plan(raw.get("plan")),
     )
     _check_model_configs(spec)
     labels = [label for label, _, _ in models]
@@ -298,6 +302,25 @@ def _folds(value, config, files, models=()):
             and all(isinstance(f, int) and not isinstance(f, bool) and 0 <= f < k for f in value)):
         return value
     raise SpecError(f"folds={value!r} is not allowed: give 'all' or a list of distinct fold numbers in [0, {k})")
+
+
+def _plan(value):
+    """``plan``: the seed plan a sweep was run under, ``{pilot: SWEEP_DIR, margin: {metric: M} or M, power: P}``
+    (what ``python -m recbole_beta.experiments plan`` was given); recorded, not acted on: the seeds are the
+    spec's own, fixed before the runs."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"pilot", "margin", "power"} or "pilot" not in value:
+        raise SpecError(f"plan={value!r} is not allowed: give {{pilot: SWEEP_DIR, margin: M, power: P}}")
+    margins = value.get("margin")
+    numbers = list(margins.values()) if isinstance(margins, dict) else [margins]
+    if not all(isinstance(m, (int, float)) and not isinstance(m, bool) and math.isfinite(m) and m > 0
+               for m in numbers):
+        raise SpecError(f"plan: margin={margins!r} is not allowed: give a number > 0 or {{metric: number}}")
+    power = value.get("power", 0.8)
+    if not (isinstance(power, (int, float)) and not isinstance(power, bool) and 0 < power < 1):
+        raise SpecError(f"plan: power={power!r} is not allowed: give a number in (0, 1)")
+    return {"pilot": str(value["pilot"]), "margin": margins, "power": float(power)}
 
 
 def _margins(value, config, files):
