@@ -97,36 +97,72 @@ def test_folds_pool_into_one_row_per_user(sweep):
         == (3, 120, 2)
 
 
+def fold_matrices(out, runs, label, metric="ndcg@100"):
+    """By hand: per fold, the users x seeds table of label - Ref."""
+    def values(lab, fold, seed):
+        record = next(r for r in runs if (r["label"], r["fold"], r["seed"]) == (lab, fold, seed))
+        with np.load(out / "runs" / f"{record['run_id']}.per_user.npz") as data:
+            return pd.Series(data[metric], index=data["user_token"])
+    return [np.column_stack([(values(label, f, s) - values("Ref", f, s)).sort_index().to_numpy() for s in SEEDS])
+            for f in range(N_FOLDS)]
+
+
+def run_aware_by_hand(tables):
+    """The run-aware mean, standard error and Satterthwaite df, from the two-way mean squares of each fold."""
+    n = sum(len(t) for t in tables)
+    users_part, run_pieces = 0.0, []
+    for t in tables:
+        n_f, s_f = t.shape
+        user_means, seed_means = t.mean(axis=1), t.mean(axis=0)
+        resid = t - user_means[:, None] - seed_means[None, :] + t.mean()
+        ms_resid = (resid ** 2).sum() / ((n_f - 1) * (s_f - 1))
+        users_part += (n_f / n) ** 2 * user_means.var(ddof=1) / n_f
+        run_pieces.append(seed_means.var(ddof=1) - ms_resid / n_f)  # each on S - 1 = 1 df
+    sigma_r2 = max(0.0, np.mean(run_pieces))
+    runs_part = sigma_r2 * sum((len(t) / n) ** 2 / t.shape[1] for t in tables)
+    df_users, df_runs = n - len(tables), len(tables) * (len(SEEDS) - 1)
+    parts = [(v, df) for v, df in ((users_part, df_users), (runs_part, df_runs)) if v > 0]
+    df = sum(v for v, _ in parts) ** 2 / sum(v ** 2 / d for v, d in parts)
+    mean = np.mean(np.concatenate([t.mean(axis=1) for t in tables]))
+    return mean, np.sqrt(users_part + runs_part), df
+
+
 def test_paired_tests_tost_and_mde_by_hand(sweep):
     out, runs = sweep
     sig = analysis.significance(out, runs, "Ref", metrics=["ndcg@100"], margins={"ndcg@100": 0.05})
     ref = user_means(out, runs, "Ref")
+    expected = {}
     for label in ("Same", "Better", "Noisy"):
         d = (user_means(out, runs, label) - ref).reindex(USERS).to_numpy()
         n, mean, sd = len(d), d.mean(), d.std(ddof=1)
-        se = sd / np.sqrt(n)
         row = sig[sig["label"] == label].iloc[0]
         assert row["n_users"] == 120 and row["n_folds"] == 3 and row["n_seeds"] == 2
         assert row["mean_diff"] == pytest.approx(mean)
-        assert row["p_t"] == pytest.approx(2 * stats.t.sf(abs(mean / se), n - 1))
+        # the secondary per-user test: users as if independent
+        assert row["p_t"] == pytest.approx(2 * stats.t.sf(abs(mean / (sd / np.sqrt(n))), n - 1))
+        # the run-aware test: users within a run and runs within a fold
+        mean_r, se, df = run_aware_by_hand(fold_matrices(out, runs, label))
+        assert mean_r == pytest.approx(mean)
+        assert (row["se"], row["df"]) == (pytest.approx(se), pytest.approx(df))
+        assert row["p_run"] == pytest.approx(2 * stats.t.sf(abs(mean / se), df))
         # TOST: the larger of the two one-sided p-values against -0.05 and +0.05
-        p_low = stats.t.sf((mean + 0.05) / se, n - 1)
-        p_high = stats.t.cdf((mean - 0.05) / se, n - 1)
+        p_low = stats.t.sf((mean + 0.05) / se, df)
+        p_high = stats.t.cdf((mean - 0.05) / se, df)
         assert row["p_tost"] == pytest.approx(max(p_low, p_high))
-        half = stats.t.ppf(0.95, n - 1) * se  # the 90% interval
+        half = stats.t.ppf(0.95, df) * se  # the 90% interval
         assert (row["ci90_low"], row["ci90_high"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
-        # MDE: the delta a two-sided t-test at 0.05 finds with power 0.8 (noncentral t), times sd
-        crit = stats.t.ppf(0.975, n - 1)
-
-        def power(delta):
-            nc = delta * np.sqrt(n)
-            return stats.nct.sf(crit, n - 1, nc) - 0.8  # the lower tail's share is below 1e-9 here
-
-        assert row["mde"] == pytest.approx(optimize.brentq(power, 0.01, 0.9) * sd, rel=1e-4)
+        half95 = stats.t.ppf(0.975, df) * se
+        assert (row["ci_low"], row["ci_high"]) == (pytest.approx(mean - half95), pytest.approx(mean + half95))
+        # MDE: (t_{0.975} + t_{0.8}) on the same df, times the same standard error
+        assert row["mde"] == pytest.approx((stats.t.ppf(0.975, df) + stats.t.ppf(0.8, df)) * se)
+        expected[label] = (mean - half, mean + half, 2 * stats.t.sf(abs(mean / se), df))
+    adjusted = dict(zip(expected, stats.false_discovery_control([p for _, _, p in expected.values()])))
+    for label, (low, high, _) in expected.items():
+        verdict = ("equivalent" if -0.05 < low and high < 0.05 else
+                   "different" if adjusted[label] < 0.05 else "inconclusive")
+        assert sig.set_index("label").loc[label, "verdict"] == verdict
     verdicts = sig.set_index("label")["verdict"]
-    assert verdicts["Same"] == "equivalent"
-    assert verdicts["Better"] == "different"
-    assert verdicts["Noisy"] in ("equivalent", "inconclusive")
+    assert (verdicts["Same"], verdicts["Better"]) == ("equivalent", "different")
 
 
 def test_verdicts_by_their_rules():
@@ -172,13 +208,15 @@ def test_report_shows_verdicts_and_the_resampled_test(sweep):
     write_report(out, figures=True)
     report = plain_tables((out / "report.md").read_text())
     assert "120 users tested, each in one fold" in report
-    assert "| method | metric | users | Δ | 90% CI of Δ | margin | p_TOST | p_t (BH) | verdict | MDE |" in report
+    assert ("| method | metric | users | seeds | Δ | 95% CI of Δ | 90% CI of Δ | margin | p (BH) | verdict | MDE | "
+            "sd user | sd run | df |") in report
     assert "| Same | NDCG@100 | 120 |" in report and "**equivalent**" in report and "**different**" in report
     assert "Corrected resampled t-test against Ref" in report and "| Better | NDCG@100 | 3 |" in report
     buckets = pd.read_csv(out / "activity_buckets.csv")
     assert buckets.drop_duplicates("bucket_index")["n_users"].sum() == 120  # users, not rows of runs
     sig = pd.read_csv(out / "significance.csv")
-    assert {"p_tost", "verdict", "mde", "t_nb", "p_nb", "p_nb_adj", "margin"} <= set(sig.columns)
+    assert {"p_tost", "verdict", "mde", "t_nb", "p_nb", "p_nb_adj", "margin", "sd_user", "sd_run", "df",
+            "variance_sources", "p_run_adj", "ci_low_users"} <= set(sig.columns)
 
 
 # ------------------------------------------------------------------------------------------ specs
