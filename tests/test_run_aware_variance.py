@@ -108,6 +108,7 @@ def _write_sweep(root, d_by_fold, base=0.4):
                 np.savez(runs / f"{run_id}.per_user.npz", user_id=np.arange(users),
                          user_token=np.array([f"u{fold}_{u}" for u in range(users)]),
                          activity=np.arange(users) + 5, **{"ndcg@100": values})
+    (root / "spec.json").write_text(json.dumps({"name": "fake", "dataset": "fake", "reference": "B"}))
     return [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
 
 
@@ -145,3 +146,38 @@ def test_a_verdict_from_users_only_would_be_equivalent_but_the_runs_make_it_inco
     assert -0.005 < users_only.low and users_only.high < 0.005  # the old verdict: equivalent
     assert row["verdict"] == "inconclusive"
     assert row["ci90_low"] < -0.005 or row["ci90_high"] > 0.005
+
+
+def test_plan_prints_the_seeds_each_comparison_needs(tmp_path, capsys):
+    from recbole_beta.experiments.cli import main
+
+    rng = np.random.default_rng(2)
+    d = [rng.normal(0, 0.03, (150, 1)) + rng.normal(0, 0.006, (1, 3)) + rng.normal(0, 0.01, (150, 3))
+         for _ in range(5)]
+    _write_sweep(tmp_path / "pilot", d)
+    code = main(["plan", str(tmp_path / "pilot"), "--margin", "0.005", "--metric", "NDCG@100",
+                 "--csv", str(tmp_path / "plan.csv")])
+    out = capsys.readouterr().out
+    assert code == 0
+    c = variance.components([variance.FoldTable(x) for x in d])
+    equivalence = variance.seeds_needed(c, 0.005, 0.05, 0.8, "equivalence")
+    difference = variance.seeds_needed(c, 0.005, 0.05, 0.8, "difference")
+    # 5 folds x seeds x 1 s a run (the records' train_seconds)
+    hours = max(equivalence, difference) * 5 / 3600
+    assert (f"A vs B, ndcg@100 at margin 0.005: equivalence {equivalence}, difference {difference} "
+            f"(pilot: 3 seeds, sd run {c.sd_run:.4f}, sd user {c.sd_user:.4f}; {hours:.1f} h") in out
+    table = pd.read_csv(tmp_path / "plan.csv")
+    assert table.loc[0, "seeds_equivalence"] == equivalence and table.loc[0, "folds"] == 5
+
+
+def test_plan_refuses_a_pilot_with_one_seed_and_a_bad_margin_in_one_line(tmp_path, capsys):
+    from recbole_beta.experiments.cli import main
+
+    rng = np.random.default_rng(4)
+    _write_sweep(tmp_path / "one", [rng.normal(0, 0.05, (30, 1)) for _ in range(3)])
+    assert main(["plan", str(tmp_path / "one"), "--margin", "0.005"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "one seed per fold" in err
+    assert main(["plan", str(tmp_path / "one"), "--margin", "-1"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--margin '-1' is not allowed" in err

@@ -106,7 +106,7 @@ def _user_means(out_dir, members, metrics, key):
     return pd.concat(tables).groupby(level=0).mean()
 
 
-def _pairs(tables, ours_runs, ref_runs, metric, key):
+def paired_runs(tables, ours_runs, ref_runs, metric, key):
     """(fold, seed) -> (ours, reference): the two runs' per-user ``metric`` as Series indexed by user."""
     ref = {run_key(r): r for r in ref_runs}
     pairs = {}
@@ -159,7 +159,7 @@ def _comparison_rows(out_dir, tables, members, ref_runs, reference, metrics, mar
         if paired.empty:  # a metric one side's tables lack
             continue
         a, b = paired.iloc[:, 0].to_numpy(), paired.iloc[:, 1].to_numpy()
-        fold_tables = variance.fold_tables(_pairs(tables, ours_runs, ref_shared, metric, key))
+        fold_tables = variance.fold_tables(paired_runs(tables, ours_runs, ref_shared, metric, key))
         row = {"label": members[0]["group"], "reference": reference, "metric": metric,
                "n_seeds": len({seed for _, seed in shared}),
                **run_aware_columns(fold_tables, margins.get(metric)), **_users_only_columns(a, b)}

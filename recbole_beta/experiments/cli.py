@@ -39,7 +39,45 @@ def build_parser():
     p = sub.add_parser("report", help="rewrite the tables and figures of a sweep folder")
     p.add_argument("out", help="sweep folder")
     p.add_argument("--no-figures", action="store_true")
+    p = sub.add_parser("plan", help="from a finished pilot sweep, the seeds per fold each comparison needs")
+    p.add_argument("pilot", help="a finished sweep folder with at least 2 seeds per fold")
+    p.add_argument("--margin", action="append", required=True, metavar="M or METRIC=M",
+                   help="the equivalence margin (repeat for several metrics); a bare M applies to --metric")
+    p.add_argument("--metric", default="NDCG@100", help="the metric of a bare --margin (default NDCG@100)")
+    p.add_argument("--power", type=float, default=0.8, help="the power to plan for (default 0.8)")
+    p.add_argument("--labels", nargs="+", default=None, help="only these methods (default: every one in the pilot)")
+    p.add_argument("--csv", default=None, help="also write the plan's table to this CSV file")
     return parser
+
+
+def _margins(values, metric):
+    """``--margin`` values (``M`` or ``METRIC=M``) as {metric: M}; a SpecError names a bad one."""
+    from recbole_beta.experiments.spec import SpecError
+
+    margins = {}
+    for value in values:
+        name, _, number = value.rpartition("=")
+        try:
+            margin = float(number)
+        except ValueError:
+            margin = float("nan")
+        if not (margin > 0 and margin != float("inf")):
+            raise SpecError(f"--margin {value!r} is not allowed: give a number > 0, or METRIC=number")
+        margins[name or metric] = margin
+    return margins
+
+
+def _plan(args):
+    from recbole_beta.experiments.plan import format_plan, plan_seeds
+    from recbole_beta.experiments.spec import SpecError
+
+    if not 0 < args.power < 1:
+        raise SpecError(f"--power {args.power:g} is not allowed: give a number in (0, 1)")
+    table = plan_seeds(args.pilot, _margins(args.margin, args.metric), power=args.power, labels=args.labels)
+    print(format_plan(table, args.power))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    return 0
 
 
 def main(argv=None):
@@ -49,6 +87,8 @@ def main(argv=None):
     from recbole_beta.experiments.spec import SpecError, load_spec
 
     try:
+        if args.command == "plan":
+            return _plan(args)
         if args.command == "report":
             paths = write_report(args.out, figures=not args.no_figures)
         else:
