@@ -8,13 +8,15 @@ checkpoints with ``pickle_protocol=4`` and reads them back with a bare ``torch.l
 refuses. :class:`SafeCheckpointMixin` replaces only the saving and loading, for any RecBole ``Trainer``
 subclass; training and evaluation run through RecBole's own code. What the plugin's trainers add to a
 checkpoint (optimizers and their layout, history, random generators, the split) is theirs: see
-:mod:`recbole_beta.trainer`. What RecBole's pickled files would import, and the restricted unpickler
-that converts them, are :mod:`recbole_beta.recbole_pickles`.
+:mod:`recbole_beta.trainer`. What RecBole's pickled files would import, and the unpickler that reads them
+for the conversion as data (running nothing a file names: RecBole's Config evals its settings when
+called), are :mod:`recbole_beta.recbole_pickles`.
 
     python -m recbole_beta.checkpoint convert-checkpoint IN.pth OUT.pth   # a RecBole 1.2.1 checkpoint, once
 """
 
 import argparse
+import io
 import os
 import pickle
 import sys
@@ -28,7 +30,7 @@ from recbole.utils import set_color
 from recbole_beta.data.heldout import describe_split, split_keys
 from recbole_beta.errors import CheckpointError, OutputError, TrainingDivergedError, fail
 from recbole_beta.files import atomic_write, plain, require_file
-from recbole_beta.recbole_pickles import convertible, load_recbole_checkpoint, pickled_globals
+from recbole_beta.recbole_pickles import Refused, convertible, load_recbole_checkpoint, pickled_globals
 
 _TAG = "__recbole_beta__"
 
@@ -150,9 +152,11 @@ def convert_checkpoint(source, target):
     """Rewrite a checkpoint that RecBole 1.2.1 itself wrote in the plugin's safe format; return ``target``.
 
     RecBole pickles its Config object into checkpoints, which torch's safe loader refuses. This reads
-    such a file with a full unpickler, which it is asked for explicitly (``python -m recbole_beta.checkpoint
-    convert-checkpoint IN OUT``) and which accepts only the globals a RecBole checkpoint holds: a file
-    that would import anything else (``os.system``, say) is refused before anything in it runs.
+    such a file, when asked explicitly (``python -m recbole_beta.checkpoint convert-checkpoint IN OUT``), as
+    data (:func:`recbole_beta.recbole_pickles.load_recbole_checkpoint`): tensors and arrays through torch's
+    and numpy's rebuilders, the Config as its settings; nothing the file names is imported or called. A file
+    that would import anything else (``os.system``, say) or call what it may only name (``Config(...)``,
+    whose settings RecBole evals; a model class) is refused in one line naming it, and nothing in it runs.
     RecBole's checkpoints hold no valid metrics and no random-generator states, so a run resumed from
     the result continues from the weights and the optimizer, not bit for bit.
     """
@@ -171,11 +175,12 @@ def convert_checkpoint(source, target):
         pass  # refused or unreadable: the restricted unpickler below says which
     try:
         old = load_recbole_checkpoint(source)
-    except CheckpointError as refused:
+    except Refused as refused:
         raise CheckpointError(
-            f"cannot convert {source}: it would import {refused}, which a RecBole checkpoint never holds "
-            "(a tampered file?); refused, and nothing in it was run"
+            f"cannot convert {source}: {refused} (a tampered file?); refused, and nothing in it was run"
         ) from None
+    except CheckpointError as error:
+        raise CheckpointError(f"cannot convert {source}: {error}; nothing in it was run") from None
     except Exception:
         raise CheckpointError(
             f"cannot convert {source}: not a checkpoint RecBole wrote (torch cannot read it: an empty, truncated "
@@ -183,27 +188,47 @@ def convert_checkpoint(source, target):
         ) from None
     if not isinstance(old, dict) or not all(key in old for key in _CHECKPOINT_KEYS):
         raise CheckpointError(f"cannot convert {source}: not a checkpoint RecBole wrote (no {', '.join(_CHECKPOINT_KEYS)})")
+    data = _converted(source, old)
+    atomic_write(target, lambda f: f.write(data), binary=True)
+    return target
+
+
+def _converted(source, old):
+    """RecBole's checkpoint ``old`` (read as data) in the plugin's format, as the bytes torch.save writes,
+    checked to be what the safe loader reads; a value that is not raises a one-line CheckpointError."""
     config = old["config"]
     final = getattr(config, "final_config_dict", config)
     if not isinstance(final, dict) or "model" not in final:
         raise CheckpointError(f"cannot convert {source}: its config names no model")
-    state = {
-        "config": plain(dict(final)),
-        "config_overrides": plain(dict(getattr(config, "external_config_dict", {}) or {})),
-        "epoch": int(old["epoch"]),
-        "cur_step": int(old.get("cur_step", 0)),
-        "best_valid_score": float(old.get("best_valid_score", float("-inf"))),
-        "best_valid_result": {},
-        "history": [],
-        "state_dict": old["state_dict"],
-        "other_parameter": encode(old.get("other_parameter") or {}),
-        "optimizers": {"optimizer": old["optimizer"]} if old.get("optimizer") is not None else {},
-        "optimizer_aliases": {},
-        "converted_from": os.path.abspath(source),
-    }
-    atomic_write(target, lambda f: torch.save(state, f), binary=True)
-    load_checkpoint(target)  # what was written is plain data: the safe loader reads it
-    return target
+    try:
+        epoch, cur_step = int(old["epoch"]), int(old.get("cur_step", 0))
+        best_valid_score = float(old.get("best_valid_score", float("-inf")))
+    except (TypeError, ValueError, OverflowError):
+        raise CheckpointError(f"cannot convert {source}: its epoch, step or best score is not a number") from None
+    buffer = io.BytesIO()
+    try:
+        state = {
+            "config": plain(dict(final)),
+            "config_overrides": plain(dict(getattr(config, "external_config_dict", {}) or {})),
+            "epoch": epoch,
+            "cur_step": cur_step,
+            "best_valid_score": best_valid_score,
+            "best_valid_result": {},
+            "history": [],
+            "state_dict": old["state_dict"],
+            "other_parameter": encode(old.get("other_parameter") or {}),
+            "optimizers": {"optimizer": old["optimizer"]} if old.get("optimizer") is not None else {},
+            "optimizer_aliases": {},
+            "converted_from": os.path.abspath(source),
+        }
+        torch.save(state, buffer)
+        torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)  # plain data: the safe loader reads it
+    except Exception:
+        raise CheckpointError(
+            f"cannot convert {source}: it holds objects other than settings, tensors and arrays, which a "
+            "checkpoint the safe loader reads cannot keep"
+        ) from None
+    return buffer.getvalue()
 
 
 def main(argv=None):
