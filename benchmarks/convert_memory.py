@@ -71,8 +71,8 @@ def measure(cli_args, env):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wall = time.perf_counter() - started
     lines = proc.stdout.strip().splitlines()
-    peak = next((int(l.split()[1]) / 1024 for l in lines if l.startswith("VmHWM_kB")), float("nan"))
-    out = "\n    ".join(l for l in lines if not l.startswith("VmHWM_kB"))
+    peak = next((int(line.split()[1]) / 1024 for line in lines if line.startswith("VmHWM_kB")), float("nan"))
+    out = "\n    ".join(line for line in lines if not line.startswith("VmHWM_kB"))
     return proc.returncode, wall, peak, out
 
 

@@ -42,10 +42,10 @@ from recbole.utils import get_trainer as recbole_get_trainer  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
 
 from recbole_beta.config import Config  # noqa: E402
-from recbole_beta.data.synthetic import PRESETS, Shape, generate  # noqa: E402
-from recbole_beta.quick_start import data_preparation  # noqa: E402
 from recbole_beta.data.dataset import create_dataset as plugin_create_dataset  # noqa: E402
+from recbole_beta.data.synthetic import PRESETS, Shape, generate  # noqa: E402
 from recbole_beta.precision import autocast_dtype  # noqa: E402
+from recbole_beta.quick_start import data_preparation  # noqa: E402
 from recbole_beta.registry import get_model, get_trainer, is_plugin_vae  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data"
@@ -185,7 +185,8 @@ def decoder_floor(model, rows, batch, device, dtype=torch.float32, backward=True
         return best
 
     def products(b):
-        h, w = (torch.randn(b, hidden, device=device, dtype=dtype), torch.randn(items, hidden, device=device, dtype=dtype))
+        h = torch.randn(b, hidden, device=device, dtype=dtype)
+        w = torch.randn(items, hidden, device=device, dtype=dtype)
         g = torch.randn(b, items, device=device, dtype=dtype)
         seconds = fastest(h, w.t().contiguous())  # the forward, h W^T
         if backward:

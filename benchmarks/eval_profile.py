@@ -140,7 +140,8 @@ def profile(name, variants, reps, overrides):
             print("    " + ", ".join(f"{k} {v:.2f}" for k, v in rounds[-1].items()), flush=True)
         users = len(valid_data.uid_list)
         batch = max(config["eval_batch_size"] // valid_data._dataset.item_num, 1)
-        floor_s, floor_gflops = decoder_floor(model, users, batch, trainer.device, precision_of(trainer), backward=False)
+        floor_s, floor_gflops = decoder_floor(model, users, batch, trainer.device, precision_of(trainer),
+                                              backward=False)
         rows.append({"dataset": name, "variant": variant, "users": users, "batch": batch,
                      "floor_s": floor_s, "floor_gflops": floor_gflops,
                      "seconds": {piece: [r[piece] for r in rounds] for piece in (*PIECES, "total")}})

@@ -95,7 +95,8 @@ def main():
         for variant in args.variants:
             runner, model, variant_config = VARIANTS[variant]
             base = recbole_settings() if runner == "recbole" else {"results_dir": None}
-            config = {**base, **extra, **variant_config, "epochs": args.epochs, "state": "ERROR", "show_progress": False}
+            config = {**base, **extra, **variant_config, "epochs": args.epochs, "state": "ERROR",
+                      "show_progress": False}
             started = time.perf_counter()
             measured = run_child(runner, model, dataset, config)
             rows.append({"dataset": name, "variant": variant, **measured})

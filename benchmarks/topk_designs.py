@@ -193,7 +193,8 @@ def main(argv=None):
         def numba_two_pass(parts):
             out = np.empty((users, k), dtype=np.int64)
             bounds = [users * p // parts for p in range(parts + 1)]
-            jobs = [threads.submit(two_pass, values, bits, lo, hi, k, m, cap, out) for lo, hi in zip(bounds, bounds[1:])]
+            jobs = [threads.submit(two_pass, values, bits, lo, hi, k, m, cap, out)
+                    for lo, hi in zip(bounds, bounds[1:])]
             for job in jobs:
                 job.result()
             return torch.from_numpy(out)
@@ -218,12 +219,15 @@ def main(argv=None):
 
         rows.append(("product alone (addmm, item-major)", per_call_ms(product, args.reps)))
         # the selection alone, timed right after an untimed product: the product's own noise left out
-        row("after the product: torch.topk, item-major view", lambda: torch.topk(item_major, k, dim=1)[1], before=product)
-        row("after the product: collector (threshold + numba scan)", lambda: topk_indices(item_major, k), before=product)
+        row("after the product: torch.topk, item-major view", lambda: torch.topk(item_major, k, dim=1)[1],
+            before=product)
+        row("after the product: collector (threshold + numba scan)", lambda: topk_indices(item_major, k),
+            before=product)
         row("after the product: numba two-pass, 1 thread", lambda: numba_two_pass(1), before=product)
         row(f"after the product: numba two-pass, {parts} threads", lambda: numba_two_pass(parts), before=product)
         row("product and heaps fused (chunks of 2,048 items), whole", fused)
-    print(f"{users} users x {n} items, k = {k}, {args.shape} scores, {torch.get_num_threads()} threads, median of {args.reps}")
+    print(f"{users} users x {n} items, k = {k}, {args.shape} scores, {torch.get_num_threads()} threads, "
+          f"median of {args.reps}")
     width = max(len(name) for name, _ in rows)
     for name, ms in rows:
         print(f"{name:<{width}}  {ms:8.2f} ms")

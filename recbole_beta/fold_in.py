@@ -111,9 +111,11 @@ FOLD_IN = {
                       "the actor is tested from the file saved every save_step epochs: save_step must divide "
                       "pretrain_epochs")}),
     "DiffRec": FoldIn("the denoiser's weights", keys={"steps": _count}, refuses={"time-aware": (
-        lambda v, c: not v, "time-aware weights need each held-out user's timestamps in its fold-in; use time-aware=False")}),
+        lambda v, c: not v,
+        "time-aware weights need each held-out user's timestamps in its fold-in; use time-aware=False")}),
     "LDiffRec": FoldIn("the autoencoder's and the denoiser's weights", keys={"steps": _count}, refuses={"n_cate": (
-        lambda v, c: v == 1, "n_cate > 1 clusters items from item_emb.npy, trained outside the protocol; use n_cate=1")}),
+        lambda v, c: v == 1,
+        "n_cate > 1 clusters items from item_emb.npy, trained outside the protocol; use n_cate=1")}),
     # built on the training users' rows alone, then given the fold-in rows
     "EASE": FoldIn("the item-item weights B (closed form)", _matrix, keys={"reg_weight": _positive}),
     "SLIMElastic": FoldIn("the item-item weights (one elastic net per item)", _matrix,

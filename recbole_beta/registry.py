@@ -4,7 +4,7 @@ import difflib
 import importlib
 import importlib.util
 import pkgutil
-from functools import lru_cache
+from functools import cache
 
 from recbole.trainer import Trainer
 from recbole.utils import get_model as recbole_get_model
@@ -28,7 +28,7 @@ _RECBOLE_FAMILIES = (
 )
 
 
-@lru_cache(maxsize=None)
+@cache
 def recbole_model_modules():
     """Module names of RecBole's models (each is its model's name, lower-cased)."""
     names = set()
@@ -80,7 +80,7 @@ def get_model(name):
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _safe(trainer_class):
     """``trainer_class`` with what the plugin gives every trainer (:class:`PluginTrainerMixin`: checkpoints
     that torch >= 2.6 loads safely, the per-epoch history, exact resume, the stop on a non-finite loss),

@@ -145,7 +145,7 @@ class PluginDataset(Dataset):
             return super()._load_feat(filepath, source)
         with open(filepath, "rb") as f:
             header_bytes = f.readline()
-        with open(filepath, "r", encoding=encoding) as f:
+        with open(filepath, encoding=encoding) as f:
             header = f.readline()[:-1]  # as RecBole's _load_feat reads it
         fields = header.split(separator)
         if (

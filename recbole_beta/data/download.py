@@ -73,7 +73,8 @@ def _log_size(url, logger):
     """Log what ``decide_download`` would ask for a zip over 1 GB, answered by ``download: True``."""
     from recbole.utils.url import GBFACTOR
 
-    # not decide_download: over 1 GB it calls input() (measured: EOFError with stdin from /dev/null, OSError under pytest)
+    # not decide_download: over 1 GB it calls input() (measured: EOFError with stdin from /dev/null,
+    # OSError under pytest)
     with urllib.request.urlopen(url) as response:
         size = int(response.info()["Content-Length"]) / GBFACTOR
     if size > 1:

@@ -137,7 +137,9 @@ class CSRFullSortEvalDataLoader(FullSortEvalDataLoader):
         self.iid_field = dataset.iid_field
         self.is_sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL
         if self.is_sequential:
-            raise ValueError("CSRFullSortEvalDataLoader is for non-sequential models: use RecBole's FullSortEvalDataLoader")
+            raise ValueError(
+                "CSRFullSortEvalDataLoader is for non-sequential models: use RecBole's FullSortEvalDataLoader"
+            )
         user_num, item_num = dataset.user_num, dataset.item_num
 
         dataset.sort(by=self.uid_field, ascending=True)  # as RecBole's loader leaves the split

@@ -267,7 +267,9 @@ class HeldOutDataset(PluginDataset):
         bad = np.isnan(roles)
         if bad.any():
             raise ConfigError(
-                ROLE_FIELD, column[bad].iloc[0], f"the {self.dataset_name}.inter column must hold one of {', '.join(ROLES)}"
+                ROLE_FIELD,
+                column[bad].iloc[0],
+                f"the {self.dataset_name}.inter column must hold one of {', '.join(ROLES)}",
             )
         roles = roles.astype(np.int8)
         items = self.inter_feat[self.iid_field].to_numpy()

@@ -39,7 +39,8 @@ class UserItemCSR(nn.Module):
     def from_dataset(cls, dataset):
         """The matrix of a RecBole ``Dataset``'s interactions (its user and item id fields)."""
         inter = dataset.inter_feat
-        return cls(inter[dataset.uid_field].numpy(), inter[dataset.iid_field].numpy(), dataset.user_num, dataset.item_num)
+        return cls(inter[dataset.uid_field].numpy(), inter[dataset.iid_field].numpy(), dataset.user_num,
+                   dataset.item_num)
 
     @property
     def nnz(self):

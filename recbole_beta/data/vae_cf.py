@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from recbole_beta.data.convert import write_dataset
-from recbole_beta.data.parsing import ConversionError, not_utf8_error
 from recbole_beta.data.heldout import ROLES, TEST_IN, TEST_TARGET, TRAIN, VALID_IN, VALID_TARGET
+from recbole_beta.data.parsing import ConversionError, not_utf8_error
 from recbole_beta.files import AtomicFiles
 
 #: file -> the role its rows have, in the order the reference code writes them
@@ -67,7 +67,9 @@ def import_vae_cf(folder, out_dir, name, log=None):
         raise ConversionError(f"{folder}: not a directory (want the folder the vae_cf preprocessing writes)")
     missing = [f for f in (*FILES, ITEMS_FILE) if not (folder / f).is_file()]
     if missing:
-        raise ConversionError(f"{folder}: no {', '.join(missing)} (a vae_cf folder holds {', '.join((*FILES, ITEMS_FILE))})")
+        raise ConversionError(
+            f"{folder}: no {', '.join(missing)} (a vae_cf folder holds {', '.join((*FILES, ITEMS_FILE))})"
+        )
     items = pd.read_csv(folder / ITEMS_FILE, header=None, dtype=str, keep_default_na=False)[0].to_numpy()
     if len(items) == 0:
         raise ConversionError(f"{folder / ITEMS_FILE}: empty")

@@ -194,7 +194,8 @@ def plot_beta_schedules(out_dir, total_steps=400, n_batches_per_epoch=4, activit
     ax_ctrl.patch.set_visible(False)
     ax_ctrl.set_title(
         f"controlled (PI): kp {ctrl['kp']:g}, ki {ctrl['ki']:g}, beta in [{ctrl['beta_min']:g}, "
-        f"{ctrl['controller_beta_max']:g}]; KL_t = {SYNTHETIC_KL['scale']:g} exp(-{SYNTHETIC_KL['decay']:g} beta_(t-1)) + noise",
+        f"{ctrl['controller_beta_max']:g}]; "
+        f"KL_t = {SYNTHETIC_KL['scale']:g} exp(-{SYNTHETIC_KL['decay']:g} beta_(t-1)) + noise",
         fontsize=10,
     )
     handles = ax_ctrl.get_legend_handles_labels()[0] + ax_kl.get_legend_handles_labels()[0]

@@ -11,6 +11,9 @@ from recbole_beta.model.beta_multvae import BetaMultVAE
 
 
 class ControlledBetaMultVAE(BetaMultVAE):
-    r"""Mult-VAE with beta from a non-linear PI controller on the KL (keys ``kl_target``, ``kp``, ``ki``, ``beta_min``, ``beta_max``)."""
+    r"""Mult-VAE with beta from a non-linear PI controller on the KL.
+
+    Keys: ``kl_target``, ``kp``, ``ki``, ``beta_min``, ``beta_max``.
+    """
 
     strategy = "controlled"

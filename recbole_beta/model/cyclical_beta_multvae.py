@@ -11,6 +11,9 @@ from recbole_beta.model.beta_multvae import BetaMultVAE
 
 
 class CyclicalBetaMultVAE(BetaMultVAE):
-    r"""Mult-VAE with cyclical annealing of beta (keys ``beta_max``, ``n_cycles``, ``ratio``, ``cycle_shape``, ``cycle_length``)."""
+    r"""Mult-VAE with cyclical annealing of beta.
+
+    Keys: ``beta_max``, ``n_cycles``, ``ratio``, ``cycle_shape``, ``cycle_length``.
+    """
 
     strategy = "cyclical"

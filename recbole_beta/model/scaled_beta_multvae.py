@@ -2,7 +2,8 @@ r"""
 ScaledBetaMultVAE
 ################################################
 Reference:
-    Ilya Shenbin et al. "RecVAE: a New Variational Autoencoder for Top-N Recommendations with Implicit Feedback." in WSDM 2020.
+    Ilya Shenbin et al. "RecVAE: a New Variational Autoencoder for Top-N Recommendations with Implicit Feedback."
+    in WSDM 2020.
 
 Per-user beta proportional to activity: users with few interactions weigh less on the latent space.
 """

@@ -12,8 +12,13 @@ import torch
 import torch.nn as nn
 
 from recbole_beta.errors import check, check_number
-from recbole_beta.model.sparse import (LowPrecisionCopy, TransposedLinear, Workspace, linear_into_workspace,
-                                       linear_multinomial_nll)
+from recbole_beta.model.sparse import (
+    LowPrecisionCopy,
+    TransposedLinear,
+    Workspace,
+    linear_into_workspace,
+    linear_multinomial_nll,
+)
 
 
 def check_sparse_keys(config):

@@ -33,7 +33,8 @@ class PluginHyperTuning(HyperTuning):
                  fixed_config_file_list=None):
         grid = algo == "exhaustive"
         # "random" only keeps RecBole's "exhaustive" branch (and its exhaustive_search) out of the way
-        super().__init__(objective_function, space=space.hyperopt_space(), fixed_config_file_list=fixed_config_file_list,
+        super().__init__(objective_function, space=space.hyperopt_space(),
+                         fixed_config_file_list=fixed_config_file_list,
                          algo="random" if grid else algo, max_evals=max_evals, early_stop=patience.patience or 1)
         if not patience.patience:  # 0: never stop early (no_progress_loss(0) would stop at the second trial)
             self.early_stop_fn = None

@@ -5,9 +5,9 @@ or an existing cluster.
 
 Each trial is :func:`trainable` in a Ray worker: the same :class:`~recbole_beta.tuning.trials.TrialJob`
 as the hyperopt engine's, in the trial's own folder, its record reported once (Tune, not
-:mod:`recbole_beta.runs.engines`, schedules the trials: its searchers pick each point from the results so far). A callback in the driver adds
-the records to the search's TrialLog as they arrive, so the results files are the hyperopt engine's; a
-Stopper applies the same :class:`~recbole_beta.tuning.trials.Patience`. ``random`` is Ray's
+:mod:`recbole_beta.runs.engines`, schedules the trials: its searchers pick each point from the results so far).
+A callback in the driver adds the records to the search's TrialLog as they arrive, so the results files are
+the hyperopt engine's; a Stopper applies the same :class:`~recbole_beta.tuning.trials.Patience`. ``random`` is Ray's
 BasicVariantGenerator, ``bayes`` its HyperOptSearch (hyperopt's TPE), ``exhaustive`` ``tune.grid_search``.
 """
 

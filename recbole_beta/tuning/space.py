@@ -18,8 +18,8 @@ import numpy as np
 from recbole.config import Config as RecBoleConfig
 
 from recbole_beta.config import known_keys, properties_dir
-from recbole_beta.files import require_file
 from recbole_beta.errors import RecBoleBetaError
+from recbole_beta.files import require_file
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "quniform")
 
@@ -155,7 +155,8 @@ class SearchSpace:
                                                 "values": list(p.values), "line": p.line} for p in self.params]}
 
 
-# not RecBole's _build_space_from_file: hyperopt nodes only (no values for Ray/grid, no line numbers); skips tab-separated lines silently
+# not RecBole's _build_space_from_file: hyperopt nodes only (no values for Ray/grid, no line numbers);
+# skips tab-separated lines silently
 def _numbers(text, count, where, name, distribution, example):
     parts = text.split(",")
     try:
