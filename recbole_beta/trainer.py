@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 from recbole.trainer import Trainer
-from recbole.trainer.trainer import AbstractTrainer
+from recbole.trainer.trainer import AbstractTrainer, PretrainTrainer
 from recbole.utils import set_color
 from torch.nn.parallel import DistributedDataParallel
 
@@ -93,6 +93,21 @@ def _transpose_to_fit(optimizer, saved, here):
                 state[key] = value.t().contiguous()
 
 
+def pretrain_epochs_note(trainer, config, model):
+    """One line when ``epochs`` is set and the run pre-trains instead: RecBole's PretrainTrainer (RaCT's
+    ``actor_pretrain`` and ``critic_pretrain`` stages) trains for ``pretrain_epochs`` (RaCT's default: 150)
+    whatever ``epochs`` says, without validation; else None."""
+    stage = getattr(model, "train_stage", None)
+    given = getattr(config, "external_config_dict", None) or {}
+    if not isinstance(trainer, PretrainTrainer) or not str(stage).endswith("pretrain") or "epochs" not in given:
+        return None
+    if given["epochs"] == trainer.pretrain_epochs:
+        return None
+    return (f"{config['model']} train_stage={stage} trains for pretrain_epochs={trainer.pretrain_epochs} epochs, "
+            f"not epochs={given['epochs']}: set --pretrain_epochs instead (the model is tested from the last file "
+            f"saved every save_step={config['save_step']} epochs, so a multiple of it)")
+
+
 class PluginTrainerMixin(SafeCheckpointMixin):
     """Put before a RecBole ``Trainer`` subclass: safe checkpoints (:class:`SafeCheckpointMixin`), and
 
@@ -117,6 +132,9 @@ class PluginTrainerMixin(SafeCheckpointMixin):
         #: the split the run trains on ({"keys": ..., "fingerprint": ...}), set by quick_start.prepare;
         #: checkpoints record it and a resume on another split is refused
         self.split = None
+        note = pretrain_epochs_note(self, config, model)
+        if note is not None:  # RecBole would ignore epochs without a word
+            self.logger.warning(note)
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self._train_data = train_data

@@ -271,7 +271,8 @@ def run_synthetic(args):
     if args.no_timestamp:
         changes["timestamps"] = False
     shape = replace(shape, **changes)
-    name = args.name or (f"{args.preset}-synthetic" if args.preset else "synthetic")
+    default = f"{args.preset}-synthetic" if args.preset else "synthetic"
+    name = default if args.name is None else args.name  # --name "" is refused, not replaced
     generate(args.out, name, shape, seed=args.seed, log=None if args.quiet else print)
 
 
@@ -289,6 +290,8 @@ def main(argv=None):
     except (RecBoleBetaError, OSError) as err:
         # OSError: e.g. an unwritable output directory; still one line, not a traceback
         return fail(err)
+    except MemoryError as err:  # e.g. synthetic --users 1e12: numpy says how much it could not allocate
+        return fail(f"out of memory: {err or 'an allocation failed'}; ask for fewer users, items or interactions")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

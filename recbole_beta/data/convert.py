@@ -12,8 +12,12 @@ Filtering follows the Mult-VAE preprocessing of Liang et al. (2018): keep
 ratings >= a threshold as implicit feedback, then drop items and users with too
 few interactions (items first, then users, as in the paper's ``filter_triplets``),
 optionally repeated until nothing changes (k-core).
+
+A user-item pair on several rows (that pass the threshold) is one interaction: the last row is kept and
+the summary says how many went. A rating that is not a finite number >= 0 is refused, naming its line.
 """
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -22,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recbole_beta.data.parsing import DEFAULT_CHUNKSIZE, FIELDS, ConversionError, iter_chunks
+from recbole_beta.data.parsing import (
+    DEFAULT_CHUNKSIZE, FIELDS, ConversionError, iter_chunks, refuse_negative_ratings,
+)
 from recbole_beta.files import AtomicFiles, write_json
 
 ATOMIC_HEADER = {
@@ -32,6 +38,8 @@ ATOMIC_HEADER = {
     "timestamp": "timestamp:float",
 }
 WRITE_CHUNK = 1_000_000
+#: the command-line option of each field's column, for messages
+COLUMN_OPTIONS = {"user": "--user-col", "item": "--item-col", "rating": "--rating-col", "timestamp": "--time-col"}
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,16 @@ def generic_layout(sep=",", user="user_id", item="item_id", rating=None, timesta
         except (TypeError, ValueError):
             raise ConversionError("without a header, columns must be 0-based positions, got "
                                   + ", ".join(f"{k}={v!r}" for k, v in columns.items())) from None
+        for field, position in columns.items():
+            if position < 0:
+                raise ConversionError(f"{COLUMN_OPTIONS[field]}={position}: a position must be >= 0 (0 is the "
+                                      "first field)")
+    fields = list(columns)
+    for i, field in enumerate(fields):  # one column read as two fields (users as items) is no dataset
+        other = next((f for f in fields[i + 1:] if columns[f] == columns[field]), None)
+        if other is not None:
+            raise ConversionError(f"{COLUMN_OPTIONS[field]} and {COLUMN_OPTIONS[other]} name the same column "
+                                  f"{columns[field]!r}")
     if not sep:
         raise ConversionError("the field separator must not be empty")
     return Layout(sep=sep, header=header, columns=columns)
@@ -224,6 +242,8 @@ def read_interactions(path, layout, min_rating=None, chunksize=DEFAULT_CHUNKSIZE
         if min_rating is not None:
             keep = chunk["rating"] >= min_rating
             chunk = {k: v[keep] for k, v in chunk.items()}
+        if "rating" in chunk:  # after the threshold: --min-rating may drop them
+            refuse_negative_ratings(path, chunk)
         columns["user"].append(users.encode(chunk["user"]))
         columns["item"].append(items.encode(chunk["item"]))
         if "rating" in columns:
@@ -234,6 +254,24 @@ def read_interactions(path, layout, min_rating=None, chunksize=DEFAULT_CHUNKSIZE
         raise ConversionError(f"{path}: no interactions in the file")
     return Interactions(users=users.index, items=items.index, rows_read=rows_read,
                         **{f: c.array() for f, c in columns.items()})
+
+
+def drop_duplicates(data):
+    """Keep the last row (in file order) of each user-item pair, in place; return how many rows went.
+
+    A pair is one interaction: counted twice it would inflate the filters' counts and the density."""
+    if len(data) < 2:
+        return 0
+    key = data.user.astype(np.int64) * len(data.items) + data.item
+    ordered = np.sort(key)
+    if not (ordered[1:] == ordered[:-1]).any():  # the common case, without unique's index arrays
+        return 0
+    del ordered
+    _, last = np.unique(key[::-1], return_index=True)
+    keep = np.zeros(len(key), bool)
+    keep[len(key) - 1 - last] = True
+    data.take(keep)
+    return len(key) - len(last)
 
 
 def filter_counts(data, min_user_inter=0, min_item_inter=0, k_core=False):
@@ -331,23 +369,26 @@ def convert(input_path, out_dir, name=None, fmt=None, layout=None, filters=None,
     """
     started = time.perf_counter()
     filters = filters or Filters()
+    if filters.min_rating is not None and not math.isfinite(filters.min_rating):
+        raise ConversionError(f"--min-rating {filters.min_rating}: the rating threshold must be a finite number")
     if fmt == "csv":
         if layout is None:
             raise ConversionError("format csv needs a column layout (generic_layout)")
         path = Path(input_path)
         if not path.is_file():
-            raise ConversionError(f"{path}: no such file")
+            raise ConversionError(f"{path}: {'a directory: give the file in it' if path.is_dir() else 'no such file'}")
     else:
         path, fmt = resolve_input(input_path, fmt)
         if fmt not in FORMATS:
             raise ConversionError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}, csv")
         layout = FORMATS[fmt]
-    name = name or default_name(path, fmt)
+    name = default_name(path, fmt) if name is None else name
     if not name or "/" in name or name in (".", ".."):
         raise ConversionError(f"bad dataset name {name!r}")
 
     data = read_interactions(path, layout, filters.min_rating, chunksize)
     rows_after_rating = len(data)
+    duplicates = drop_duplicates(data)  # before the count filters, which must count each pair once
     passes = filter_counts(data, filters.min_user_inter, filters.min_item_inter, filters.k_core)
     if len(data) == 0:
         raise ConversionError(
@@ -357,6 +398,7 @@ def convert(input_path, out_dir, name=None, fmt=None, layout=None, filters=None,
     target = Path(out_dir) / name
     summary = {"dataset": name, **summarize(data), "source": str(path), "format": fmt,
                "rows_read": data.rows_read, "rows_after_rating_filter": rows_after_rating,
+               "duplicates_dropped": duplicates,
                "filters": filters.as_dict(), "filter_passes": passes,
                "columns": [ATOMIC_HEADER[c] for c in data.columns()],
                "inter_file": str(target / f"{name}.inter")}
@@ -379,7 +421,10 @@ def write_dataset(target, name, write_inter, summary, started, log=None):
 
 
 def format_summary(summary):
-    """One human line: users, items, interactions, density."""
+    """One human line: users, items, interactions, density, and the duplicate rows dropped, if any."""
+    duplicates = summary.get("duplicates_dropped", 0)
     return (f"{summary['dataset']}: {summary['users']:,} users, {summary['items']:,} items, "
             f"{summary['interactions']:,} interactions, density {summary['density']:.4%}"
-            + (f" -> {summary['inter_file']}" if "inter_file" in summary else ""))
+            + (f" -> {summary['inter_file']}" if "inter_file" in summary else "")
+            + (f"; {duplicates:,} duplicate user-item {'row' if duplicates == 1 else 'rows'} dropped (the last row "
+               "of each pair kept)" if duplicates else ""))

@@ -5,6 +5,7 @@ and line in one :class:`ConversionError` (the converter's errors)."""
 
 import csv
 import itertools
+import math
 import re
 
 import numpy as np
@@ -24,7 +25,7 @@ class ConversionError(RecBoleBetaError, ValueError):
 def _raw_line(path, line_no, limit=80):
     """Text of line ``line_no`` (1-based), shortened, for error messages; '' if unreadable."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
             text = next(itertools.islice(f, line_no - 1, None), "").rstrip("\r\n")
     except OSError:
         return ""
@@ -45,8 +46,9 @@ def _split(line, layout):
 
 
 def _head_lines(path, n=2):
-    """The first ``n`` lines of ``path`` without line ends ('' past the end)."""
-    with open(path, encoding="utf-8", errors="replace") as f:
+    """The first ``n`` lines of ``path`` without line ends ('' past the end); a UTF-8 byte-order mark
+    (Excel writes one) is read as the encoding, not as part of the first column's name."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         lines = [line.rstrip("\r\n") for line in itertools.islice(f, n)]
     return lines + [""] * (n - len(lines))
 
@@ -126,22 +128,43 @@ def _reader(path, layout, chunksize):
 
 
 def _numeric(series, path, lines, what, integer):
-    """``series`` as numbers; raise naming the first row that is missing or not a number.
+    """``series`` as finite numbers; raise naming the first row that is missing, not a number, or
+    infinite (``inf``, ``1e999``: no rating or time can be).
 
     ``lines[i]`` is the file line of row ``i``.
     """
     values = series if series.dtype != object else pd.to_numeric(series, errors="coerce")
     arr = values.to_numpy()
-    bad = np.isnan(arr) if arr.dtype.kind == "f" else np.zeros(len(arr), bool)
+    bad = ~np.isfinite(arr) if arr.dtype.kind == "f" else np.zeros(len(arr), bool)
     if integer and arr.dtype.kind == "f":
         bad |= ~bad & (np.nan_to_num(arr) % 1 != 0)
     if bad.any():
         i = int(np.argmax(bad))
-        raw = series.iloc[i]
-        reason = f"missing {what}" if pd.isna(raw) else \
-            f"{what} {raw!r} is not {'an integer' if integer else 'a number'}"
-        raise _row_error(path, int(lines[i]), reason)
+        raise _row_error(path, int(lines[i]), _not_a_number(series.iloc[i], what, integer))
     return arr
+
+
+def _not_a_number(raw, what, integer):
+    """Why ``raw`` (a field's value, text or a parsed float) is not a usable number."""
+    if pd.isna(raw):
+        return f"missing {what}"
+    try:
+        infinite = math.isinf(float(raw))
+    except (TypeError, ValueError):
+        infinite = False
+    kind = "a finite number" if infinite else "an integer" if integer else "a number"
+    return f"{what} {raw!r} is not {kind}"
+
+
+def refuse_negative_ratings(path, chunk):
+    """Raise naming the first row of ``chunk`` (parsed, with its ``line`` numbers) whose rating is negative:
+    a negative weight breaks every model that reads the rating as an interaction's strength."""
+    negative = chunk["rating"] < 0
+    if negative.any():
+        i = int(np.argmax(negative))
+        line = int(chunk["line"][i])
+        raise ConversionError(f"{path}:{line}: negative rating {chunk['rating'][i]:g}; ratings must be >= 0 "
+                              f"(--min-rating keeps only those at or above a threshold): {_raw_line(path, line)!r}")
 
 
 def _ids(series, path, lines, what, integer):
@@ -174,7 +197,7 @@ def _parse_chunk(chunk, path, layout, line_offset, n_fields):
         chunk, lines = chunk[~blank], lines[~blank]
         if chunk.empty:
             return None
-    out = {}
+    out = {"line": lines}  # for errors found after parsing (a negative rating)
     for name in FIELDS:
         if name not in cols:
             continue
@@ -199,7 +222,8 @@ def _parser_error(path, layout, err, n_fields):
 
 
 def iter_chunks(path, layout, chunksize=DEFAULT_CHUNKSIZE):
-    """Yield validated chunks of ``path`` as dicts of numpy columns (user, item[, rating][, timestamp])."""
+    """Yield validated chunks of ``path`` as dicts of numpy columns (user, item[, rating][, timestamp]) and
+    each row's file ``line``."""
     try:
         reader, offset, n_fields = _reader(path, layout, chunksize)
     except UnicodeDecodeError:  # pandas reads the first rows as it opens the file

@@ -11,6 +11,7 @@ Everything comes from one ``numpy.random.Generator(seed)`` used in a fixed
 order, so the same arguments give the same file bytes.
 """
 
+import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -26,6 +27,9 @@ from recbole_beta.files import AtomicFiles, write_json
 _HEAVY_FRACTION = 0.1
 _TIME_START = 946_684_800  # 2000-01-01, for plausible unix timestamps
 _TIME_SPAN = 15 * 365 * 86_400
+# The smallest weight a rank may get: far below it, the exact sampler's keys (a draw over the weight)
+# overflow float64 and the activity shares divide by zero.
+_MIN_WEIGHT = 1e-300
 
 
 class SyntheticDataError(RecBoleBetaError, ValueError):
@@ -60,6 +64,10 @@ class Shape:
                                      f"{self.n_users} users, {self.n_items} items")
         if self.n_interactions is not None and self.density is not None:
             raise SyntheticDataError("give the number of interactions or the density, not both")
+        if self.density is not None and not (math.isfinite(self.density) and 0 < self.density <= 1):
+            raise SyntheticDataError(f"density={self.density} must be a number in (0, 1]: the share of all "
+                                     "user-item pairs that interact")
+        self._check_exponents()
         total = self.total()
         if not 1 <= self.min_user_inter <= self.n_items:
             raise SyntheticDataError(f"min_user_inter={self.min_user_inter} must be between 1 "
@@ -69,9 +77,17 @@ class Shape:
             raise SyntheticDataError(
                 f"{total:,} interactions do not fit {self.n_users:,} users x {self.n_items:,} items "
                 f"with at least {self.min_user_inter} per user: need {low:,} to {high:,}")
-        if self.item_exponent < 0 or self.user_exponent < 0:
-            raise SyntheticDataError("exponents must be >= 0 (0 is uniform)")
         return total
+
+    def _check_exponents(self):
+        """Raise unless both exponents are finite, >= 0, and leave the last rank a usable weight."""
+        for key, n, what in (("item_exponent", self.n_items, "items"), ("user_exponent", self.n_users, "users")):
+            value = getattr(self, key)
+            if not math.isfinite(value) or value < 0:
+                raise SyntheticDataError(f"{key}={value} must be a finite number >= 0 (0 is uniform)")
+            if float(n) ** -float(value) < _MIN_WEIGHT:
+                raise SyntheticDataError(f"{key}={value:g} is too steep for {n:,} {what}: the last rank's weight "
+                                         f"{n} ** -{value:g} is below {_MIN_WEIGHT:g} (float64's range)")
 
 
 PRESETS = {
@@ -110,12 +126,13 @@ def allocate_activity(n_users, total, n_items, exponent, minimum):
     return counts
 
 
-def _sample_light(rng, cdf, counts, n_items):
+def _sample_light(rng, cdf, counts, n_items, weights):
     """Weighted samples without replacement for many users at once; ``(owner, item_rank)``.
 
     Draws with replacement and keeps each user's first ``k`` distinct items, which is
     exactly sequential sampling without replacement. Users whose draws held too
-    few distinct items are drawn again, with more draws.
+    few distinct items are drawn again, with more draws; once that would be more draws than
+    items, by :func:`_sample_heavy` instead (the same law, for one catalogue's cost per user).
     """
     owners, ranks = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     todo = np.arange(len(counts))
@@ -123,6 +140,15 @@ def _sample_light(rng, cdf, counts, n_items):
     while len(todo):
         k = counts[todo]
         m = np.ceil(k * factor).astype(np.int64) + 8
+        # a steep exponent: the doubling went on for ever (a normal one is done rounds before, its
+        # output unchanged)
+        exact = k * factor > n_items
+        for i in np.flatnonzero(exact):
+            owners.append(np.full(k[i], todo[i]))
+            ranks.append(_sample_heavy(rng, weights, int(k[i])))
+        todo, k, m = todo[~exact], k[~exact], m[~exact]
+        if not len(todo):
+            break
         local = np.repeat(np.arange(len(todo)), m)
         draws = np.searchsorted(cdf, rng.random(local.size) * cdf[-1], side="right")
         np.minimum(draws, n_items - 1, out=draws)
@@ -170,7 +196,7 @@ def iter_blocks(shape, seed=0, block_interactions=1_000_000):
         k = counts[start:stop]
         heavy = k > heavy_limit
         light = np.flatnonzero(~heavy)
-        owner, rank = _sample_light(rng, cdf, k[light], shape.n_items)
+        owner, rank = _sample_light(rng, cdf, k[light], shape.n_items, item_weights)
         owner = light[owner]
         extra = [(np.full(k[i], i), _sample_heavy(rng, item_weights, int(k[i])))
                  for i in np.flatnonzero(heavy)]
@@ -194,6 +220,8 @@ def generate(out_dir, name, shape, seed=0, block_interactions=1_000_000, log=Non
     The files appear only when complete (temporary names, then ``os.replace``).
     """
     started = time.perf_counter()
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SyntheticDataError(f"seed={seed!r} must be an integer >= 0")
     total = shape.validate()
     if not name or "/" in name or name in (".", ".."):
         raise SyntheticDataError(f"bad dataset name {name!r}")

@@ -21,21 +21,70 @@ MAIN_METRICS = ("ndcg@100", "recall@20", "recall@50", "truncatedrecall@20", "tru
 USER_COLUMNS = ("user_id", "activity", "user_token")
 
 
+#: what the report reads from every run record, from a finished one, and from one that failed
+RECORD_KEYS = ("run_id", "status")
+OK_RECORD_KEYS = ("group", "seed", "model", "cell", "test_result", "history", "train_seconds")
+FAILED_RECORD_KEYS = ("error",)
+
+
+def _json_reason(error, text):
+    """What a JSON error says about the file: cut short (a crash, a full disk) or something else."""
+    if error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated string"):
+        return "truncated JSON"
+    return f"not JSON ({error.msg}: line {error.lineno} column {error.colno})"
+
+
+def _record_reason(text):
+    """Why the text of a run record cannot serve a report or a rerun, or None."""
+    if not text.strip():
+        return "empty file"
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        return _json_reason(error, text)
+    if not isinstance(record, dict) or "run_id" not in record:
+        return "not a run record"
+    needed = RECORD_KEYS + (OK_RECORD_KEYS if record.get("status") == "ok" else FAILED_RECORD_KEYS)
+    missing = [key for key in needed if key not in record]
+    return f"a run record without {', '.join(missing)}" if missing else None
+
+
+def _table_reason(path):
+    """Why a per-user table (a zip of equally long 1-d arrays, ``activity`` and a user id among them) cannot
+    be read, or None. Each array is read: a sound zip of something else is no table either."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # every member's CRC
+    except zipfile.BadZipFile:
+        return "not a zip archive (cut short or overwritten)"
+    if bad is not None:
+        return f"{bad} is corrupt"
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    if any(not isinstance(a, np.ndarray) or a.ndim != 1 for a in arrays.values()):
+        return "not a per-user table (a member is no 1-d array)"
+    missing = [c for c in ("activity",) if c not in arrays]
+    if not {"user_id", "user_token"} & set(arrays):
+        missing.append("user_id")
+    if missing:
+        return f"a per-user table without {', '.join(missing)}"
+    if len({len(a) for a in arrays.values()}) > 1:
+        return "a per-user table whose columns differ in length"
+    return None
+
+
 def unreadable(path):
-    """Why a run's file cannot be read (a JSON record, or a per-user table: a zip of arrays), or None."""
+    """Why a run's file cannot be used (a JSON record, or a per-user table), or None."""
     try:
         if path.suffix == ".json":
-            record = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(record, dict) or "run_id" not in record:
-                return "not a run record"
-        else:
-            with zipfile.ZipFile(path) as archive:
-                bad = archive.testzip()  # every member's CRC
-            if bad is not None:
-                return f"{bad} is corrupt"
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+            return _record_reason(path.read_text(encoding="utf-8"))
+        return _table_reason(path)
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # unreadable; an array numpy cannot read
         return " ".join(str(error).split())[:200] or type(error).__name__
-    return None
 
 
 def set_aside(path):
@@ -52,26 +101,26 @@ def set_aside(path):
 def load_runs(out_dir, problems=None):
     """Every run record of a sweep folder, in the spec's order (model, cell, seed).
 
-    A record that cannot be read is left out, and an ok record whose per-user table cannot be read is
-    marked ``status: unreadable``; each is named, with why, in ``problems`` (a list), so a report says what
-    it skipped instead of failing on it (the next sweep moves such files aside and redoes the runs).
+    A damaged run is left out: a record that cannot be read, or an ok record whose per-user table cannot
+    be; each is named, ``runs/<file>: why``, in ``problems`` (a list), so a report says what it skipped
+    instead of failing on it (the next sweep moves such files aside and redoes exactly those runs).
     """
     records = []
-    for path in sorted((Path(out_dir) / "runs").glob("*.json")):
+    runs = Path(out_dir) / "runs"
+    for path in sorted(runs.glob("*.json")):
         reason = unreadable(path)
-        if reason is not None:
-            if problems is not None:
-                problems.append(f"{path}: cannot be read ({reason})")
-            continue
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if record.get("status") == "ok":
-            table = Path(out_dir) / "runs" / f"{record['run_id']}.per_user.npz"
-            reason = unreadable(table)
-            if reason is not None:
-                record.update(status="unreadable", error=f"{table.name} cannot be read: {reason}")
-                if problems is not None:
-                    problems.append(f"{table}: cannot be read ({reason})")
-        records.append(record)
+        if reason is None:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if record["status"] != "ok":
+                records.append(record)
+                continue
+            path = runs / f"{record['run_id']}.per_user.npz"
+            reason = unreadable(path)
+            if reason is None:
+                records.append(record)
+                continue
+        if problems is not None:
+            problems.append(f"runs/{path.name}: {reason}")
     return sorted(records, key=lambda r: (r.get("index", 0), r["run_id"]))
 
 
@@ -138,8 +187,8 @@ def per_user_table(out_dir, runs, metrics=None):
     """Every evaluated user, one row per group: its test metrics averaged over seeds (under folds, the
     seeds of the fold that tested it), its activity and fold."""
     ok = [r for r in runs if r["status"] == "ok"]
-    if not ok:
-        return pd.DataFrame()
+    if not ok:  # the columns still: a caller picks a label's rows (no shared seed left when runs are damaged)
+        return pd.DataFrame(columns=["label", "user", "n_seeds", "activity", *(metrics or [])])
     metrics = metrics or per_user_metric_names(out_dir, ok)
     key = user_key(out_dir, ok)
     frames = []

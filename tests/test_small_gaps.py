@@ -1,0 +1,50 @@
+"""Small gaps (issue 31, item 5): ``python -m recbole_beta.tuning`` is run_hyper.py, and RaCT says that its
+pre-training runs ``pretrain_epochs``, not ``epochs`` (real ml-100k runs)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import run_cli
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def module(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_python_m_recbole_beta_tuning_is_run_hyper(tmp_path):
+    helped = module("recbole_beta.tuning", "--help", cwd=tmp_path)
+    assert helped.returncode == 0, helped.stderr
+    assert "--max_evals" in helped.stdout and "--params_file" in helped.stdout
+
+    bad = module("recbole_beta.tuning", "--model=NoSuchModel", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.startswith("recbole-beta: ") and bad.stderr.count("\n") == 1, bad.stderr
+
+    (tmp_path / "space.hyper").write_text("learning_rate choice [0.001]\n")
+    searched = module("recbole_beta.tuning", "--model=ConstantBetaMultVAE", "--params_file=space.hyper",
+                      "--max_evals=1", "--output_dir=hyper", "--epochs=1", "--state=WARNING", "--show_progress=False",
+                      cwd=tmp_path)
+    assert searched.returncode == 0, searched.stderr[-2000:]
+    assert "trials: 1 (0 failed)" in searched.stdout
+    assert json.loads((tmp_path / "hyper" / "best.json").read_text())["params"] == {"learning_rate": 0.001}
+
+
+def test_ract_says_its_pre_training_runs_pretrain_epochs(monkeypatch, capsys):
+    code, err, _ = run_cli(monkeypatch, capsys, "--model=RaCT", "--epochs=5", "--pretrain_epochs=2", "--save_step=1")
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if "pretrain_epochs=2" in line]
+    assert len(lines) == 1, err
+    assert "epochs=5" in lines[0] and "train_stage=actor_pretrain" in lines[0], lines[0]
+
+
+def test_ract_without_epochs_given_says_nothing_of_them(monkeypatch, capsys):
+    code, err, _ = run_cli(monkeypatch, capsys, "--model=RaCT", "--pretrain_epochs=2", "--save_step=1")
+    assert code == 0, err
+    assert "pretrain_epochs=2" not in err, err
