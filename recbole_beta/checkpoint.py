@@ -189,7 +189,10 @@ def convert_checkpoint(source, target):
     if not isinstance(old, dict) or not all(key in old for key in _CHECKPOINT_KEYS):
         raise CheckpointError(f"cannot convert {source}: not a checkpoint RecBole wrote (no {', '.join(_CHECKPOINT_KEYS)})")
     data = _converted(source, old)
-    atomic_write(target, lambda f: f.write(data), binary=True)
+    try:
+        atomic_write(target, lambda f: f.write(data), binary=True)
+    except OSError as error:  # a missing folder, no permission, a full disk: nothing was written
+        raise CheckpointError(f"cannot write {target}: {error.strerror or error}; nothing was written") from None
     return target
 
 

@@ -332,3 +332,12 @@ def test_what_recbole_never_saves_fails_in_one_line(capsys, tmp_path, case):
     code, err = convert(capsys, path)
     assert code == 2 and err.startswith(f"recbole-beta: cannot convert {path}: ") and message in err, err
     assert "\n" not in err and not (tmp_path / "converted.pth").exists()
+
+
+def test_a_target_that_cannot_be_written_is_one_line(capsys, tmp_path, recbole_checkpoints):
+    (tmp_path / "a-file").write_text("not a folder")
+    target = tmp_path / "a-file" / "out.pth"
+    assert main(["convert-checkpoint", recbole_checkpoints["MultiVAE"], str(target)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"cannot write {target}" in err and "Traceback" not in err
+    assert not target.exists()
