@@ -13,10 +13,12 @@ def build_parser():
         "full-ranking evaluation. Any other --key=value sets that config key.",
     )
     parser.add_argument("--model", "-m", default="BetaMultVAE", help="model name (default: BetaMultVAE)")
-    parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default: ml-100k, shipped with RecBole)")
+    parser.add_argument("--dataset", "-d", default="ml-100k",
+                        help="dataset name (default: ml-100k, shipped with RecBole)")
     parser.add_argument("--config_files", default=None, help="YAML config files, separated by spaces")
     parser.add_argument("--resume", default=None, help="checkpoint (.pth) to continue training from")
-    parser.add_argument("--nproc", type=int, default=1, help="DDP processes per node: one per GPU (nccl), or CPU processes (gloo) without CUDA")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="DDP processes per node: one per GPU (nccl), or CPU processes (gloo) without CUDA")
     parser.add_argument("--ip", default="localhost", help="DDP master address")
     parser.add_argument("--port", default="5678", help="DDP master port")
     parser.add_argument("--world_size", type=int, default=-1, help="total DDP processes over all nodes")

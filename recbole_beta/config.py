@@ -7,22 +7,24 @@ Priority, lowest first: RecBole's properties < the plugin's ``properties/overall
 """
 
 import difflib
+import math
+import operator
 import os
-from functools import lru_cache
+import sys
+from functools import cache
 from pathlib import Path
 
 import yaml
 from recbole.config import Config as RecBoleConfig
+from recbole.evaluator import register
+from recbole.utils import EvaluatorType
 
-from recbole_beta.defaults import model_files, properties_dir
+from recbole_beta import metrics  # noqa: F401  (registers TruncatedRecall with RecBole)
+from recbole_beta.defaults import model_files, properties_dir, value_checks
+from recbole_beta.errors import ConfigError, ConfigFileError, RecBoleBetaError, RecBoleConfigError, check, is_number
 from recbole_beta.files import require_file
-from recbole_beta.errors import (
-    ConfigError, ConfigFileError, RecBoleBetaError, RecBoleConfigError, check, check_number, is_number,
-)
 from recbole_beta.fold_in import PER_USER, check_fold_in_config
 from recbole_beta.registry import HELDOUT_RECBOLE_MODELS, get_model, is_plugin_vae, supports_heldout_users
-from recbole_beta import metrics  # noqa: F401  (registers TruncatedRecall with RecBole)
-
 
 #: keys read elsewhere than in a property file: run_recbole_beta.py's own arguments (RecBole's Config
 #: reads every --key=value), RecBole's DDP keys, and keys RecBole sets itself
@@ -46,7 +48,7 @@ def split_key_values(args):
     return pairs, others
 
 
-@lru_cache(maxsize=None)
+@cache
 def known_keys():
     """Every config key RecBole or the plugin knows: the keys of all their property files (so a key
     added to ``properties/overall.yaml`` or ``properties/model/*.yaml`` is known at once), RecBole's
@@ -58,7 +60,7 @@ def known_keys():
     roots = [Path(recbole.__file__).resolve().parent / "properties", properties_dir()]
     for root in roots:
         for file in root.rglob("*.yaml"):
-            if file.name == "url.yaml":
+            if file.name in ("url.yaml", "checks.yaml"):  # a download list; what keys accept (not keys)
                 continue
             try:
                 content = yaml.safe_load(file.read_text(encoding="utf-8"))
@@ -117,15 +119,18 @@ class Config(RecBoleConfig):
         return super()._load_config_files(file_list)
 
     def _load_cmd_line(self):
-        """RecBole's ``_load_cmd_line`` (recbole/config/configurator.py lines 165-193) on ``argv``,
-        so that a caller that is not the command line (a sweep, a search, a test) never has to
-        rewrite ``sys.argv``: only ``--key=value`` arguments count, others are ignored."""
-        if self._argv is None:
-            return super()._load_cmd_line()
+        """RecBole's ``_load_cmd_line`` (recbole/config/configurator.py lines 165-193) on ``argv`` (None: on
+        ``sys.argv[1:]``, as RecBole reads it), so that a caller that is not the command line (a sweep, a search,
+        a test) never has to rewrite ``sys.argv``: only ``--key=value`` arguments count, others are ignored. A
+        key given twice with two values is one line (RecBole raises a SyntaxError, with a traceback)."""
+        argv = self._argv
+        if argv is None:
+            argv = [] if "ipykernel_launcher" in sys.argv[0] else sys.argv[1:]
         given = {}
-        for key, value in split_key_values(self._argv)[0]:
+        for key, value in split_key_values(argv)[0]:
             if key in given and given[key] != value:
-                raise SyntaxError(f"There are duplicate commend arg '--{key}={value}' with different value.")
+                raise ConfigError(key, value, f"--{key} is given twice on the command line (as {given[key]} and "
+                                              f"as {value}); give each key once")
             given[key] = value
         return self._convert_config_dict(given)
 
@@ -140,6 +145,13 @@ class Config(RecBoleConfig):
         super()._load_internal_config_dict(model, model_class, dataset)
         for file in (properties_dir() / "overall.yaml", *model_files(model_class, model)):
             self._update_internal_config_dict(os.fspath(file))
+
+    def _set_default_parameters(self):
+        # every value is checked first: RecBole's own reading of metrics, topk and valid_metric fails on a
+        # bad one deep in its code, or (valid_metric) only once the first epoch has trained
+        check_no_empty_values(self.external_config_dict)
+        check_values(self.final_config_dict, self.model)
+        super()._set_default_parameters()
 
     def _init_device(self):
         """RecBole's, except that DDP without CUDA runs on the CPU with the gloo backend.
@@ -180,10 +192,9 @@ class Config(RecBoleConfig):
             config["verbose"] = False
 
     def validate(self):
-        """Check RecBole's run keys, the evaluation protocol's keys and the model's own (raises ConfigError);
-        models without ``validate_config`` pass their own."""
-        check_no_empty_values(self.external_config_dict)
-        check_run_keys(self)
+        """Check what depends on the protocol and the model's own keys (raises ConfigError); each value on
+        its own was checked against properties/checks.yaml as the config was built. Models without
+        ``validate_config`` pass their own."""
         check_protocol_keys(self)
         if self["eval_protocol"] == "strong":
             name = self.model_class.__name__
@@ -203,17 +214,10 @@ class Config(RecBoleConfig):
         return self
 
 
-#: the evaluation protocols (the held-out-user split is recbole_beta.data.heldout)
-PROTOCOLS = ("weak", "strong")
-
-
 def check_protocol_keys(config):
-    """Validate ``eval_protocol`` and its keys (raises ConfigError); the data is not read."""
+    """Validate the keys of ``eval_protocol`` (the held-out-user split is recbole_beta.data.heldout) that depend
+    on it and on each other (raises ConfigError); the data is not read."""
     protocol = config["eval_protocol"]
-    if protocol not in PROTOCOLS:
-        close = difflib.get_close_matches(str(protocol), PROTOCOLS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError("eval_protocol", protocol, f"must be one of {', '.join(PROTOCOLS)}{hint}")
     folds, fold = config["heldout_folds"], config["fold"]
     if protocol != "strong":
         check("heldout_folds", folds, not folds, "folds of held-out users need eval_protocol=strong")
@@ -237,9 +241,6 @@ def check_protocol_keys(config):
         ),
         "must be an integer >= 1 (users in each of validation and test) or a fraction of all users in (0, 0.5)",
     )
-    ratio = config["heldout_ratio"]
-    check("heldout_ratio", ratio, is_number(ratio) and 0 < ratio < 1, "must be a number > 0 and < 1")
-    check_number("split_seed", config["split_seed"], integer=True, minimum=0)
     mode = (config["eval_args"] or {}).get("mode")
     check(
         "eval_args",
@@ -288,24 +289,146 @@ def check_no_empty_values(given):
         check(key, value, value != "", "a value is missing: write --key=value (or key: value in a config file)")
 
 
-def _int_list(value):
-    values = [value] if isinstance(value, int) else value
-    return (isinstance(values, (list, tuple)) and len(values) > 0
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values))
+def key_rules(model=None):
+    """The rules of properties/checks.yaml for a run of ``model`` (a name): every run's, then the model's own
+    (a key means what its model reads: ItemKNN's k is not ADMMSLIM's)."""
+    table = value_checks()
+    return {**table["every model"], **(table["models"].get(model) or {})}
 
 
-def check_run_keys(config):
-    """Validate RecBole's own run keys before any data is read (raises ConfigError): numbers finite and in
-    range, integers where integers are meant. ``epochs: 0`` is checked by the run, which knows whether a
-    checkpoint is being evaluated."""
-    check_number("epochs", config["epochs"], integer=True, minimum=0)
-    for key in ("train_batch_size", "eval_batch_size", "stopping_step"):
-        check_number(key, config[key], integer=True, minimum=1)
-    check_number("eval_step", config["eval_step"], integer=True, minimum=0)
-    check_number("learning_rate", config["learning_rate"], minimum=0, min_open=True)
-    check_number("weight_decay", config["weight_decay"], minimum=0)
-    check_number("seed", config["seed"], integer=True, minimum=0, maximum=2**32 - 1)
-    check("topk", config["topk"], _int_list(config["topk"]), "must be an integer >= 1 or a non-empty list of them")
-    if config["clip_grad_norm"] is not None:
-        check("clip_grad_norm", config["clip_grad_norm"], isinstance(config["clip_grad_norm"], dict),
-              "must be a mapping of torch's clip_grad_norm_ arguments, e.g. {max_norm: 5}")
+def check_values(values, model=None):
+    """The one check of each config value on its own: every key of ``values`` (a mapping: a config's, or a
+    few keys) that properties/checks.yaml names for ``model`` (a name) against its rule; raises ConfigError,
+    one line naming the key and what it accepts. Keys absent from ``values`` are not asked for. The plugin's
+    Config runs it as it is built, so the run script, a sweep spec's check and a search's fixed settings,
+    which all build one, refuse the same values with the same line."""
+    for key, rule in key_rules(model).items():
+        if key not in values or (values[key] is None and rule.get("unset")):
+            continue
+        across = _ACROSS_KEYS.get(rule["type"])
+        if across is not None:
+            across(key, values[key], values)
+        elif not _fits_shape(rule, values[key]):
+            raise ConfigError(key, values[key], "must be " + _describe(rule, values[key]))
+
+
+def _fits_shape(rule, value):
+    shape = rule.get("shape")
+    if shape in ("list", "one or list") and isinstance(value, list):  # RecBole's models and topk take no tuple
+        return len(value) > 0 and all(_fits(rule, item) for item in value)
+    return shape != "list" and _fits(rule, value)
+
+
+def _fits(rule, value):
+    kind = rule["type"]
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "dict":
+        return isinstance(value, dict)
+    if kind == "path":
+        return isinstance(value, (str, os.PathLike))
+    if kind == "str":
+        return isinstance(value, str) and ("choices" not in rule or _same(rule, value) in _choices(rule))
+    if not is_number(value) or (kind == "int" and not isinstance(value, int)) or not math.isfinite(value):
+        return False
+    bounds = (("min", operator.ge), ("above", operator.gt), ("max", operator.le), ("below", operator.lt))
+    return (all(rule.get(name) is None or holds(value, rule[name]) for name, holds in bounds)
+            and (not rule.get("even") or value % 2 == 0))
+
+
+def _same(rule, text):
+    return text.lower() if rule.get("nocase") else text
+
+
+def _choices(rule):
+    return [_same(rule, str(choice)) for choice in rule["choices"]]
+
+
+def _describe(rule, value):
+    """What ``rule`` accepts, as the ``must be ...`` of its message (``value``: what was given, for a hint)."""
+    if "what" in rule:
+        return rule["what"]
+    one = {"bool": "True or False", "dict": "a mapping", "path": "a folder path", "str": "text"}.get(rule["type"])
+    if rule["type"] == "str" and "choices" in rule:
+        close = difflib.get_close_matches(_same(rule, str(value)), _choices(rule), n=1)
+        original = dict(zip(_choices(rule), rule["choices"]))
+        one = f"one of {', '.join(map(str, rule['choices']))}" + (
+            f" (did you mean {original[close[0]]!r}?)" if close else "")
+    elif one is None:  # int or number, as errors.check_number words them
+        noun = "integer" if rule["type"] == "int" else "number"
+        article = "an even" if rule.get("even") else "an" if noun == "integer" else "a"
+        if isinstance(value, float) and not math.isfinite(value):
+            article = "a finite"
+        signs = (("min", ">="), ("above", ">"), ("max", "<="), ("below", "<"))
+        bounds = [f"{sign} {rule[name]}" for name, sign in signs if rule.get(name) is not None]
+        one = " ".join([article, noun, " and ".join(bounds)]).strip()
+    shape = rule.get("shape")
+    if shape == "list":
+        return f"a non-empty list, each {one}"
+    return f"{one} or a non-empty list of them" if shape == "one or list" else one
+
+
+def metric_results(names, topk):
+    """The names of the results a run computes with the metrics ``names`` (a name or a list: the config's
+    ``metrics``) and ``topk`` (an int or a list), lower-case as RecBole reports them: ``ndcg@10`` for each k
+    of a metric of the top k items, ``auc`` for one of all scores (RecBole's metrics say which by what they
+    need)."""
+    names = [names] if isinstance(names, str) else list(names or [])
+    ks = [topk] if isinstance(topk, int) else list(topk or [])
+    results = []
+    for name in (n.lower() for n in names):
+        needs = register.metric_information.get(name, ())
+        per_k = "rec.topk" in needs or "rec.items" in needs
+        results.extend([f"{name}@{k}" for k in ks] if per_k else [name])
+    return results
+
+
+def _check_metrics(key, value, values):
+    """``metrics``: names RecBole knows (the plugin's registered), not ranking and value metrics mixed (RecBole
+    computes one kind), and no value metric under full ranking (it needs labeled pairs)."""
+    names = [value] if isinstance(value, str) else value
+    check(key, value, isinstance(names, list) and len(names) > 0 and all(isinstance(n, str) for n in names),
+          "must be a metric name or a non-empty list of them, e.g. [Recall, NDCG]")
+    known = register.metrics_dict
+    for name in names:
+        if name.lower() not in known:
+            close = difflib.get_close_matches(name.lower(), known, n=1)
+            hint = f" (did you mean {known[close[0]].__name__!r}?)" if close else ""
+            raise ConfigError(key, value, f"{name!r} is not a metric RecBole knows{hint}; it knows "
+                                          f"{', '.join(sorted(cls.__name__ for cls in known.values()))}")
+    scored = [n for n in names if register.metric_types[n.lower()] == EvaluatorType.VALUE]
+    ranked = [n for n in names if n not in scored]
+    check(key, value, not (scored and ranked), f"ranking metrics ({', '.join(ranked)}) and value metrics "
+                                              f"({', '.join(scored)}) cannot be mixed")
+    eval_args = values.get("eval_args")
+    mode = eval_args.get("mode", "full") if isinstance(eval_args, dict) else None
+    full = mode == "full" or (isinstance(mode, dict) and "full" in mode.values())
+    check(key, value, not (scored and full), f"{', '.join(scored)} score{'s' if len(scored) == 1 else ''} predicted "
+          "values, and eval_args.mode is full ranking: use ranking metrics (Recall, NDCG, ...)")
+
+
+def _check_valid_metric(key, value, values):
+    """``valid_metric``: one of the results the run computes (checked after ``metrics`` and ``topk``); RecBole
+    looks it up only once the first epoch has trained."""
+    if "metrics" not in values or "topk" not in values:
+        return
+    computed = metric_results(values["metrics"], values["topk"])
+    check(key, value, isinstance(value, str) and value.lower() in computed,
+          f"must be one of the metrics the run computes (metrics x topk): {', '.join(computed)}")
+
+
+#: the rule types of properties/checks.yaml that are checked against other keys
+_ACROSS_KEYS = {"metrics": _check_metrics, "valid_metric": _check_valid_metric}
+
+
+def device_warnings(config):
+    """One line when the config names a GPU (``device`` or ``gpu_id`` given) and the run goes to the CPU: RecBole
+    falls back to the CPU without a word when torch finds no GPU (or not the one ``gpu_id`` names)."""
+    given = config.external_config_dict
+    asked = [f"{key}={given[key]!r}" for key in ("device", "gpu_id")
+             if given.get(key) not in (None, "") and str(given[key]).strip().lower() != "cpu"]
+    if not asked or config["device"].type != "cpu":
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return [f"{' and '.join(asked)} {'ask' if len(asked) > 1 else 'asks'} for a GPU, but torch finds none"
+            f"{f' (CUDA_VISIBLE_DEVICES={visible!r})' if visible else ''}: the run goes to the CPU"]

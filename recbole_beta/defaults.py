@@ -1,15 +1,16 @@
 """Defaults, read from the plugin's ``properties/``: the one place they live.
 
-``overall.yaml`` holds the defaults of every run, ``model/<Model>.yaml`` those of each model. A model
-takes the YAML of each of the plugin's classes it derives from too, base first: the named Mult-VAEs
-(``ControlledBetaMultVAE``, ...) take every key and default from ``BetaMultVAE.yaml`` and their own
-file sets only their ``beta_strategy``. Code reads these values and validates them; it does not
-repeat them. Plain YAML and nothing of RecBole, so the config, the strategies and a sweep spec's
-plain dicts read the same defaults.
+``overall.yaml`` holds the defaults of every run, ``model/<Model>.yaml`` those of each model, and
+``checks.yaml`` what each key accepts (beside the defaults, not among them: RecBole's keys keep their
+defaults in RecBole). A model takes the YAML of each of the plugin's classes it derives from too, base
+first: the named Mult-VAEs (``ControlledBetaMultVAE``, ...) take every key and default from
+``BetaMultVAE.yaml`` and their own file sets only their ``beta_strategy``. Code reads these values and
+validates them; it does not repeat them. Plain YAML and nothing of RecBole, so the config, the
+strategies and a sweep spec's plain dicts read the same defaults.
 """
 
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -44,9 +45,15 @@ _Loader.add_implicit_resolver(
 )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read(path):
     return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader) or {}
+
+
+def value_checks():
+    """``properties/checks.yaml``: what each config key accepts, ``{"every model": {key: rule},
+    "models": {model: {key: rule}}}`` (the rules are described at the top of the file)."""
+    return _read(properties_dir() / "checks.yaml")
 
 
 def model_files(model_class, name=None):

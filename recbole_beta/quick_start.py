@@ -18,15 +18,13 @@ from recbole.utils import get_environment, get_flops, get_local_time, init_seed,
 
 from recbole_beta.checkpoint import read_checkpoint
 from recbole_beta.compat import init_logger
+from recbole_beta.config import Config, device_warnings, unknown_key_warnings
 from recbole_beta.data.dataset import create_dataset  # RecBole's, with the plugin's faster reader
 from recbole_beta.data.fullsort import eval_loaders, lean_eval_applies
-from recbole_beta.data.heldout import (
-    HeldOutDataset, heldout_data_preparation, is_strong, split_fingerprint, split_keys,
-)
-from recbole_beta.files import ensure_writable, plain, write_json
-from recbole_beta.config import Config, unknown_key_warnings
+from recbole_beta.data.heldout import HeldOutDataset, heldout_data_preparation, is_strong, split_fingerprint, split_keys
 from recbole_beta.errors import ConfigError, DatasetError, DatasetNotFoundError, OutputError, RecBoleBetaError, check
 from recbole_beta.evaluation import RecordingEvaluator, per_user_metrics, training_activity
+from recbole_beta.files import ensure_writable, plain, write_json
 from recbole_beta.fold_in import attach_fold_in
 from recbole_beta.registry import get_model, get_trainer, is_plugin_vae
 
@@ -104,7 +102,8 @@ def prepare(config):
             raise
         if "empty" in str(error):  # RecBole 1.2.1's "Some feat is empty, please check the filtering settings."
             raise empty from None
-        raise DatasetError(f"dataset={config['dataset']!r}: RecBole cannot build it: {' '.join(str(error).split())}") from None
+        why = " ".join(str(error).split())
+        raise DatasetError(f"dataset={config['dataset']!r}: RecBole cannot build it: {why}") from None
     if dataset.inter_num == 0 or dataset.user_num <= 1:
         raise empty
     n_items = dataset.item_num - 1  # id 0 is padding
@@ -222,7 +221,8 @@ def run_recbole_beta(
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config, console_level)
     logger = getLogger()
-    for warning in unknown_key_warnings(config.external_config_dict):  # a typo would change nothing silently
+    # a typo would change nothing, a GPU that is not there would give the CPU, each without a word
+    for warning in unknown_key_warnings(config.external_config_dict) + device_warnings(config):
         logger.warning(warning)
     # what can fail without the data fails before RecBole's long config dump, so its line comes first
     check_before_data(config, saved, resume)
@@ -276,7 +276,8 @@ def run_recbole_beta(
         activity = training_activity(getattr(dataset, "seen_dataset", train_data._dataset))
         result["per_user"] = per_user_metrics(trainer.evaluator, test_data, activity)
         # the dataset's own user ids: RecBole's internal ids are renumbered with each split (fold)
-        result["per_user"]["user_token"] = dataset.id2token(dataset.uid_field, result["per_user"]["user_id"]).astype(str)
+        tokens = dataset.id2token(dataset.uid_field, result["per_user"]["user_id"])
+        result["per_user"]["user_token"] = tokens.astype(str)
     if result["result_file"]:
         logger.info(set_color("result file", "yellow") + f": {result['result_file']}")
 

@@ -26,22 +26,22 @@ count as equivalent (``{NDCG@100: 0.005}``); the report gives each comparison's 
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import math
 
 import yaml
 from recbole.evaluator import register
 from recbole.evaluator.base_metric import TopkMetric
 
 from recbole_beta import metrics as _plugin_metrics  # noqa: F401  (TruncatedRecall registered with RecBole)
-from recbole_beta.config import closest_known_key, known_keys
+from recbole_beta.config import check_values, closest_known_key, known_keys
 from recbole_beta.defaults import properties_dir
 from recbole_beta.errors import ConfigError, RecBoleBetaError
 from recbole_beta.registry import get_model
+from recbole_beta.runs.training import driver_config
 
 
 class SpecError(RecBoleBetaError, ValueError):
@@ -249,24 +249,56 @@ def load_spec(source, overrides=None):
         equivalence_margin=_margins(raw.get("equivalence_margin"), config, files),
         plan=_plan(raw.get("plan")),
     )
-    _check_model_configs(spec)
+    _check_fold_given_once(raw.get("folds"), spec)
+    _check_runs(spec)
     labels = [label for label, _, _ in models]
     if spec.reference is not None and spec.reference not in labels:
         raise SpecError(f"reference={spec.reference!r} is not one of the model labels {labels}")
     return spec
 
 
-def _check_model_configs(spec):
-    """Validate each model's own keys (beta strategy, ranges) for every cell, before any run."""
-    for label, model, config in spec.models:
-        validate = getattr(get_model(model), "validate_config", None)
-        if validate is None:
+def _check_runs(spec):
+    """Build each run's config as the run will (the plugin's Config checks every value as it is built, before
+    any data is read), so that a spec passing its check does not then fail in every run. One config per model
+    and cell: the seeds and folds vary one key each (folds are checked by :func:`_folds`, seeds here)."""
+    checked = set()
+    for run in spec.runs():
+        same = json.dumps([run.label, run.cell], sort_keys=True, default=str)
+        if same in checked:
             continue
-        for cell in spec.cells:
-            try:
-                validate({**spec.config, **config, **cell})
-            except ConfigError as error:
-                raise SpecError(f"models: {label}: {error}") from None
+        checked.add(same)
+        try:
+            driver_config(run.model, spec.dataset, spec.config_files, {**run.config, "seed": run.seed})
+        except RecBoleBetaError as error:
+            raise SpecError(f"{_source(spec, run, getattr(error, 'key', None))}: {error}") from None
+    for seed in spec.seeds:
+        try:
+            check_values({"seed": seed})
+        except ConfigError as error:
+            raise SpecError(f"seeds: {error}") from None
+
+
+def _source(spec, run, key):
+    """Where a refused ``key`` of ``run`` comes from, as the spec names it: ``config`` when the spec's config
+    alone gives it, else the run's model entry and cell (a config file, or a key the value depends on)."""
+    own = next(config for label, _, config in spec.models if label == run.label)
+    if key is not None and key in spec.config and key not in own and key not in run.cell:
+        return "config"
+    return f"models: {run.group}"
+
+
+def _check_fold_given_once(folds, spec):
+    """With ``folds``, each run's test fold is set from it: a ``fold`` given in the spec's config, a model's,
+    a cell or a config file would be overridden without a word."""
+    if spec.folds is None:
+        return
+    sources = [("config", spec.config), *((f"models: {label}", config) for label, _, config in spec.models),
+               *(("grid/cells", cell) for cell in spec.cells),
+               ("config_files", _settings({}, spec.config_files, ("fold",)))]
+    for where, config in sources:
+        if config.get("fold") is not None:
+            raise SpecError(f"{where}: fold={config['fold']!r} is not allowed with folds={folds!r}: each run's test "
+                            "fold comes from folds; drop fold")
 
 
 def _settings(config, files, keys):
