@@ -181,3 +181,17 @@ def test_plan_refuses_a_pilot_with_one_seed_and_a_bad_margin_in_one_line(tmp_pat
     assert main(["plan", str(tmp_path / "one"), "--margin", "-1"]) != 0
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--margin '-1' is not allowed" in err
+
+
+def test_the_report_repeats_the_plan_the_spec_was_run_under(tmp_path):
+    from recbole_beta.experiments.report import write_report
+
+    rng = np.random.default_rng(8)
+    _write_sweep(tmp_path, [rng.normal(0, 0.05, (30, 2)) for _ in range(2)])
+    spec = {"name": "fake", "dataset": "fake", "seeds": [0, 1], "reference": "B",
+            "plan": {"pilot": "docs/results/cv-ml-100k", "margin": {"NDCG@100": 0.005}, "power": 0.8}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    write_report(tmp_path, figures=False)
+    report = (tmp_path / "report.md").read_text()
+    assert ("Seeds fixed before the runs by the planner (`python -m recbole_beta.experiments plan`) on the pilot "
+            "`docs/results/cv-ml-100k`, at margin NDCG@100 ±0.005 and power 0.8") in report

@@ -12,6 +12,7 @@ from recbole_beta.experiments import analysis, plots, training_plots
 from recbole_beta.experiments.variance import USERS_AND_RUNS
 from recbole_beta.errors import RecBoleBetaError
 from recbole_beta.files import write_json
+from recbole_beta.runs.record import is_ok, protocol_of
 
 
 class ReportError(RecBoleBetaError, ValueError):
@@ -202,6 +203,13 @@ def _bucket_difference_section(diffs, reference):
     return out + markdown_table(["method", *header], rows) + [""]
 
 
+def _heldout_folds(runs):
+    """The number of folds the runs' users were cut into, as their records say (``protocol``; the config of a
+    record written before it); ``?`` when none says."""
+    counts = sorted({protocol_of(r).get("heldout_folds") for r in runs} - {None})
+    return "/".join(map(str, counts)) or "?"
+
+
 def write_report(out_dir, spec=None, figures=True):
     """Aggregate a sweep folder; return the paths written. Reads only files, so it can be rerun."""
     out_dir = Path(out_dir)
@@ -228,8 +236,8 @@ def write_report(out_dir, spec=None, figures=True):
 
 
 def _write_report(out_dir, spec_dict, runs, problems, figures):
-    ok = [r for r in runs if r["status"] == "ok"]
-    failed = [r for r in runs if r["status"] != "ok"]
+    ok = [r for r in runs if is_ok(r)]
+    failed = [r for r in runs if not is_ok(r)]
     summary = analysis.summarize(runs, out_dir)
     reference = spec_dict.get("reference")
     if reference is None and ok:
@@ -264,15 +272,19 @@ def _write_report(out_dir, spec_dict, runs, problems, figures):
             + f"; seeds {spec_dict['seeds']}.", ""]
     if spec_dict.get("plan"):
         plan = spec_dict["plan"]
+        margin = plan["margin"]
+        margin = (", ".join(f"{metric} ±{m:g}" for metric, m in margin.items()) if isinstance(margin, dict)
+                  else f"±{margin:g}")
         body += [f"Seeds fixed before the runs by the planner (`python -m recbole_beta.experiments plan`) on the pilot "
-                 f"`{plan['pilot']}`, at margin {plan['margin']} and power {plan['power']:g}; never raised after "
-                 "looking at a verdict.", ""]
+                 f"`{plan['pilot']}`, at margin {margin} and power {plan['power']:g}; never raised after looking at "
+                 "a verdict.", ""]
     if analysis.has_folds(ok):
         tested = per_user.drop_duplicates("user")
         body += [f"Cross-validated held-out users: folds {sorted({r['fold'] for r in ok})} of "
-                 f"{spec_dict.get('config', {}).get('heldout_folds', '?')}; {len(tested)} users tested, each in one "
+                 f"{_heldout_folds(ok)}; {len(tested)} users tested, each in one "
                  "fold; a user's metrics are averaged over its fold's seeds (`per_user.csv`).", ""]
-        n_folds = len(spec_dict.get("folds") or []) or summary["n_folds"].max()
+        # the folds the sweep's runs test, finished or not: a method without one of them lacks runs
+        n_folds = len({r["fold"] for r in runs if r.get("fold") is not None}) or summary["n_folds"].max()
         short = summary[(summary["n_folds"] < n_folds) | (summary["n_users"] < len(tested))]
         if not short.empty:
             body += [f"**Incomplete sweep:** {', '.join(short['label'])} lack runs (a seed without every fold pools "
