@@ -10,6 +10,7 @@ import pandas as pd
 from recbole_beta.experiments import variance
 from recbole_beta.experiments.per_user import USER_COLUMNS, main_first, load_per_user, run_key, user_key
 from recbole_beta.experiments.stats import CONFIDENCE, adjust_pvalues
+from recbole_beta.runs.record import is_ok, protocol_of
 
 #: activity "barely varies" when its IQR / median or its coefficient of variation is below this
 FLAT_ACTIVITY = 0.1
@@ -22,14 +23,14 @@ ACTIVITY_MEASURE = {"weak": "training interactions |x_u|", "strong": "fold-in si
 
 
 def eval_protocol(record):
-    """A run's evaluation protocol: the one it ran with, else its config's, else weak (the default)."""
-    return record.get("eval_protocol") or (record.get("config") or {}).get("eval_protocol") or "weak"
+    """A run's evaluation protocol, as its record says (:func:`~recbole_beta.runs.record.protocol_of`)."""
+    return protocol_of(record)["eval_protocol"]
 
 
 def activity_measure(runs):
     """What the activity |x_u| of the ok runs' users counts: training interactions under the weak
     protocol, a held-out user's fold-in size under the strong one."""
-    protocols = list(dict.fromkeys(eval_protocol(r) for r in runs if r["status"] == "ok")) or ["weak"]
+    protocols = list(dict.fromkeys(eval_protocol(r) for r in runs if is_ok(r))) or ["weak"]
     names = [ACTIVITY_MEASURE.get(p, f"activity |x_u| ({p} protocol)") for p in protocols]
     return names[0] if len(names) == 1 else " or ".join(f"{n} ({p})" for n, p in zip(names, protocols))
 
@@ -103,7 +104,7 @@ def activity_summary(out_dir, runs):
     ``barely_varies`` when the IQR / median or the coefficient of variation (std / mean) is below
     :data:`FLAT_ACTIVITY`: a per-user scaled beta (gamma |x_u| / mean) is then nearly a constant.
     """
-    ok = [r for r in runs if r["status"] == "ok"]
+    ok = [r for r in runs if is_ok(r)]
     if not ok:
         return {}
     rows = _activity_rows(out_dir, ok)
@@ -138,7 +139,7 @@ def bucket_differences(out_dir, runs, reference, metric="ndcg@100", quantiles=(0
     the mean per-user difference of ``metric`` and its run-aware 95% interval and test (users within a run
     and runs within a fold, as :func:`~recbole_beta.experiments.analysis.significance` counts them), BH-adjusted
     over the table (``p_run_adj``). Users are paired as there (folds pooled, seeds averaged)."""
-    ok = [r for r in runs if r["status"] == "ok"]
+    ok = [r for r in runs if is_ok(r)]
     if not any(r["group"] == reference for r in ok):
         return pd.DataFrame()
     tables = {r["run_id"]: load_per_user(out_dir, r) for r in ok}
@@ -162,7 +163,8 @@ def bucket_differences(out_dir, runs, reference, metric="ndcg@100", quantiles=(0
         activity = activity[~activity.index.duplicated()].astype(float)
         index = pd.Series(pd.cut(activity, bins, labels=False), index=activity.index)
         for i, name in enumerate(names):
-            folds = [t for t in variance.fold_tables(pairs, users=index.index[index == i]) if t.n_users]
+            # a fold with one user of the bucket has no spread over users to estimate: left out of the cell
+            folds = [t for t in variance.fold_tables(pairs, users=index.index[index == i]) if t.n_users > 1]
             if sum(t.n_users for t in folds) < 2:
                 continue
             c = variance.components(folds)
@@ -184,7 +186,7 @@ def activity_buckets(out_dir, runs, quantiles=(0.25, 0.5, 0.75), min_users=None)
     one (column ``activity_measure``). Buckets are cut by :func:`activity_bins` over every evaluated
     user of every ok run: at the quantiles, a tied value its own bucket, none under ``min_users``.
     """
-    ok = [r for r in runs if r["status"] == "ok"]
+    ok = [r for r in runs if is_ok(r)]
     if not ok:
         return pd.DataFrame()
     tables = {r["run_id"]: load_per_user(out_dir, r) for r in ok}
