@@ -61,10 +61,27 @@ def _suggest(name):
     return proper
 
 
-def get_model(name):
-    """The model class called ``name``: a plugin model, else a RecBole built-in."""
+def plugin_model(name):
+    """The plugin model called ``name``: one of the package's (:data:`~recbole_beta.model.MODELS`), else a
+    ``BetaMultVAE`` subclass that a module imported since defines (a study's ``plugins``: a model of your own
+    is one class in your own module, no list to edit); None if there is none."""
     if name in MODELS:
         return MODELS[name]
+    found, stack = None, [BetaMultVAE]
+    while stack and found is None:
+        for cls in stack.pop().__subclasses__():
+            if cls.__name__ == name:
+                found = cls
+                break
+            stack.append(cls)
+    return found
+
+
+def get_model(name):
+    """The model class called ``name``: a plugin model (:func:`plugin_model`), else a RecBole built-in."""
+    model = plugin_model(name) if isinstance(name, str) else None
+    if model is not None:
+        return model
     if name in FIXED_RECBOLE_MODELS:
         return FIXED_RECBOLE_MODELS[name]
     if isinstance(name, str) and name.lower() in recbole_model_modules():
@@ -93,7 +110,7 @@ def _safe(trainer_class):
 
 def get_trainer(model_type, model_name):
     """The trainer RecBole would pick for the model, with safe checkpoints; BetaTrainer for ours."""
-    model = MODELS.get(model_name)
+    model = plugin_model(model_name)
     if model is not None and issubclass(model, BetaMultVAE):
         return BetaTrainer
     return _safe(recbole_get_trainer(model_type, model_name))

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from recbole_beta.experiments import variance
+from recbole_beta.runs.record import is_ok
 
 from recbole_beta.experiments.buckets import (  # noqa: F401  (the analysis API in one place)
     ACTIVITY_MEASURE, FLAT_ACTIVITY, MIN_BUCKET_SHARE, MIN_BUCKET_USERS, activity_bins, activity_buckets,
@@ -64,7 +65,7 @@ def summarize(runs, out_dir=None):
     Under folds (``out_dir`` needed) a seed's metric pools its folds: the mean over every user they
     tested; ``n_folds`` and ``n_users`` say how many, and train seconds and epochs are per fold.
     """
-    ok = [r for r in runs if r["status"] == "ok"]
+    ok = [r for r in runs if is_ok(r)]
     if not ok:
         return pd.DataFrame()
     if has_folds(ok):
@@ -195,7 +196,7 @@ def significance(out_dir, runs, reference, metrics=None, margins=None):
     they hold none of them), and every metric ``margins`` names; one asked for that no table holds is an error.
     """
     margins = dict(margins or {})
-    ok = [r for r in runs if r["status"] == "ok"]
+    ok = [r for r in runs if is_ok(r)]
     ref_runs = [r for r in ok if r["group"] == reference]
     if not ref_runs:
         return pd.DataFrame()

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recbole_beta.runs.record import is_ok
+
 #: the metrics every table shows first (others the config names follow), and the ones the paired
 #: tests run on by default, those of them the per-user tables hold: RecBole's NDCG and Recall, and
 #: the paper's Recall (TruncatedRecall; RecBole lower-cases metric names)
@@ -44,7 +46,7 @@ def _record_reason(text):
         return _json_reason(error, text)
     if not isinstance(record, dict) or "run_id" not in record:
         return "not a run record"
-    needed = RECORD_KEYS + (OK_RECORD_KEYS if record.get("status") == "ok" else FAILED_RECORD_KEYS)
+    needed = RECORD_KEYS + (OK_RECORD_KEYS if is_ok(record) else FAILED_RECORD_KEYS)
     missing = [key for key in needed if key not in record]
     return f"a run record without {', '.join(missing)}" if missing else None
 
@@ -111,7 +113,7 @@ def load_runs(out_dir, problems=None):
         reason = unreadable(path)
         if reason is None:
             record = json.loads(path.read_text(encoding="utf-8"))
-            if record["status"] != "ok":
+            if not is_ok(record):
                 records.append(record)
                 continue
             path = runs / f"{record['run_id']}.per_user.npz"
@@ -134,7 +136,7 @@ def user_key(out_dir, runs):
     dataset's own id (``user_token``) when every table has it, else RecBole's internal ``user_id`` (tables
     written before ``user_token`` existed; without folds every run numbers the users alike). A fold sweep
     needs the tokens: RecBole renumbers users with each fold."""
-    ok = [r for r in runs if r["status"] == "ok"]
+    ok = [r for r in runs if is_ok(r)]
     with_tokens = []
     for r in ok:
         with np.load(Path(out_dir) / "runs" / f"{r['run_id']}.per_user.npz") as data:
@@ -167,7 +169,7 @@ def per_user_metric_names(out_dir, runs):
     """The per-user metric columns any ok run's table holds, the main ones first."""
     names = []
     for record in runs:
-        if record["status"] == "ok":
+        if is_ok(record):
             with np.load(Path(out_dir) / "runs" / f"{record['run_id']}.per_user.npz") as data:
                 names += [k for k in data.files if k not in USER_COLUMNS]
     return main_first(names)
@@ -186,7 +188,7 @@ def metric_names(runs):
 def per_user_table(out_dir, runs, metrics=None):
     """Every evaluated user, one row per group: its test metrics averaged over seeds (under folds, the
     seeds of the fold that tested it), its activity and fold."""
-    ok = [r for r in runs if r["status"] == "ok"]
+    ok = [r for r in runs if is_ok(r)]
     if not ok:  # the columns still: a caller picks a label's rows (no shared seed left when runs are damaged)
         return pd.DataFrame(columns=["label", "user", "n_seeds", "activity", *(metrics or [])])
     metrics = metrics or per_user_metric_names(out_dir, ok)

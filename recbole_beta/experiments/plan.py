@@ -23,6 +23,7 @@ from recbole_beta.errors import RecBoleBetaError
 from recbole_beta.experiments import variance
 from recbole_beta.experiments.analysis import ALPHA, paired_runs
 from recbole_beta.experiments.per_user import load_per_user, load_runs, per_user_metric_names, run_key, user_key
+from recbole_beta.runs.record import is_ok
 
 
 class PlanError(RecBoleBetaError, ValueError):
@@ -39,7 +40,7 @@ def _pilot(pilot_dir):
     pilot_dir = Path(pilot_dir)
     if not (pilot_dir / "runs").is_dir():
         raise PlanError(f"{pilot_dir} is not a sweep folder (no runs/ in it): give a finished sweep as the pilot")
-    ok = [r for r in load_runs(pilot_dir) if r["status"] == "ok"]
+    ok = [r for r in load_runs(pilot_dir) if is_ok(r)]
     if not ok:
         raise PlanError(f"{pilot_dir} holds no finished runs to plan from")
     try:

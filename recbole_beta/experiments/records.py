@@ -20,7 +20,8 @@ import numpy as np
 from recbole_beta.experiments.per_user import set_aside, unreadable
 from recbole_beta.files import atomic_write, plain, write_json
 from recbole_beta.runs.engines import Job
-from recbole_beta.runs.training import FAILED, OK, absolute_data_path, driver_config, train
+from recbole_beta.runs.record import RunRecord, RunStatus, is_ok
+from recbole_beta.runs.training import absolute_data_path, driver_config, train
 
 
 def write_per_user(path, table):
@@ -33,7 +34,7 @@ def run_paths(out_dir, run):
 
 
 def is_finished(out_dir, run, notes=None):
-    """True when the run's record says ok and it and its per-user table can be read. A file that cannot be
+    """True when the run's record says it finished and it and its per-user table can be read. A file that cannot be
     read (a crash or a full disk cut it short) is moved aside, named in ``notes``, and the run is redone."""
     record_path, per_user_path = run_paths(out_dir, run)
     if not record_path.is_file():
@@ -48,7 +49,7 @@ def is_finished(out_dir, run, notes=None):
                 notes.append(f"{path} cannot be read ({reason}): moved to {moved.name}; the run is redone")
             return False
     record = json.loads(record_path.read_text(encoding="utf-8"))
-    return record.get("status") == "ok" and per_user_path.is_file()
+    return is_ok(record) and per_user_path.is_file()
 
 
 def new_record(run, spec, out_dir, index=0, overrides=None):
@@ -71,31 +72,16 @@ def new_record(run, spec, out_dir, index=0, overrides=None):
 
 
 def execute(run, spec, out_dir, index=0, overrides=None, console_level=None):
-    """Train and test one run; return its record (status ok or failed) and per-user table."""
+    """Train and test one run; return its record (the run's identity, then its
+    :class:`~recbole_beta.runs.record.RunRecord`: status, results or error, protocol) and per-user table."""
     record = new_record(run, spec, out_dir, index, overrides)
     config = record["config"]
     try:  # any error is recorded, and the sweep goes on
         outcome = train(run.model, spec.dataset, spec.config_files, config, per_user=True, console_level=console_level)
     finally:
         shutil.rmtree(config["checkpoint_dir"], ignore_errors=True)  # the per-user table holds what the report needs
-    if outcome.status != OK:
-        record.update(status=outcome.status, error=outcome.error, traceback=outcome.traceback,
-                      wall_seconds=outcome.seconds)
-        return record, None
-    result = outcome.result
-    record.update(
-        status=OK,
-        # what |x_u| in the per-user table counts depends on it (the config files may set it)
-        eval_protocol=(result.get("config") or {}).get("eval_protocol") or config.get("eval_protocol") or "weak",
-        best_valid_score=result["best_valid_score"],
-        best_valid_result=dict(result["best_valid_result"] or {}),
-        test_result=dict(result["test_result"]),
-        history=result["history"],
-        **({"protocol_users": result["protocol_users"]} if result.get("protocol_users") else {}),
-        train_seconds=result["train_seconds"],
-        wall_seconds=outcome.seconds,
-    )
-    return record, result["per_user"]
+    record.update(outcome.record.to_dict())
+    return record, (outcome.result["per_user"] if outcome.record.ok else None)
 
 
 def write_run(out_dir, run, record, per_user):
@@ -146,6 +132,7 @@ class SweepJob(Job):
         self.run, self.spec, self.out_dir, self.index = run, spec, Path(out_dir), index
         self.overrides, self.console_level = overrides or {}, console_level
         self.key = f"run {run.run_id}"
+        self.plugins = tuple(getattr(spec, "plugins", None) or ())
         self.folder = str(self.out_dir / "work" / run.run_id) if isolated else None
 
     def work(self, gpu_id=None, driver_writes=False):
@@ -178,6 +165,6 @@ class SweepJob(Job):
 
     def lost(self, error, details=""):
         record = new_record(self.run, self.spec, self.out_dir, self.index, self.overrides)
-        record.update(status=FAILED, error=error, traceback=details, wall_seconds=None)
+        record.update(RunRecord(RunStatus.FAILED, error=error, traceback=details).to_dict())
         write_run(self.out_dir, self.run, record, None)
         return record

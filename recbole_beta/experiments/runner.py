@@ -10,7 +10,6 @@ its record replaced; a failed record of a run the spec now configures differentl
 cell and seed, another config) is dropped, so a fixed spec leaves no stale failure behind.
 """
 
-import fcntl
 import json
 import os
 import socket
@@ -18,13 +17,14 @@ import sys
 import time
 from pathlib import Path
 
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from recbole_beta.errors import RecBoleBetaError
 from recbole_beta.experiments.records import SweepJob, is_finished, portable
 from recbole_beta.files import ensure_writable, write_json
 from recbole_beta.runs.engines import Engine, InProcess
-from recbole_beta.runs.training import OK
+from recbole_beta.runs.record import is_ok
 
 
 class SweepBusyError(RecBoleBetaError, RuntimeError):
@@ -32,31 +32,35 @@ class SweepBusyError(RecBoleBetaError, RuntimeError):
 
 
 class SweepLock:
-    """One sweep at a time on a folder: an exclusive ``flock`` on ``<out>/.sweep.lock``, which the operating
-    system releases when the holder exits, killed or not (so no stale lock is left behind)."""
+    """One sweep at a time on a folder: ``filelock``'s lock on ``<out>/.sweep.lock`` (an OS lock, which the
+    operating system releases when the holder exits, killed or not: no stale lock is left behind). Who holds
+    it is written beside it, in ``<out>/.sweep.holder``, for the one-line refusal of a second sweep."""
 
     def __init__(self, out_dir):
         self.path = Path(out_dir) / ".sweep.lock"
-        self.file = None
+        self.holder = Path(out_dir) / ".sweep.holder"
+        self.lock = FileLock(self.path, timeout=0)
 
     def __enter__(self):
-        self.file = open(self.path, "a+", encoding="utf-8")
         try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
-            raise SweepBusyError(f"another sweep is running on {self.path.parent} ({holder}); wait for it to end or "
-                                 "stop it, or give another --out") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        self.file.flush()
+            self.lock.acquire()
+        except Timeout:
+            try:
+                holder = self.holder.read_text(encoding="utf-8").strip()
+            except OSError:
+                holder = ""
+            raise SweepBusyError(f"another sweep is running on {self.path.parent} ({holder or 'another process'}); "
+                                 "wait for it to end or stop it, or give another --out") from None
+        try:
+            self.holder.write_text(f"pid {os.getpid()} on {socket.gethostname()}, started "
+                                   f"{time.strftime('%Y-%m-%d %H:%M:%S')}", encoding="utf-8")
+        except BaseException:
+            self.lock.release()
+            raise
         return self
 
     def __exit__(self, *exc):
-        self.file.close()  # releases the lock
+        self.lock.release()
         return False
 
 
@@ -77,7 +81,7 @@ def drop_superseded_failures(out_dir, runs):
             continue
         if not isinstance(record, dict):  # not a record: is_finished sets it aside
             continue
-        if (record.get("status") != "ok" and record.get("run_id") not in ids
+        if (not is_ok(record) and record.get("run_id") not in ids
                 and _run_key(record.get("label"), record.get("cell"), record.get("seed"), record.get("fold")) in keys):
             path.unlink()
             removed.append(path)
@@ -129,7 +133,7 @@ def _run_locked(spec, out_dir, progress, engine, console_level):
 
     def ended(job, record):
         nonlocal failed
-        if record["status"] != OK:
+        if not is_ok(record):
             failed += 1
             bar.write(f"run {job.run.run_id} failed: {record['error'].splitlines()[0]}")
             bar.set_postfix_str(f"{failed} failed", refresh=False)

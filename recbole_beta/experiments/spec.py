@@ -13,6 +13,7 @@ a list of cells of config keys, each run for every model and seed::
       - {model: ScaledBetaMultVAE, label: Scaled-g0.002, config: {gamma: 0.002}}
     reference: AnnealedBetaMultVAE        # label the significance tests compare against
     activity_quantiles: [0.25, 0.5, 0.75] # bucket edges for the per-activity breakdown
+    plugins: [my_package.strategies]      # modules imported here and in every worker (your own strategies, models)
     grid:                                 # ablation: every combination, for every model
       activation: [tanh, relu]
       latent_dimension: [64, 128]
@@ -42,6 +43,7 @@ from recbole_beta.defaults import properties_dir
 from recbole_beta.errors import ConfigError, RecBoleBetaError
 from recbole_beta.registry import get_model
 from recbole_beta.runs.training import driver_config
+from recbole_beta.runs.worker import parse_plugins
 
 
 class SpecError(RecBoleBetaError, ValueError):
@@ -109,6 +111,8 @@ class Spec:
     equivalence_margin: dict = field(default_factory=dict)
     #: the seed plan the sweep was run under ({pilot, margin, power}), repeated by the report; None: none
     plan: dict = None
+    #: modules imported in the driver and in every worker before a run (strategies and models of your own)
+    plugins: tuple = ()
 
     def runs(self):
         """Every run: model by model, cell by cell, seed by seed; with folds, fold by fold first, so a
@@ -139,6 +143,7 @@ class Spec:
             **({"folds": self.folds} if self.folds is not None else {}),
             **({"equivalence_margin": self.equivalence_margin} if self.equivalence_margin else {}),
             **({"plan": self.plan} if self.plan else {}),
+            **({"plugins": list(self.plugins)} if self.plugins else {}),
         }
 
 
@@ -216,10 +221,11 @@ def load_spec(source, overrides=None):
         raise SpecError("a spec is a mapping with at least 'dataset' and 'models'")
     raw = {**raw, **(overrides or {})}
     allowed = {"name", "dataset", "seeds", "models", "config", "config_files", "grid", "cells", "reference",
-               "activity_quantiles", "folds", "equivalence_margin", "plan"}
+               "activity_quantiles", "folds", "equivalence_margin", "plan", "plugins"}
     unknown = set(raw) - allowed
     if unknown:
         raise SpecError(f"unknown spec fields {sorted(unknown)}; allowed: {sorted(allowed)}")
+    plugins = parse_plugins(raw.get("plugins"))  # imported first: the models and strategies they register are checked
     if not isinstance(raw.get("dataset"), str):
         raise SpecError("dataset: give a dataset name, e.g. ml-100k")
     config = raw.get("config") or {}
@@ -248,6 +254,7 @@ def load_spec(source, overrides=None):
         folds=_folds(raw.get("folds"), config, files, models),
         equivalence_margin=_margins(raw.get("equivalence_margin"), config, files),
         plan=_plan(raw.get("plan")),
+        plugins=plugins,
     )
     _check_fold_given_once(raw.get("folds"), spec)
     _check_runs(spec)

@@ -16,6 +16,7 @@ from matplotlib.ticker import MaxNLocator
 from recbole_beta.beta import DEFAULTS_FROM, RAMPS, StrategyContext, build_strategy
 from recbole_beta.defaults import model_properties
 from recbole_beta.experiments.plots import _finite, _legend_on_top, _legend_outside, _no_data, _save, label_colors
+from recbole_beta.runs.record import is_ok
 
 __all__ = ["beta_schedule_series", "plot_beta_schedules", "plot_training_curves"]
 
@@ -260,8 +261,8 @@ def plot_training_curves(runs, out_dir, valid_metric="ndcg@100", colors=None):
     Four panels: reconstruction loss (``train_loss1``, else ``train_loss``), weighted KL
     (``train_loss2``), mean beta (``beta``) and the validation metric (``valid[valid_metric]``, on the
     epochs it was evaluated). One line per label: the mean over that label's runs (seeds), with a
-    shaded min-max band where several runs contribute. Runs whose ``status`` is not ``"ok"`` are
-    skipped, and so is a label in a panel where none of its runs logged that value.
+    shaded min-max band where several runs contribute. Runs that did not finish (``status`` not
+    ``RunStatus.OK``) are skipped, and so is a label in a panel where none of its runs logged that value.
 
     Args:
         runs: list of run results (``label``, ``status``, ``history``: list of per-epoch dicts).
@@ -272,7 +273,7 @@ def plot_training_curves(runs, out_dir, valid_metric="ndcg@100", colors=None):
     Returns:
         the paths written: ``[png, svg]``.
     """
-    ok = [run for run in runs or [] if isinstance(run, dict) and run.get("status") == "ok"]
+    ok = [run for run in runs or [] if isinstance(run, dict) and is_ok(run)]
     labels = sorted({str(run.get("label", run.get("run_id", "?"))) for run in ok})
     colors = colors or label_colors(labels)
     panels = [

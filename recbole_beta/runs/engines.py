@@ -17,23 +17,33 @@ tells the driver as each ends (``ended(job, record)``) and, where it knows, as e
   torch threads) and ``gpus_per_run`` GPUs; the job is given the GPUs Ray assigned as RecBole's
   ``gpu_id`` (none: the CPU), as a Ray Tune trial is (RecBole's Config sets ``CUDA_VISIBLE_DEVICES`` to it).
 
-Off this process a job works in its own folder (:func:`isolate`: RecBole writes ``log/`` and
+Off this process a job is set up by :func:`~recbole_beta.runs.worker.set_up_worker`, the same for a local
+process, a Ray task and a Ray Tune trial: its torch threads, its own folder (RecBole writes ``log/`` and
 ``log_tensorboard/`` into the working directory; the process's stdout and stderr go to ``output.log``
-there, so the driver's console keeps its progress bar). The driver writes a record itself only for what a
-worker could not: a process that died without one, a Ray task that did not come back
-(:meth:`Job.lost`), and a record a Ray task returned from a node that does not share the folder
-(:meth:`Job.returned`).
+there, so the driver's console keeps its progress bar), and its study's plugins imported (:attr:`Job.plugins`).
+The driver writes a record itself only for what a worker could not: a process that died without one, a Ray
+task that did not come back (:meth:`Job.lost`), and a record a Ray task returned from a node that does not
+share the folder (:meth:`Job.returned`).
+
+Why not ``concurrent.futures.ProcessPoolExecutor`` for the local processes: a worker that dies (the OOM
+killer) breaks the whole pool, which then terminates the other workers, so their runs would be lost too;
+it does not say which job's process died or with which signal (the failed record names it); it has no way
+to stop the jobs still running when the driver is interrupted short of its private attributes (until
+Python 3.14); and one fresh process per job (``max_tasks_per_child``) needs Python 3.11. A
+``multiprocessing`` process per job, waited on with ``multiprocessing.connection.wait``, does all of it.
 """
 
 import multiprocessing
 import os
-import sys
 import threading
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 
 from recbole_beta.errors import RecBoleBetaError, is_number
+from recbole_beta.runs.worker import isolate, plugin_paths, ray_gpu_ids, run_threads, set_up_worker
+
+__all__ = ["ENGINES", "Engine", "EngineError", "InProcess", "Job", "LocalProcesses", "RayTasks", "isolate"]
 
 ENGINES = ("local", "ray")
 
@@ -50,6 +60,8 @@ class Job:
     key = "job"
     #: the folder it works in off the driver's process (None: the working directory)
     folder = None
+    #: modules its worker imports before it runs (a study's ``plugins``: strategies and models of your own)
+    plugins = ()
 
     def work(self, gpu_id=None, driver_writes=False):
         """Run it (in the worker) and write its record; return what the driver gets back (on Ray). ``gpu_id``:
@@ -72,19 +84,6 @@ class Job:
     def lost(self, error, details=""):
         """Driver: the record of a job whose worker ended without one (written by the driver)."""
         raise NotImplementedError
-
-
-def isolate(folder):
-    """Work in ``folder`` from now on, this process's stdout and stderr (file descriptors 1 and 2: warnings,
-    RecBole's console log, a traceback) into ``folder/output.log``; for a worker process that ends with its job."""
-    os.makedirs(folder, exist_ok=True)
-    os.chdir(folder)  # RecBole writes log/ and log_tensorboard/ into the working directory
-    sys.stdout.flush()
-    sys.stderr.flush()
-    fd = os.open(os.path.join(folder, "output.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -169,12 +168,7 @@ def _process_main(job, threads):
     """A local worker process: one job. Exits 0 once its record is written (else with an error: the driver
     records the job as failed)."""
     _exit_with_parent()
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    if job.folder is not None:
-        isolate(job.folder)
+    set_up_worker(threads, job.folder, plugins=job.plugins)
     job.work()
 
 
@@ -184,16 +178,9 @@ class LocalProcesses:
     def __init__(self, jobs):
         self.jobs = jobs
 
-    def threads(self):
-        if os.environ.get("OMP_NUM_THREADS"):
-            return None  # torch reads it
-        import torch
-
-        return max(1, torch.get_num_threads() // self.jobs)
-
     def run(self, jobs, ended, started=None):
         context = multiprocessing.get_context("spawn")
-        threads = self.threads()
+        threads = run_threads(jobs=self.jobs)
         queue, running = deque(jobs), {}  # sentinel -> (process, job, the record's stamp before it started)
         try:
             while queue or running:
@@ -228,14 +215,10 @@ class LocalProcesses:
 
 
 def _ray_task(job, cpus_per_run):
-    """A Ray task: one job, on the GPUs Ray gave it (none: the CPU)."""
-    import ray
-    import torch
-
-    torch.set_num_threads(max(1, int(cpus_per_run)))
-    if job.folder is not None:
-        isolate(job.folder)  # an OSError (a node that cannot write there) comes back: the driver records it
-    return job.work(gpu_id=",".join(str(i) for i in ray.get_gpu_ids()), driver_writes=True)
+    """A Ray task: one job, on the GPUs Ray gave it (none: the CPU). An error in setting it up (a node that
+    cannot write the folder, a plugin it cannot import) comes back: the driver records it."""
+    set_up_worker(run_threads(cpus=cpus_per_run), job.folder, plugins=job.plugins)
+    return job.work(gpu_id=ray_gpu_ids(), driver_writes=True)
 
 
 class RayTasks:
@@ -247,8 +230,10 @@ class RayTasks:
     def run(self, jobs, ended, started=None):  # Ray starts a task when resources free up: not seen here
         from recbole_beta.runs.raycluster import RayUnavailable, ray_session
 
+        jobs = list(jobs)
         try:
-            with ray_session(self.options.cpus, self.options.address) as ray:
+            paths = plugin_paths(dict.fromkeys(name for job in jobs for name in job.plugins))
+            with ray_session(self.options.cpus, self.options.address, paths) as ray:
                 self._submit_and_wait(ray, jobs, ended)
         except RayUnavailable as error:  # raised only in starting or reaching Ray
             raise EngineError(str(error)) from None

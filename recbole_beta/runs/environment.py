@@ -2,28 +2,20 @@
 
 import os
 from contextlib import contextmanager
+from unittest import mock
 
 
 @contextmanager
 def kept_environ(*names, **values):
-    """Run the block, then restore ``names`` and the keys of ``values`` as they were (unset if they were).
-    ``values`` are set for the block (None unsets a variable).
+    """Run the block with ``values`` set (None unsets a variable), then put the environment back as it was:
+    ``unittest.mock.patch.dict`` on ``os.environ``, which restores every variable, ``names`` (those the block
+    is known to change) among them.
 
     Why it is needed: RecBole's Config writes ``CUDA_VISIBLE_DEVICES`` into this process's environment,
     which a local Ray instance or a worker process started afterwards would inherit.
     """
-    keys = list(names) + [key for key in values if key not in names]
-    before = {key: os.environ.get(key) for key in keys}
-    try:
+    with mock.patch.dict(os.environ, {key: value for key, value in values.items() if value is not None}):
         for key, value in values.items():
             if value is None:
                 os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

@@ -12,6 +12,15 @@ from recbole_beta.tuning.space import TuningError
 from recbole_beta.tuning.trials import KEEP_CHECKPOINTS
 
 
+class _Renamed(argparse.Action):
+    """An option's earlier name: it still sets the option, and says once, on stderr, what it is called now."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"recbole-beta: warning: {option_string} is deprecated: use --{self.dest} (the same for sweeps)",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="run_hyper.py",
@@ -39,8 +48,16 @@ def build_parser():
                         help="hyperopt (RecBole's HyperTuning, default) or ray (Ray Tune)")
     parser.add_argument("--cpus", type=int, default=None, help="ray: CPUs of the local Ray instance (default: all)")
     parser.add_argument("--ray_address", default=None, help="ray: address of an existing Ray cluster (auto, host:6379)")
-    parser.add_argument("--cpus_per_trial", type=float, default=None, help="ray: CPUs each trial reserves (default 1)")
-    parser.add_argument("--gpus_per_trial", type=float, default=None, help="ray: GPUs each trial reserves (default 0)")
+    parser.add_argument("--cpus_per_run", type=float, default=None,
+                        help="ray: CPUs each trial reserves, and its torch threads (default 1)")
+    parser.add_argument("--gpus_per_run", type=float, default=None, help="ray: GPUs each trial reserves (default 0)")
+    parser.add_argument("--cpus_per_trial", type=float, dest="cpus_per_run", action=_Renamed,
+                        help="deprecated: --cpus_per_run")
+    parser.add_argument("--gpus_per_trial", type=float, dest="gpus_per_run", action=_Renamed,
+                        help="deprecated: --gpus_per_run")
+    parser.add_argument("--plugins", nargs="+", default=(), metavar="MODULE",
+                        help="modules to import in this process and in every trial's worker (a strategy or a model "
+                        "of your own registers itself as its module is imported)")
     parser.add_argument("--search_seed", type=int, default=None, help="seed of the search itself (default: random)")
     parser.add_argument("--keep_checkpoints", default="best", choices=KEEP_CHECKPOINTS,
                         help="best (default: only the best trial's), all or none")
@@ -74,8 +91,9 @@ def main(argv=None):
             engine=args.engine,
             cpus=args.cpus,
             ray_address=args.ray_address,
-            cpus_per_trial=args.cpus_per_trial,
-            gpus_per_trial=args.gpus_per_trial,
+            cpus_per_run=args.cpus_per_run,
+            gpus_per_run=args.gpus_per_run,
+            plugins=args.plugins,
             seed=args.search_seed,
             keep_checkpoints=args.keep_checkpoints,
         )

@@ -11,7 +11,7 @@ import numpy as np
 from recbole.trainer import HyperTuning
 
 from recbole_beta.runs.engines import InProcess
-from recbole_beta.runs.training import OK
+from recbole_beta.runs.record import is_ok
 from recbole_beta.tuning.trials import Patience, TrialJob
 
 
@@ -86,7 +86,7 @@ def run(search, log):
         InProcess().run([job], lambda job, record: records.append(log.add(record)))
         record = records[0]
         patience.add(record)  # the grid's stop; fmin's is HyperTuning's early_stop_fn
-        if record["status"] != OK:
+        if not is_ok(record):
             print(f"trial {record['trial']} failed: {record['error']}")
             raise _TrialFailed(record["error"])
         return {

@@ -15,6 +15,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from recbole_beta.figures import save_figure
 from recbole_beta.files import plain
+from recbole_beta.runs.record import is_ok
 
 
 def _label(value):
@@ -33,7 +34,7 @@ def plot_trials(records, space, stem, best=None, bigger=True, metric="valid scor
 
     Writes ``<stem>.png`` (150 dpi) and ``<stem>.svg``; returns their paths.
     """
-    ok = [r for r in records if r.get("status") == "ok"]
+    ok = [r for r in records if is_ok(r)]
     n = len(space.params)
     cols = min(4, max(1, n))
     rows = math.ceil(n / cols)
@@ -46,7 +47,7 @@ def plot_trials(records, space, stem, best=None, bigger=True, metric="valid scor
     ax.plot(trials, scores, "o", color="tab:blue", label="trial")
     running = np.maximum.accumulate(scores) if bigger else np.minimum.accumulate(scores)
     ax.step(trials, running, where="post", color="tab:orange", label="best so far")
-    failed = [r["trial"] for r in records if r.get("status") != "ok"]
+    failed = [r["trial"] for r in records if not is_ok(r)]
     if failed and scores:  # drawn at the worst score, so that they stay inside the axes
         ax.plot(failed, [min(scores) if bigger else max(scores)] * len(failed), "x", color="tab:red",
                 label="failed")

@@ -15,14 +15,13 @@ import importlib.util
 import math
 import os
 
-import ray
-import torch
 from ray import air, tune
 from ray.air import session
 
 from recbole_beta.files import plain
 from recbole_beta.runs.raycluster import RayUnavailable, ray_session
-from recbole_beta.runs.training import FAILED
+from recbole_beta.runs.record import RunRecord, RunStatus
+from recbole_beta.runs.worker import plugin_paths, ray_gpu_ids, run_threads, set_up_worker
 from recbole_beta.tuning.space import TuningError
 from recbole_beta.tuning.trials import Patience, TrialJob
 
@@ -30,15 +29,13 @@ METRIC = "best_valid_score"
 
 
 def trainable(config, search=None):
-    """One Ray Tune trial (runs in a Ray worker): ``config`` holds the sampled parameters."""
+    """One Ray Tune trial (runs in a Ray worker): ``config`` holds the sampled parameters. Set up as every
+    worker is (:func:`~recbole_beta.runs.worker.set_up_worker`), in the trial's folder; its output stays with
+    Tune (which sends it to the driver's console)."""
     trial_dir = os.path.abspath(session.get_trial_dir())
-    os.makedirs(trial_dir, exist_ok=True)
-    os.chdir(trial_dir)  # RecBole writes log/ and log_tensorboard/ into the working directory
-    torch.set_num_threads(max(1, int(search.ray.cpus_per_trial)))
-    # RecBole's Config sets CUDA_VISIBLE_DEVICES to gpu_id (default '0'): give it the GPUs Ray assigned
-    # to this trial ('' when none: the CPU), so that concurrent trials do not all land on GPU 0
-    record = TrialJob(search, search.space.convert(config), trial_dir).work(
-        gpu_id=",".join(str(i) for i in ray.get_gpu_ids()))
+    job = TrialJob(search, search.space.convert(config), trial_dir)
+    set_up_worker(run_threads(cpus=search.ray.cpus_per_run), trial_dir, output=False, plugins=job.plugins)
+    record = job.work(gpu_id=ray_gpu_ids())
     score = record.get(METRIC)
     if score is None:  # a failed trial: the worst score, so that searchers move away from it
         score = -math.inf if record.get("valid_score_bigger", True) else math.inf
@@ -69,8 +66,9 @@ class RecordTrials(tune.Callback):
             message = lines[-1] if lines else message
         except (OSError, TypeError):
             pass
-        self.log.add({"status": FAILED, "params": plain(self.log.space.convert(trial.config)),
-                      "error": message, "trial_dir": trial.local_path, "ray_trial_id": trial.trial_id})
+        self.log.add({**RunRecord(RunStatus.FAILED, error=message).to_dict(),
+                      "params": plain(self.log.space.convert(trial.config)), "trial_dir": trial.local_path,
+                      "ray_trial_id": trial.trial_id})
 
 
 class NoImprovement(tune.Stopper):
@@ -107,7 +105,7 @@ def run(search, log):
     local Ray instance (and shut it down after) unless one is running or ``search.ray.address`` is given."""
     options = search.ray
     try:
-        with ray_session(options.cpus, options.address):
+        with ray_session(options.cpus, options.address, plugin_paths(search.plugins)):
             _fit(search, log, options)
     except RayUnavailable as error:
         raise TuningError(str(error)) from None
@@ -120,7 +118,7 @@ def _fit(search, log, options):
     recorder = RecordTrials(log)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, search=search),
-                            {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}),
+                            {"cpu": options.cpus_per_run, "gpu": options.gpus_per_run}),
         param_space=search.space.ray_space(grid=search.algo == "exhaustive"),
         tune_config=tune.TuneConfig(metric=METRIC, mode=mode, num_samples=num_samples, search_alg=search_alg),
         run_config=air.RunConfig(

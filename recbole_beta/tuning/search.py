@@ -15,6 +15,7 @@ from recbole_beta.files import plain
 from recbole_beta.registry import get_model
 from recbole_beta.runs.engines import Engine, EngineError
 from recbole_beta.runs.training import absolute_data_path, driver_config
+from recbole_beta.runs.worker import import_plugins
 from recbole_beta.tuning.space import ParamsFileError, SearchSpace, TuningError, default_params_file, read_params_file
 from recbole_beta.tuning.trials import KEEP_CHECKPOINTS, TrialLog
 
@@ -28,8 +29,8 @@ class RayOptions:
 
     cpus: int = None  # CPUs of the local instance started for the search (None: all)
     address: str = None  # an existing cluster's address instead (auto, host:6379)
-    cpus_per_trial: float = 1
-    gpus_per_trial: float = 0
+    cpus_per_run: float = 1  # what each trial reserves (and its torch threads)
+    gpus_per_run: float = 0
     verbose: int = 1  # Tune's console output (0 silent, 1 status updates)
 
 
@@ -52,6 +53,7 @@ class Search:
     keep_checkpoints: str = "best"
     seed: int = None  # the search's seed (which points are tried), not the training seed
     ray: RayOptions = field(default_factory=RayOptions)
+    plugins: tuple = ()  # modules every trial's worker imports (strategies and models of your own)
 
     def __getitem__(self, key):
         """``search["space"]``: prepare_search returned a dict before this class, and reading by key still works."""
@@ -73,6 +75,7 @@ class Search:
             "seed": self.seed,
             "config_files": self.config_file_list,
             "fixed": plain(self.fixed),
+            **({"plugins": list(self.plugins)} if self.plugins else {}),
         }
 
 
@@ -104,11 +107,13 @@ def _check_values(space, base, model_class):
 
 def prepare_search(model, dataset="ml-100k", params_file=None, algo="random", max_evals=None, early_stop=10,
                    config_file_list=None, fixed=None, engine="hyperopt", cpus=None, ray_address=None,
-                   cpus_per_trial=None, gpus_per_trial=None, keep_checkpoints="best", seed=None, verbose=1):
+                   cpus_per_trial=None, gpus_per_trial=None, keep_checkpoints="best", seed=None, verbose=1,
+                   cpus_per_run=None, gpus_per_run=None, plugins=()):
     """Check everything a search needs, before any trial runs; return the :class:`Search`.
 
     The arguments are :func:`run_search`'s. Raises :class:`ParamsFileError` / :class:`TuningError` (or
-    the plugin's ConfigError, UnknownModelError, DatasetNotFoundError for the fixed settings), each one line.
+    the plugin's ConfigError, UnknownModelError, DatasetNotFoundError for the fixed settings, a PluginError
+    for a plugin that cannot be imported), each one line.
     """
     from recbole_beta.quick_start import check_dataset  # quick_start imports torch and the models
 
@@ -122,12 +127,23 @@ def prepare_search(model, dataset="ml-100k", params_file=None, algo="random", ma
     for key, value, minimum in (("max_evals", max_evals, 1), ("early_stop", early_stop, 0)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum):
             raise TuningError(f"{key}={value!r} is not allowed: must be a number >= {minimum}")
+    # the earlier names (cpus_per_trial, gpus_per_trial) still work; the messages name what was given
+    unit = "trial" if cpus_per_run is None and gpus_per_run is None and (
+        cpus_per_trial is not None or gpus_per_trial is not None) else "run"
+    for new, old, value, earlier in (("cpus_per_run", "cpus_per_trial", cpus_per_run, cpus_per_trial),
+                                     ("gpus_per_run", "gpus_per_trial", gpus_per_run, gpus_per_trial)):
+        if value is not None and earlier is not None:
+            raise TuningError(f"{new} and {old} are one option: give {new}")
+    cpus_per_run = cpus_per_trial if cpus_per_run is None else cpus_per_run
+    gpus_per_run = gpus_per_trial if gpus_per_run is None else gpus_per_run
     try:  # the sweeps' check of the same options: hyperopt runs its trials in this process
         resources = Engine.checked("ray" if engine == "ray" else "local", cpus=cpus, address=ray_address,
-                                   cpus_per_run=cpus_per_trial, gpus_per_run=gpus_per_trial, unit="trial")
+                                   cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, unit=unit)
     except EngineError as error:
         raise TuningError(str(error)) from None
 
+    plugins = tuple(plugins or ())
+    import_plugins(plugins, "--plugins")  # a strategy or model of your own registers itself as it is imported
     model_class = get_model(model)  # UnknownModelError with close names
     model = model_class.__name__
     if params_file is None:
@@ -189,15 +205,16 @@ def prepare_search(model, dataset="ml-100k", params_file=None, algo="random", ma
         write_results=bool(base["results_dir"]),
         keep_checkpoints=keep_checkpoints,
         seed=seed,
-        ray=RayOptions(cpus=resources.cpus, address=resources.address, cpus_per_trial=resources.cpus_per_run,
-                       gpus_per_trial=resources.gpus_per_run, verbose=verbose),
+        ray=RayOptions(cpus=resources.cpus, address=resources.address, cpus_per_run=resources.cpus_per_run,
+                       gpus_per_run=resources.gpus_per_run, verbose=verbose),
+        plugins=plugins,
     )
 
 
 def run_search(model, dataset="ml-100k", params_file=None, algo="random", max_evals=None, early_stop=10,
                config_file_list=None, fixed=None, output_dir=None, engine="hyperopt", cpus=None,
                ray_address=None, cpus_per_trial=None, gpus_per_trial=None, seed=None, keep_checkpoints="best",
-               verbose=1):
+               verbose=1, cpus_per_run=None, gpus_per_run=None, plugins=()):
     """Search a model's hyperparameters; return best.json's content (with ``trials``: every record).
 
     Args:
@@ -216,16 +233,19 @@ def run_search(model, dataset="ml-100k", params_file=None, algo="random", max_ev
         engine (str): ``hyperopt`` (RecBole's HyperTuning, trials one after another) or ``ray`` (Ray Tune).
         cpus (int): ray, local: CPUs of the Ray instance started for the search (default: all).
         ray_address (str): ray: an existing cluster's address (``auto``, ``host:6379``).
-        cpus_per_trial, gpus_per_trial: ray: resources each trial reserves (default 1 CPU, no GPU).
+        cpus_per_run, gpus_per_run: ray: resources each trial reserves (default 1 CPU, no GPU); the CPUs are
+            its torch threads too. ``cpus_per_trial``, ``gpus_per_trial``: their earlier names.
         seed (int): the search's random seed (which points are tried); the training seed is the
             config's ``seed``.
         keep_checkpoints (str): ``best`` (only the best trial's checkpoint is kept), ``all`` or ``none``.
         verbose (int): ray: Tune's console output (0 silent, 1 status updates).
+        plugins (list of str): modules to import here and in every trial's worker before it runs (a
+            strategy or a model of your own registers itself as its module is imported).
     """
     start = time.time()
     search = prepare_search(model, dataset, params_file, algo, max_evals, early_stop, config_file_list, fixed,
                             engine, cpus, ray_address, cpus_per_trial, gpus_per_trial, keep_checkpoints, seed,
-                            verbose)
+                            verbose, cpus_per_run, gpus_per_run, plugins)
     output_dir = os.path.abspath(output_dir or os.path.join("hyper", f"{search.model}-{search.dataset}-"
                                                                        f"{get_local_time()}"))
     if os.path.exists(os.path.join(output_dir, "trials.jsonl")):

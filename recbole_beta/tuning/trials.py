@@ -14,7 +14,8 @@ import pandas as pd
 from recbole_beta.errors import ConfigError, TrainingDivergedError
 from recbole_beta.files import atomic_write, plain, write_text
 from recbole_beta.runs.engines import Job
-from recbole_beta.runs.training import OK, train
+from recbole_beta.runs.record import is_ok
+from recbole_beta.runs.training import train
 from recbole_beta.tuning.plots import plot_trials
 from recbole_beta.tuning.space import SearchSpace
 
@@ -25,8 +26,10 @@ TRIAL_ERRORS = (ConfigError, TrainingDivergedError)
 
 
 def run_trial(search, params, trial_dir, overrides=None):
-    """Run one trial; return its record (status ``ok``, or ``failed`` for an error the model or the trainer
-    raise about the trial's values: the search goes on; any other error stops the search).
+    """Run one trial; return its record: the trial's parameters and folder, then the
+    :class:`~recbole_beta.runs.record.RunRecord` every run's record holds (status OK, or FAILED for an error
+    the model or the trainer raise about the trial's values: the search goes on; any other error stops the
+    search), then its checkpoint and result file, and ``seconds`` (its wall time as trials.csv shows it).
 
     The config is the search's config files and fixed keys, then ``overrides`` (the engine's own, e.g.
     Ray's GPUs), then the trial's ``params``. The trial's checkpoint (and its result JSON, unless results
@@ -36,22 +39,13 @@ def run_trial(search, params, trial_dir, overrides=None):
     config_dict = {**search.fixed, **(overrides or {}), **params, "checkpoint_dir": os.path.join(trial_dir, "saved")}
     if search.write_results:
         config_dict["results_dir"] = trial_dir
-    record = {"status": OK, "params": plain(params), "trial_dir": os.fspath(trial_dir)}
     outcome = train(search.model, search.dataset, search.config_file_list, config_dict, recorded=TRIAL_ERRORS,
                     saved=True)
-    if outcome.status != OK:
-        record.update(status=outcome.status, error=outcome.error, seconds=round(outcome.seconds, 3))
-        return record
-    result = outcome.result
-    record.update(
-        best_valid_score=plain(result["best_valid_score"]),
-        valid_score_bigger=bool(result["valid_score_bigger"]),
-        best_valid_result=plain(dict(result["best_valid_result"] or {})),
-        test_result=plain(dict(result["test_result"] or {})),
-        seconds=round(outcome.seconds, 3),
-        checkpoint=result["checkpoint"],
-        result_file=result["result_file"],
-    )
+    shared = outcome.record.to_dict()
+    record = {"status": shared.pop("status"), "params": plain(params), "trial_dir": os.fspath(trial_dir), **shared,
+              "seconds": round(outcome.seconds, 3)}
+    if outcome.record.ok:
+        record.update(checkpoint=outcome.result["checkpoint"], result_file=outcome.result["result_file"])
     return record
 
 
@@ -61,6 +55,7 @@ class TrialJob(Job):
     def __init__(self, search, params, trial_dir):
         self.search, self.params, self.trial_dir = search, params, os.fspath(trial_dir)
         self.key = f"trial {os.path.basename(self.trial_dir)}"
+        self.plugins = tuple(getattr(search, "plugins", None) or ())
 
     def work(self, gpu_id=None, driver_writes=False):
         os.makedirs(self.trial_dir, exist_ok=True)
@@ -72,7 +67,7 @@ def best_record(records, bigger=True):
     best = None
     for record in records:
         score = record.get("best_valid_score")
-        if record.get("status") == OK and (best is None or (score > best["best_valid_score"] if bigger
+        if is_ok(record) and (best is None or (score > best["best_valid_score"] if bigger
                                                              else score < best["best_valid_score"])):
             best = record
     return best
@@ -94,7 +89,7 @@ class Patience:
     def add(self, record):
         """Count one finished trial's record; return whether the search is over."""
         score = record.get("best_valid_score")
-        if record.get("status") != OK or score is None:
+        if not is_ok(record) or score is None:
             loss = float("inf")
         else:
             loss = -score if self.bigger else score  # as HyperTuning.trial turns a score into a loss
@@ -151,7 +146,7 @@ class TrialLog:
         summary = dict(self.summary)
         summary.update(
             n_trials=len(self.records),
-            n_failed=sum(r.get("status") != OK for r in self.records),
+            n_failed=sum(not is_ok(r) for r in self.records),
             seconds=round(seconds, 3),
         )
         if best is not None:
