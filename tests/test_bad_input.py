@@ -5,12 +5,10 @@ import sys
 
 import pytest
 
+from conftest import refuse_data, run_cli
 from recbole_beta.beta import STRATEGIES, BetaStrategy, register_strategy
-from recbole_beta.cli import main
 from recbole_beta.checkpoint import load_checkpoint
-
-from conftest import run_cli
-
+from recbole_beta.cli import main
 
 cli = run_cli
 
@@ -68,12 +66,7 @@ def test_bad_config_is_one_clear_line(monkeypatch, capsys, tmp_path, args, messa
 def test_bad_values_fail_before_any_data_is_read(monkeypatch, capsys, tmp_path, args, message):
     """Validation happens as the config is built: with the dataset's files missing and RecBole's loader
     made to fail, each bad value still gives its own line, not the missing dataset's."""
-    import recbole_beta.quick_start as quick_start
-
-    def no_data(*args, **kwargs):
-        raise AssertionError("the dataset was read before the config was validated")
-
-    monkeypatch.setattr(quick_start, "create_dataset", no_data)
+    refuse_data(monkeypatch, "the dataset was read before the config was validated")
     code, err, _ = cli(monkeypatch, capsys, *args, "--dataset=nowhere", f"--data_path={tmp_path}/no-data")
     assert code == 2
     assert message in err and "not found" not in err

@@ -3,6 +3,7 @@ evaluated on the same data, ratios are per round against MultiVAE, FLOPs are cou
 No timing is asserted here: the figures themselves belong to the benchmark's output."""
 
 import importlib.util
+import inspect
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,19 @@ def test_synthetic_shape_scaled_with_density_kept(harness, synthetic_tenth):
     assert 0.9 * 2_011 <= len(items) <= 2_011
 
 
-def test_interleaved_rounds_on_ml100k(harness):
+def test_interleaved_rounds_on_ml100k(harness, monkeypatch):
+    floors = {}  # (dtype, backward) -> what decoder_floor measured
+
+    real_floor = harness.decoder_floor
+    signature = inspect.signature(real_floor)
+
+    def recorded(*args, **kwargs):
+        call = signature.bind(*args, **kwargs)
+        call.apply_defaults()
+        floors[(call.arguments["dtype"], call.arguments["backward"])] = measured = real_floor(*args, **kwargs)
+        return measured
+
+    monkeypatch.setattr(harness, "decoder_floor", recorded)
     variants = ["MultiVAE", "ScaledBetaMultVAE", "Annealed, sparse input", "Annealed, enable_amp"]
     rows = harness.bench_dataset("ml-100k", variants, reps=2, max_batches=0, eval_users=True,
                                  overrides={"use_gpu": False})
@@ -83,8 +96,12 @@ def test_interleaved_rounds_on_ml100k(harness):
     amp = rows[-1]
     assert amp["precision"] == ("bfloat16" if cpu_has_bfloat16() else "float32")
     assert all(row["precision"] == "float32" for row in rows[:-1])
-    if cpu_has_bfloat16():
-        assert amp["decoder_floor_s"] != reference["decoder_floor_s"]
+    # each row's floors are the ones measured in its own precision
+    amp_dtype = torch.bfloat16 if cpu_has_bfloat16() else torch.float32
+    assert set(floors) == {(dtype, backward) for dtype in (torch.float32, amp_dtype) for backward in (True, False)}
+    for row, dtype in [(reference, torch.float32), (amp, amp_dtype)]:
+        assert (row["decoder_floor_s"], row["decoder_floor_gflops"]) == floors[(dtype, True)]
+        assert (row["eval_floor_s"], row["eval_floor_gflops"]) == floors[(dtype, False)]
     table = harness.markdown(rows)
     assert table.count("\n") == len(rows) + 1
     assert "| ml-100k | Annealed, sparse input |" in plain_tables(table)
@@ -115,5 +132,6 @@ def test_train_step_profile_splits_a_step_into_products_and_float32_passes(capsy
     assert products > 0 and rest > 0
     module.main(args)
     lines = plain_tables(capsys.readouterr().out).splitlines()
-    rows = [line.split(" | ")[0].removeprefix("| ") for line in lines if line.startswith("| float") or line.startswith("| bfloat")]
+    rows = [line.split(" | ")[0].removeprefix("| ") for line in lines
+            if line.startswith("| float") or line.startswith("| bfloat")]
     assert rows == ["float32", str(module.autocast_dtype(torch.device("cpu"))).removeprefix("torch.")]

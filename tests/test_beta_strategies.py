@@ -1,11 +1,11 @@
 """Each strategy's value at chosen steps, worked out by hand; state round trips; composition."""
 
 import math
-import os
 
 import pytest
 import torch
 
+from conftest import run_python, source_copy
 from recbole_beta.beta import (
     ConstantBeta,
     CyclicalBeta,
@@ -266,34 +266,28 @@ class HalvedBeta(BetaStrategy):
 '''
 
 PROBE = '''
+import sys
+import recbole_beta
+assert recbole_beta.__file__.startswith(sys.argv[1]), recbole_beta.__file__  # the copy, not the checkout
 from recbole_beta.beta import STRATEGIES, build_strategy
 from recbole_beta.quick_start import run_recbole_beta
 assert "halved_probe" in STRATEGIES
 strategy = build_strategy({"beta_strategy": "halved_probe", "beta": 0.3})
 strategy.step()
 assert strategy.beta == 0.15, strategy.beta
-result = run_recbole_beta("BetaMultVAE", "ml-100k", config_dict={"beta_strategy": ["halved_probe", "scaled"], "beta": 0.3,
-                          "epochs": 1, "state": "ERROR", "show_progress": False, "results_dir": None,
-                          "checkpoint_dir": "saved"})
+result = run_recbole_beta("BetaMultVAE", "ml-100k", config_dict={"beta_strategy": ["halved_probe", "scaled"],
+                          "beta": 0.3, "epochs": 1, "state": "ERROR", "show_progress": False,
+                          "results_dir": None, "checkpoint_dir": "saved"})
 print("ok", result["history"][0]["beta"])
 '''
 
 
 def test_a_strategy_is_one_module_and_no_list_to_edit(tmp_path):
     """A module dropped into recbole_beta/beta/ is a strategy the config, a product and a model take,
-    with nothing else edited (before, the package imported its modules by name)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import recbole_beta.beta
-
-    module = Path(recbole_beta.beta.__file__).parent / f"probe_strategy_{os.getpid()}.py"
-    module.write_text(STRATEGY_MODULE)
-    try:
-        done = subprocess.run([sys.executable, "-c", PROBE], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=300)
-    finally:
-        module.unlink()
+    with nothing else edited (before, the package imported its modules by name). Dropped into a copy of the
+    package under tmp_path, first on the probe's path: the checkout is never written."""
+    root = source_copy(tmp_path / "src")
+    (root / "recbole_beta" / "beta" / "probe_strategy.py").write_text(STRATEGY_MODULE)
+    done = run_python(PROBE, cwd=tmp_path, path_first=[root], args=[str(root)], timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().startswith("ok ")

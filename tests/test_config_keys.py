@@ -94,7 +94,8 @@ def test_run_hyper_warns_about_typos_in_fixed_keys_and_config_files(capsys, tmp_
     prepare_search("ScaledBetaMultVAE", "ml-100k", config_file_list=[str(config_file)],
                    fixed={"gama": 0.01, "epochs": 1})
     err = capsys.readouterr().err
-    assert "warning: lerning_rate is not a config key RecBole or the plugin knows (did you mean 'learning_rate'?)" in err
+    assert ("warning: lerning_rate is not a config key RecBole or the plugin knows (did you mean 'learning_rate'?)"
+            in err)
     assert "warning: gama is not a config key RecBole or the plugin knows (did you mean 'gamma'?)" in err
 
 

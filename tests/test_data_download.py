@@ -88,7 +88,8 @@ def write_hosted_zip(folder, users=40, items=25):
 
 
 def config_for(name, data_path, **extra):
-    return Config(model="BetaMultVAE", dataset=name, config_dict={"data_path": str(data_path), "state": "WARNING", **extra})
+    return Config(model="BetaMultVAE", dataset=name,
+                  config_dict={"data_path": str(data_path), "state": "WARNING", **extra})
 
 
 def test_download_then_train_through_the_plugin(tmp_path, fast):
@@ -126,8 +127,15 @@ def test_a_large_download_is_confirmed_without_a_prompt(tmp_path, monkeypatch, c
 def test_an_existing_dataset_is_not_downloaded_again(tmp_path):
     folder = tmp_path / "data" / NAME
     folder.mkdir(parents=True)
-    (folder / f"{NAME}.inter").write_text("user_id:token\titem_id:token\nu\ti\n")
+    inter = folder / f"{NAME}.inter"
+    inter.write_text("user_id:token\titem_id:token\nu\ti\n")
+    before = inter.stat()
     check_dataset(config_for(NAME, tmp_path / "data", download=True, download_url=closed_port_url()))
+    # untouched: not rewritten, not replaced, nothing added beside it
+    after = inter.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    assert inter.read_text() == "user_id:token\titem_id:token\nu\ti\n"
+    assert sorted(p.name for p in (tmp_path / "data").rglob("*")) == [NAME, f"{NAME}.inter"]
 
 
 def test_no_network_is_one_clear_line(tmp_path):

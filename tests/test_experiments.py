@@ -9,15 +9,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from conftest import plain_tables
+from conftest import SWEEP_FAST, plain_tables
 from recbole_beta.experiments import analysis
 from recbole_beta.experiments.cli import main
 from recbole_beta.experiments.report import write_report
 from recbole_beta.experiments.runner import run_sweep
 from recbole_beta.experiments.spec import load_spec
 from recbole_beta.quick_start import run_recbole_beta
-
-FAST = {"epochs": 2, "state": "WARNING"}
 
 
 def test_per_user_means_are_recboles_metrics(fast):
@@ -35,7 +33,7 @@ def spec_dict(**extra):
         "name": "tiny",
         "dataset": "ml-100k",
         "seeds": [2020, 2021],
-        "config": FAST,
+        "config": SWEEP_FAST,
         "models": ["AnnealedBetaMultVAE", {"model": "ScaledBetaMultVAE", "label": "Scaled", "config": {"gamma": 0.001}},
                    "Pop"],
         "reference": "AnnealedBetaMultVAE",
@@ -44,7 +42,7 @@ def spec_dict(**extra):
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, module_workdir):
     out = tmp_path_factory.mktemp("sweep")
     spec = load_spec(spec_dict())
     ran, failed = run_sweep(spec, out, progress=False)
@@ -92,7 +90,11 @@ def test_significance_is_scipys_paired_tests_over_users(sweep):
     assert row["p_t"] == pytest.approx(stats.ttest_rel(pop, ref.loc[pop.index]).pvalue)
     assert row["p_wilcoxon"] == pytest.approx(stats.wilcoxon(pop, ref.loc[pop.index]).pvalue)
     assert row["mean_diff"] == pytest.approx((pop - ref.loc[pop.index]).mean())
-    assert -1 <= row["r_rb"] <= 1
+    # the matched-pairs rank-biserial correlation from its definition: (W+ - W-) / (W+ + W-), zeros dropped
+    diff = (pop - ref.loc[pop.index]).to_numpy()
+    nonzero = diff[diff != 0]
+    ranks = stats.rankdata(np.abs(nonzero))
+    assert row["r_rb"] == pytest.approx((ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum()) / ranks.sum())
     ci = stats.ttest_rel(pop, ref.loc[pop.index]).confidence_interval(0.95)
     # the per-user interval is the secondary one; ci_low/ci_high count the training runs too
     assert (row["ci_low_users"], row["ci_high_users"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
@@ -122,13 +124,20 @@ def test_activity_buckets_partition_the_users(sweep):
     out, spec = sweep
     buckets = pd.read_csv(out / "activity_buckets.csv")
     assert sorted(buckets["bucket_index"].unique()) == [0, 1, 2, 3]
-    for label, part in buckets.groupby("label"):
-        assert part["n_users"].sum() == pytest.approx(943, abs=4)
-    # the bucket means, weighted by users, give back the overall mean
-    runs = [r for r in analysis.load_runs(out) if r["label"] == "Scaled"]
-    overall = np.mean([analysis.load_per_user(out, r)["ndcg@100"].mean() for r in runs])
-    part = buckets[buckets["label"] == "Scaled"]
-    assert (part["ndcg@100"] * part["n_users"]).sum() / part["n_users"].sum() == pytest.approx(overall, rel=0.01)
+    runs = analysis.load_runs(out)
+    for label, part in buckets.groupby("label", sort=False):
+        part = part.sort_values("bucket_index")
+        # every (user, run) row of the method's runs, and the activity range each bucket names: [lowest, highest]
+        rows = pd.concat([analysis.load_per_user(out, r) for r in runs if r["label"] == label], ignore_index=True)
+        ranges = [tuple(float(v) for v in name.strip("[]").split(", ")) for name in part["bucket"]]
+        assert all(high < next_low for (_, high), (next_low, _) in zip(ranges, ranges[1:])), ranges
+        members = [rows[(rows["activity"] >= low) & (rows["activity"] <= high)] for low, high in ranges]
+        assert sum(len(m) for m in members) == len(rows) == 2 * 943  # each row in exactly one bucket
+        assert part["n_users"].tolist() == [m["user_id"].nunique() for m in members]
+        assert part["ndcg@100"].tolist() == pytest.approx([m["ndcg@100"].mean() for m in members], rel=1e-12)
+        # the bucket means, weighted by their rows, give back the overall mean
+        sizes = np.array([len(m) for m in members])
+        assert (part["ndcg@100"] * sizes).sum() / sizes.sum() == pytest.approx(rows["ndcg@100"].mean(), rel=1e-12)
 
 
 def test_rerun_skips_finished_runs_and_retries_missing_ones(sweep):
@@ -143,10 +152,10 @@ def test_rerun_skips_finished_runs_and_retries_missing_ones(sweep):
 
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     spec = load_spec(spec_dict(seeds=[2020], reference="Pop", models=[
-        {"model": "BetaMultVAE", "label": "broken", "config": {"topk": [5000]}}, "Pop"]))
+        {"model": "BetaMultVAE", "label": "broken", "config": {"topk": [100, 5000]}}, "Pop"]))
     assert run_sweep(spec, tmp_path, progress=False) == (2, 1)
     runs = {r["label"]: r for r in analysis.load_runs(tmp_path)}
-    assert runs["broken"]["status"] == "failed" and "topk=[5000] is not allowed" in runs["broken"]["error"]
+    assert runs["broken"]["status"] == "failed" and "topk=[100, 5000] is not allowed" in runs["broken"]["error"]
     assert runs["Pop"]["status"] == "ok"
     write_report(tmp_path, spec, figures=False)
     assert "## Failed runs" in (tmp_path / "report.md").read_text()
@@ -181,7 +190,8 @@ BAD_SPECS = [
     ({"seeds": 0}, "seeds=0 is not allowed"),
     ({"models": []}, "models: give a non-empty list"),
     ({"reference": "EASE"}, "reference='EASE' is not one of the model labels"),
-    ({"models": [{"model": "ScaledBetaMultVAE", "config": {"gamma": -1}}]}, "models: ScaledBetaMultVAE: gamma=-1 is not allowed"),
+    ({"models": [{"model": "ScaledBetaMultVAE", "config": {"gamma": -1}}]},
+     "models: ScaledBetaMultVAE: gamma=-1 is not allowed"),
 ]
 
 
@@ -344,12 +354,12 @@ def test_activity_is_named_after_the_protocol(tmp_path, protocol, measure):
 
 def test_a_failed_run_is_retried_and_replaced_when_it_succeeds(tmp_path):
     settings = tmp_path / "settings.yaml"
-    settings.write_text("topk: [5000]\n")  # more than ml-100k's items: the run fails after loading the data
+    settings.write_text("topk: [100, 5000]\n")  # more than ml-100k's items: the run fails after loading the data
     spec = load_spec(spec_dict(seeds=[2020], reference=None, models=["Pop"], config_files=[str(settings)]))
     out = tmp_path / "out"
     assert run_sweep(spec, out, progress=False) == (1, 1)
     (failed,) = analysis.load_runs(out)
-    assert failed["status"] == "failed" and "topk=[5000] is not allowed" in failed["error"]
+    assert failed["status"] == "failed" and "topk=[100, 5000] is not allowed" in failed["error"]
 
     settings.write_text("topk: [10, 20, 50, 100]\n")  # the environment fixed, the spec the same
     assert run_sweep(spec, out, progress=False) == (1, 0)
@@ -361,7 +371,7 @@ def test_a_failed_run_is_retried_and_replaced_when_it_succeeds(tmp_path):
 
 def test_a_failed_run_fixed_in_the_spec_leaves_no_stale_failure(tmp_path):
     broken = load_spec(spec_dict(seeds=[2020], reference=None,
-                                 models=[{"model": "Pop", "label": "Pop", "config": {"topk": [5000]}}]))
+                                 models=[{"model": "Pop", "label": "Pop", "config": {"topk": [100, 5000]}}]))
     assert run_sweep(broken, tmp_path, progress=False) == (1, 1)
     fixed = load_spec(spec_dict(seeds=[2020], reference=None, models=[{"model": "Pop", "label": "Pop"}]))
     assert run_sweep(fixed, tmp_path, progress=False) == (1, 0)

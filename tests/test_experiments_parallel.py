@@ -16,18 +16,16 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import REPO, SWEEP_FAST
 from recbole_beta.experiments import analysis
 from recbole_beta.experiments.cli import main
 from recbole_beta.experiments.records import portable
 from recbole_beta.experiments.runner import run_sweep
 from recbole_beta.experiments.spec import load_spec
 
-FAST = {"epochs": 2, "state": "WARNING"}
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def spec_dict(**extra):
-    return {"name": "parallel", "dataset": "ml-100k", "seeds": [2020, 2021], "config": FAST,
+    return {"name": "parallel", "dataset": "ml-100k", "seeds": [2020, 2021], "config": SWEEP_FAST,
             "models": ["AnnealedBetaMultVAE", "Pop"], "reference": "AnnealedBetaMultVAE", **extra}
 
 
@@ -98,14 +96,14 @@ def write_and_read_report(out, spec):
 @pytest.mark.parametrize("engine", [{"jobs": 2}, {"engine": "ray", "cpus": 2}], ids=["jobs", "ray"])
 def test_a_failed_run_is_recorded_then_retried(isolated_run, engine):
     settings = isolated_run / "settings.yaml"
-    settings.write_text("topk: [5000]\n")  # more than ml-100k's items: B fails after loading the data
+    settings.write_text("topk: [100, 5000]\n")  # more than ml-100k's items: B fails after loading the data
     spec = load_spec(spec_dict(seeds=[2020], reference=None, config_files=["settings.yaml"], models=[
         {"model": "Pop", "label": "A", "config": {"topk": [10, 20, 50, 100]}}, {"model": "Pop", "label": "B"}]))
     out = isolated_run / "out"
     assert run_sweep(spec, out, progress=False, **engine) == (2, 1)
     runs = {r["label"]: r for r in analysis.load_runs(out)}
     assert runs["A"]["status"] == "ok" and runs["B"]["status"] == "failed"
-    assert "topk=[5000] is not allowed" in runs["B"]["error"]
+    assert "topk=[100, 5000] is not allowed" in runs["B"]["error"]
 
     settings.write_text("topk: [10, 20, 50, 100]\n")  # fixed; the spec (and the run ids) the same
     assert run_sweep(spec, out, progress=False, **engine) == (1, 0)  # B retried, A skipped
@@ -127,13 +125,33 @@ def group_alive(pgid):
     return alive
 
 
+def wait_until_the_group_ends(pgid):
+    """Return once no process of the group is alive: each one's end awaited on its pidfd, which turns readable
+    as the process ends (an event, not a deadline); where pidfds are missing (Linux < 5.3), /proc is read again."""
+    import select
+
+    while alive := group_alive(pgid):
+        for pid in alive:
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue  # ended already
+            except (AttributeError, OSError):  # no pidfd_open here
+                time.sleep(0.05)
+                continue
+            try:
+                select.select([fd], [], [])
+            finally:
+                os.close(fd)
+
+
 def test_a_killed_driver_loses_no_finished_run(isolated_run):
     spec_file = isolated_run / "spec.yaml"
     # the two Pop runs first, then the two others, which start only as the Pop runs end: the driver is
     # killed as soon as the first record appears, with runs still to go
     spec_file.write_text(yaml.safe_dump(spec_dict(reference=None, models=["Pop", "AnnealedBetaMultVAE"])))
     out = isolated_run / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT)] + ([os.environ["PYTHONPATH"]]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO)] + ([os.environ["PYTHONPATH"]]
                                                                       if os.environ.get("PYTHONPATH") else []))}
     with open(isolated_run / "driver.log", "w") as log:
         driver = subprocess.Popen([sys.executable, "-m", "recbole_beta.experiments", "run", str(spec_file), "--out",
@@ -141,17 +159,16 @@ def test_a_killed_driver_loses_no_finished_run(isolated_run):
                                   cwd=isolated_run, stdout=log, stderr=subprocess.STDOUT, env=env,
                                   start_new_session=True)
     try:
-        deadline = time.time() + 180
-        while not list((out / "runs").glob("*.json")) and driver.poll() is None and time.time() < deadline:
+        # until the first record is written (or the driver ends, which fails the test below)
+        while not list((out / "runs").glob("*.json")) and driver.poll() is None:
             time.sleep(0.05)
         assert driver.poll() is None, (isolated_run / "driver.log").read_text()  # still going: not vacuous
+        if Path("/proc").is_dir():
+            assert len(group_alive(driver.pid)) > 1  # the driver and its workers
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
         if Path("/proc").is_dir():  # its workers end with it
-            deadline = time.time() + 30
-            while group_alive(driver.pid) and time.time() < deadline:
-                time.sleep(0.1)
-            assert not group_alive(driver.pid)
+            wait_until_the_group_ends(driver.pid)
     finally:
         try:
             os.killpg(driver.pid, signal.SIGKILL)  # the processes this test started, if any is left
@@ -196,12 +213,12 @@ def test_a_run_whose_process_dies_is_recorded_as_failed_and_retried(isolated_run
     result = {}
     sweep = threading.Thread(target=lambda: result.update(first=run_sweep(spec, out, progress=False, jobs=2)))
     sweep.start()
-    deadline = time.time() + 60
-    while not spawned_workers() and time.time() < deadline:
+    while not spawned_workers() and sweep.is_alive():  # until the sweep has started a worker
         time.sleep(0.02)
-    victim = spawned_workers()[0]
-    os.kill(victim, signal.SIGKILL)  # a worker this test's sweep started: killed, as the OOM killer would
-    sweep.join(120)
+    workers = spawned_workers()
+    assert workers, "the sweep ended before it started a worker"
+    os.kill(workers[0], signal.SIGKILL)  # a worker this test's sweep started: killed, as the OOM killer would
+    sweep.join()  # the sweep's end, however long the other run takes
     assert result["first"] == (2, 1)
     (failed,) = [r for r in analysis.load_runs(out) if r["status"] != "ok"]
     assert failed["error"].startswith("WorkerDied: ") and "signal 9" in failed["error"]

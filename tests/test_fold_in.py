@@ -11,6 +11,7 @@ from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 from sklearn.utils.extmath import randomized_svd
 
+from conftest import ease_weights
 from recbole_beta.config import Config
 from recbole_beta.data.heldout import TEST_IN, TEST_TARGET, TRAIN, VALID_IN, VALID_TARGET
 from recbole_beta.errors import ConfigError
@@ -44,14 +45,6 @@ def model_scores(model, ids):
 
 
 # numpy and scipy from the definitions (the papers' formulas, as RecBole 1.2.1 states them)
-
-def ease(X, reg):
-    G = (X.T @ X).toarray() + reg * np.eye(X.shape[1])
-    P = np.linalg.inv(G)
-    B = P / -np.diag(P)
-    np.fill_diagonal(B, 0.0)
-    return B
-
 
 def item_cosine(X):
     """Every neighbour kept (k >= items): cos(i, j) with 1e-6 in the denominator, no self-similarity."""
@@ -118,7 +111,7 @@ def slim_elastic(X, alpha, l1_ratio, seed):
 
 
 ITEM_ITEM = {
-    "EASE": ({"reg_weight": 250.0}, lambda X, c: ease(X, 250.0), None),
+    "EASE": ({"reg_weight": 250.0}, lambda X, c: ease_weights(X, 250.0), None),
     "ItemKNN": ({"k": 5000}, lambda X, c: item_cosine(X), None),
     "ADMMSLIM": ({"k": 10}, lambda X, c: admm_slim(X, 3.0, 200.0, 0.5, 4000.0, 10), None),
     "NCEPLRec": ({"rank": 100, "epochs": 1}, None, lambda X, c: nce_plrec(X, 1.0, 100, 100.0, c["seed"])),
@@ -145,7 +138,7 @@ def test_item_item_scores_of_held_out_users_are_numpy_from_training_users(name, 
         np.testing.assert_allclose(actual / scale, expected / scale, rtol=0, atol=1e-4, err_msg=name)  # 4 places
 
 
-# ------------------------------------------------------------------ every supported model: no leak, finite, above Random
+# -------------------------------------------------------------- every supported model: no leak, finite, above Random
 
 N_USERS, N_ITEMS = 300, 60
 
@@ -199,13 +192,15 @@ def fitted_state(model):
 
 
 @pytest.fixture(scope="module")
-def two_datasets(tmp_path_factory):
+def two_datasets(tmp_path_factory, module_workdir):
     """Two datasets alike in everything but the held-out users' items: training rows first, so RecBole numbers
     items and users alike in both (every item is some training user's), and the same number of rows per user
     in the same order, so the split draws the same roles."""
     root = tmp_path_factory.mktemp("foldin")
     rows = synthetic_rows()
-    config = Config(model="Pop", dataset="first", config_dict={**STRONG, **write_dataset(root, "first", rows), "topk": [10]},
+    config = Config(model="Pop", dataset="first",
+                    config_dict={**STRONG, **write_dataset(root, "first", rows), "topk": [10],
+                                 "valid_metric": "NDCG@10"},
                     argv=[])
     dataset, _, _, _ = prepare(config)
     tokens = dataset.field2id_token["user_id"]

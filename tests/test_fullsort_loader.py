@@ -163,10 +163,12 @@ def test_only_the_plugin_vaes_with_full_ranking_get_the_lean_loader(monkeypatch)
 
 def test_saved_dataloaders_load_back_with_the_same_batches(tmp_path):
     overrides = {"save_dataloaders": True, "eval_batch_size": 50 * ML100K_ITEMS}
-    config = Config(model="AnnealedBetaMultVAE", dataset="ml-100k", config_dict={"state": "WARNING", **overrides}, argv=[])
+    config = Config(model="AnnealedBetaMultVAE", dataset="ml-100k", config_dict={"state": "WARNING", **overrides},
+                    argv=[])
     _, valid, test = data_preparation(config, create_dataset(config))
     assert (tmp_path / "saved" / "ml-100k-for-AnnealedBetaMultVAE-dataloader.pth").is_file()
-    config = Config(model="AnnealedBetaMultVAE", dataset="ml-100k", config_dict={"state": "WARNING", **overrides}, argv=[])
+    config = Config(model="AnnealedBetaMultVAE", dataset="ml-100k", config_dict={"state": "WARNING", **overrides},
+                    argv=[])
     dataset = create_dataset(config)
     dataset.build = lambda: pytest.fail("the saved dataloaders were not loaded")
     _, loaded_valid, loaded_test = data_preparation(config, dataset)

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import write_tiny_dataset
 from recbole_beta.config import Config
 from recbole_beta.data.cli import main as data_main
 from recbole_beta.data.heldout import (
@@ -21,8 +22,6 @@ from recbole_beta.data.heldout import (
 )
 from recbole_beta.errors import ConfigError
 from recbole_beta.quick_start import run_recbole_beta
-
-from conftest import write_tiny_dataset
 
 K, H = 5, 69
 FOLDS = {"eval_protocol": "strong", "heldout_folds": K, "heldout_users": H, "state": "WARNING", "show_progress": False}

@@ -11,6 +11,7 @@ import pytest
 import torch
 from recbole.evaluator.metrics import NDCG
 
+from conftest import ease_weights
 from recbole_beta.config import Config
 from recbole_beta.data.cli import main as data_main
 from recbole_beta.data.heldout import (
@@ -47,7 +48,8 @@ def raw_roles(dataset):
     """(user token, item token) -> role, for comparing splits across datasets with other ids."""
     users = dataset.field2id_token["user_id"][dataset.inter_feat["user_id"].numpy()]
     items = dataset.field2id_token["item_id"][dataset.inter_feat["item_id"].numpy()]
-    return pd.DataFrame({"user": users, "item": items, "role": dataset._roles}).sort_values(["user", "item"]).reset_index(drop=True)
+    frame = pd.DataFrame({"user": users, "item": items, "role": dataset._roles})
+    return frame.sort_values(["user", "item"]).reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------- the split
@@ -235,10 +237,7 @@ def test_ease_matches_numpy_from_the_definitions(split):
     _, dataset, _ = split
     result = run_recbole_beta("EASE", "ml-100k", config_dict={**STRONG, **METRICS, "reg_weight": 250.0})
     X = training_matrix(dataset)  # training users only: held-out rows are zero
-    G = X.T @ X + 250.0 * np.eye(X.shape[1])
-    P = np.linalg.inv(G)
-    B = P / (-np.diag(P))
-    np.fill_diagonal(B, 0.0)
+    B = ease_weights(X, 250.0)
     ids, fold_in, targets = heldout_test_users(dataset)
     expected = numpy_metrics(fold_in.astype(float) @ B, fold_in, targets)
     for name, value in expected.items():
@@ -306,7 +305,8 @@ def test_vae_cf_export_then_import_is_the_same_split_and_metrics(tmp_path, split
     _, dataset, _ = split
     assert data_main(["export", "--dataset", "ml-100k", "--heldout_users=0.1", "--out", str(tmp_path / "vae")]) == 0
     files = sorted(p.name for p in (tmp_path / "vae").iterdir())
-    assert files == ["test_te.csv", "test_tr.csv", "train.csv", "unique_sid.txt", "validation_te.csv", "validation_tr.csv"]
+    assert files == ["test_te.csv", "test_tr.csv", "train.csv", "unique_sid.txt", "validation_te.csv",
+                     "validation_tr.csv"]
     assert (tmp_path / "vae" / "train.csv").read_text().startswith("uid,sid\n")
     assert data_main(["convert", str(tmp_path / "vae"), "--format", "vae_cf", "--name", "imported",
                       "--out", str(tmp_path / "data"), "--quiet"]) == 0
@@ -350,7 +350,8 @@ def write_vae_cf(folder, sids=("10", "20", "30")):
     ("heldout_ratio", 0, "heldout_ratio=0 is not allowed: must be a number > 0 and < 1"),
     ("heldout_ratio", 1.0, "heldout_ratio=1.0 is not allowed"),
     ("split_seed", -1, "split_seed=-1 is not allowed"),
-    ("eval_protocol", "strnog", "eval_protocol='strnog' is not allowed: must be one of weak, strong (did you mean 'strong'?)"),
+    ("eval_protocol", "strnog",
+     "eval_protocol='strnog' is not allowed: must be one of weak, strong (did you mean 'strong'?)"),
 ])
 def test_bad_protocol_keys_fail_before_the_data_is_read(tmp_path, key, value, message):
     config = {**STRONG, key: value, "data_path": str(tmp_path / "nowhere")}  # no data: must not matter
@@ -369,7 +370,8 @@ def test_unsupported_model_fails_in_one_line(tmp_path):
 
 
 def test_too_many_heldout_users_fails_in_one_line():
-    with pytest.raises(ConfigError, match=r"heldout_users=472 is not allowed: gives 472 validation and 472 test users of 943"):
+    with pytest.raises(ConfigError,
+                       match=r"heldout_users=472 is not allowed: gives 472 validation and 472 test users of 943"):
         run_recbole_beta("Pop", "ml-100k", config_dict={**STRONG, "heldout_users": 472})
 
 

@@ -1,14 +1,12 @@
 """BetaMultVAE's loss against a hand computation, and the ablation knobs, on a tiny real dataset."""
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from recbole.data import create_dataset
 
-from conftest import write_tiny_dataset
+from conftest import run_python, source_copy, write_tiny_dataset
 from recbole_beta.beta import StrategyContext
 from recbole_beta.config import Config
 from recbole_beta.model import MODELS, BetaMultVAE, ControlledBetaMultVAE, ScaledBetaMultVAE
@@ -75,7 +73,7 @@ def test_scalar_beta_loss_and_step_counting(tmp_path):
     model.train()
     for step in (1, 2):
         recon, kl = model.calculate_loss({"user_id": users})
-        exp_recon, exp_kl, _ = numpy_loss(model, train, users.numpy(), lambda c: step / 4)
+        exp_recon, exp_kl, _ = numpy_loss(model, train, users.numpy(), lambda c, step=step: step / 4)
         assert model.beta_strategy.step_count == step
         assert recon.item() == pytest.approx(exp_recon, rel=1e-5)
         assert kl.item() == pytest.approx(exp_kl, rel=1e-5)
@@ -185,6 +183,9 @@ class ProbeBetaMultVAE(BetaMultVAE):
 '''
 
 NAMED_MODEL_PROBE = '''
+import sys
+import recbole_beta
+assert recbole_beta.__file__.startswith(sys.argv[1]), recbole_beta.__file__  # the copy, not the checkout
 from recbole_beta.quick_start import run_recbole_beta
 from recbole_beta.registry import get_model
 assert get_model("ProbeBetaMultVAE").__name__ == "ProbeBetaMultVAE"
@@ -196,23 +197,13 @@ print("beta", result["history"][0]["beta"])
 
 def test_a_named_model_is_one_module_and_its_yaml(tmp_path):
     """A BetaMultVAE subclass dropped into recbole_beta/model/ with its properties/model/<Model>.yaml is a
-    model the lookup finds and RecBole runs, its YAML read (before, model/__init__.py listed every model)."""
-    import subprocess
-    import sys
-
-    import recbole_beta.model
-    from recbole_beta.defaults import properties_dir
-
-    name = f"probe_beta_multvae_{os.getpid()}"
-    module = Path(recbole_beta.model.__file__).parent / f"{name}.py"
-    yaml_file = properties_dir() / "model" / "ProbeBetaMultVAE.yaml"
-    module.write_text(NAMED_MODEL)
-    yaml_file.write_text("beta_strategy: constant   # (str) fixed by the model\nbeta: 0.25                # (float)\n")
-    try:
-        done = subprocess.run([sys.executable, "-c", NAMED_MODEL_PROBE], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=300)
-    finally:
-        module.unlink()
-        yaml_file.unlink()
+    model the lookup finds and RecBole runs, its YAML read (before, model/__init__.py listed every model).
+    Dropped into a copy of the package and its properties/ under tmp_path, first on the probe's path: the
+    checkout is never written."""
+    root = source_copy(tmp_path / "src")
+    (root / "recbole_beta" / "model" / "probe_beta_multvae.py").write_text(NAMED_MODEL)
+    (root / "properties" / "model" / "ProbeBetaMultVAE.yaml").write_text(
+        "beta_strategy: constant   # (str) fixed by the model\nbeta: 0.25                # (float)\n")
+    done = run_python(NAMED_MODEL_PROBE, cwd=tmp_path, path_first=[root], args=[str(root)], timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "beta 0.25"  # the model's YAML was read

@@ -30,7 +30,7 @@ TOLERANCE = 0.02
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, module_workdir):
     """ml-100k's training split, and the config keys shared by every model here."""
     keys = {"state": "WARNING", "show_progress": False, "checkpoint_dir": str(tmp_path_factory.mktemp("saved"))}
     config = Config(model="BetaMultVAE", dataset="ml-100k", config_dict=keys, argv=[])

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 import recbole_beta.quick_start as quick_start
+from conftest import run_cli
 from recbole_beta.config import Config
 from recbole_beta.data.cli import main as data_main
 from recbole_beta.errors import CheckpointError, TrainingDivergedError
@@ -22,23 +23,11 @@ from recbole_beta.experiments.cli import main as sweep_main
 from recbole_beta.experiments.runner import SweepLock
 from recbole_beta.quick_start import prepare, run_recbole_beta
 
-from conftest import run_cli
-
 QUIET = {"state": "WARNING", "show_progress": False, "results_dir": None}
 STRONG = {"eval_protocol": "strong", "heldout_users": 50}
 
 
 cli = run_cli
-
-
-@pytest.fixture
-def no_data(monkeypatch):
-    """Make any read of a dataset fail the test: what must fail, fails before the data is read."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("the dataset was read")
-
-    monkeypatch.setattr(quick_start, "create_dataset", refuse)
-    monkeypatch.setattr(quick_start, "HeldOutDataset", refuse)
 
 
 def one_line(err, *fragments):
@@ -82,7 +71,8 @@ def test_a_checkpoint_records_its_protocol_and_split(checkpoints):
 def test_a_resume_under_another_protocol_or_split_stops_before_the_data(monkeypatch, capsys, no_data, checkpoints,
                                                                          which, overrides, fragments):
     args = [f"--{k}={v}" for k, v in overrides.items()]
-    code, err, _ = cli(monkeypatch, capsys, "--model=AnnealedBetaMultVAE", "--epochs=2", f"--resume={checkpoints[which]}",
+    code, err, _ = cli(monkeypatch, capsys, "--model=AnnealedBetaMultVAE", "--epochs=2",
+                       f"--resume={checkpoints[which]}",
                        *args)
     assert code == 2
     one_line(err, f"cannot resume from {checkpoints[which]}", *fragments)
@@ -196,7 +186,8 @@ def test_non_finite_weights_are_never_saved_as_a_checkpoint(tmp_path, monkeypatc
     assert "the weights became non-finite (decoder." in str(error.value)
     assert f"the last good checkpoint {trainer.saved_model_file} is kept" in str(error.value)
     kept = torch.load(trainer.saved_model_file, weights_only=True)
-    assert kept["epoch"] == 0 and all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
+    assert kept["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
     assert torch.equal(kept["state_dict"]["decoder.2.weight"], good["decoder.2.weight"])
 
 

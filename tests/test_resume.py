@@ -3,12 +3,12 @@ metrics as one never stopped; checkpoints load with torch's weights-only loader 
 
 import pytest
 import torch
+from recbole.utils import init_seed
 
 from recbole_beta.checkpoint import load_checkpoint
 from recbole_beta.compat import init_logger
 from recbole_beta.config import Config
 from recbole_beta.quick_start import prepare, run_recbole_beta
-from recbole.utils import init_seed
 
 
 class Stop(Exception):
@@ -88,11 +88,21 @@ def test_recbole_trainers_fit_evaluate_and_resume_with_safe_checkpoints(model, f
     checkpoint = load_checkpoint(result["checkpoint"])  # weights_only=True
     assert checkpoint["config"]["model"] == model
     resumed = run_recbole_beta(model, "ml-100k", config_dict={**fast, "epochs": 3}, resume=result["checkpoint"])
+    # the checkpoint's epochs are restored, not trained again: their timings too are the first run's
+    assert resumed["history"][: len(result["history"])] == result["history"]
     if model in ("EASE", "ItemKNN", "Pop"):  # TraditionalTrainer: its one epoch is done, nothing to add
+        assert resumed["history"] == result["history"]
         assert resumed["test_result"] == result["test_result"]
-    else:
+    else:  # and the epoch trained after the resume is the uninterrupted run's
+        whole = run_recbole_beta(model, "ml-100k", config_dict={**fast, "epochs": 3})
+        assert without_timings(resumed["history"]) == without_timings(whole["history"])
         assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
-        assert 0 < resumed["test_result"]["ndcg@100"] <= 1
+        assert resumed["best_valid_result"] == whole["best_valid_result"]
+        assert resumed["test_result"] == whole["test_result"]
+
+
+def without_timings(history):
+    return [{key: value for key, value in epoch.items() if key != "train_time"} for epoch in history]
 
 
 def test_checkpoint_refuses_arbitrary_objects(tmp_path):

@@ -10,15 +10,15 @@ import sys
 import pytest
 import torch
 
-import recbole_beta.quick_start as quick_start
-from recbole_beta.cli import main
+from conftest import FAST, as_args, refuse_data
 from recbole_beta.checkpoint import convert_checkpoint, load_checkpoint
 from recbole_beta.checkpoint import main as compat_main
+from recbole_beta.cli import main
 from recbole_beta.compat import init_logger
 from recbole_beta.errors import CheckpointError
 from recbole_beta.quick_start import run_recbole_beta
 
-FAST_ARGS = ["--epochs=1", "--state=WARNING", "--show_progress=False"]
+FAST_ARGS = as_args({**FAST, "epochs": 1})
 
 
 class RunsACommand:
@@ -85,10 +85,7 @@ def edited(source, target, **config):
 def resume_cli(monkeypatch, capsys, path, model="BetaMultVAE"):
     """``run_recbole_beta.py --model=MODEL --resume=PATH``, with reading the dataset made to fail."""
 
-    def no_data(*args, **kwargs):
-        raise AssertionError("the dataset was read before the checkpoint was checked")
-
-    monkeypatch.setattr(quick_start, "create_dataset", no_data)
+    refuse_data(monkeypatch, "the dataset was read before the checkpoint was checked")
     argv = [f"--model={model}", f"--resume={path}", *FAST_ARGS]
     monkeypatch.setattr(sys, "argv", ["run_recbole_beta.py", *argv])
     code = main(argv)
@@ -177,7 +174,8 @@ def test_a_checkpoint_of_another_architecture(plugin_checkpoint, fast):
     """Known only once the model is built: still one line, naming the file."""
     with pytest.raises(CheckpointError, match=f"cannot resume from {plugin_checkpoint}: it does not fit this "
                                               "BetaMultVAE .*size mismatch"):
-        run_recbole_beta("BetaMultVAE", "ml-100k", config_dict={**fast, "mlp_hidden_size": [64]}, resume=plugin_checkpoint)
+        run_recbole_beta("BetaMultVAE", "ml-100k", config_dict={**fast, "mlp_hidden_size": [64]},
+                         resume=plugin_checkpoint)
 
 
 def test_convert_recboles_checkpoint_then_resume_it(tmp_path, recbole_checkpoint, fast):

@@ -10,6 +10,7 @@ import pytest
 from hyperopt import STATUS_FAIL, STATUS_OK, Trials, fmin, hp, rand
 from hyperopt.early_stop import no_progress_loss
 
+from conftest import SEARCH_FAST as FAST
 from recbole_beta.experiments.records import SweepJob
 from recbole_beta.experiments.runner import run_sweep
 from recbole_beta.experiments.spec import load_spec
@@ -17,8 +18,6 @@ from recbole_beta.runs.engines import Engine, EngineError, InProcess, LocalProce
 from recbole_beta.runs.environment import kept_environ
 from recbole_beta.runs.training import FAILED, OK, STATES, train
 from recbole_beta.tuning import Patience, TuningError, run_search
-
-FAST = {"epochs": 1, "show_progress": False, "state": "WARNING", "eval_batch_size": 1 << 20}
 
 
 def test_the_engine_options_choose_an_engine():
@@ -68,16 +67,16 @@ def test_kept_environ_restores_set_and_unset_variables(monkeypatch):
 def test_one_training_and_its_states(isolated_run):
     ok = train("Pop", "ml-100k", config_dict=FAST)
     assert ok.status == OK and ok.result["test_result"]["ndcg@100"] > 0 and ok.seconds > 0
-    bad = train("Pop", "ml-100k", config_dict={**FAST, "topk": [5000]})
+    bad = train("Pop", "ml-100k", config_dict={**FAST, "topk": [100, 5000]})
     assert bad.status == FAILED and bad.error.startswith("ConfigError: ") and "topk" in bad.error
     assert "Traceback" in bad.traceback and STATES == (OK, FAILED)
     with pytest.raises(ValueError):  # an error the caller does not record propagates
-        train("Pop", "ml-100k", config_dict={**FAST, "topk": [5000]}, recorded=(KeyError,))
+        train("Pop", "ml-100k", config_dict={**FAST, "topk": [100, 5000]}, recorded=(KeyError,))
 
 
 def test_sweeps_and_searches_write_the_same_states(isolated_run):
     spec = load_spec({"name": "states", "dataset": "ml-100k", "seeds": [2020], "config": FAST,
-                      "models": ["Pop", {"model": "Pop", "label": "broken", "config": {"topk": [5000]}}]})
+                      "models": ["Pop", {"model": "Pop", "label": "broken", "config": {"topk": [100, 5000]}}]})
     assert run_sweep(spec, isolated_run / "sweep", progress=False) == (2, 1)
     sweep = {json.loads(p.read_text())["status"] for p in (isolated_run / "sweep" / "runs").glob("*.json")}
     space = isolated_run / "ctl.hyper"

@@ -17,7 +17,7 @@ from recbole_beta.quick_start import prepare, run_recbole_beta
 
 
 @pytest.fixture(scope="module")
-def ml100k():
+def ml100k(module_workdir):
     config = Config(model=ScaledBetaMultVAE, dataset="ml-100k",
                     config_dict={"state": "WARNING", "sparse_input": True, "gamma": 0.01, "dropout_prob": 0.5})
     _, (train, _, _), model, _ = prepare(config)
@@ -208,7 +208,8 @@ def test_multinomial_nll_by_hand_and_its_gradient():
     # one row worked out by hand: z = (0, ln 2, ln 3) -> softmax (1/6, 2/6, 3/6); x = (2, 0, 1)
     z = torch.tensor([[0.0, 0.6931471805599453, 1.0986122886681098]], dtype=torch.float64)
     rows, cols, values = torch.tensor([0, 0]), torch.tensor([0, 2]), torch.tensor([2.0, 1.0], dtype=torch.float64)
-    expected = -(2 * torch.log(torch.tensor(1 / 6, dtype=torch.float64)) + torch.log(torch.tensor(0.5, dtype=torch.float64)))
+    expected = -(2 * torch.log(torch.tensor(1 / 6, dtype=torch.float64))
+                 + torch.log(torch.tensor(0.5, dtype=torch.float64)))
     assert multinomial_nll(z, rows, cols, values).item() == pytest.approx(expected.item(), rel=1e-12)
 
     generator = torch.Generator().manual_seed(0)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from scipy import optimize, stats
+from scipy import stats
 
 from conftest import plain_tables
 from recbole_beta.experiments import analysis
