@@ -225,3 +225,13 @@ def test_a_strategy_and_a_model_of_ones_own_run_under_jobs(isolated_run, plugin)
         assert record["model"] == "OutsideVAE" and (out / "work" / record["run_id"] / "output.log").is_file()
         assert [h["beta"] for h in record["history"]] == [0.0625] * SWEEP_FAST["epochs"]
     assert json.loads((out / "spec.json").read_text())["plugins"] == [plugin]
+
+
+def test_a_search_imports_its_plugins_first(isolated_run, capsys, no_data):
+    from recbole_beta.tuning.cli import main
+
+    assert main(["--model=Pop", "--plugins", "no_such_module_here", "--output_dir", str(isolated_run / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("recbole-beta: --plugins: module 'no_such_module_here' cannot be imported (ModuleNotFoundError: "
+                   "No module named 'no_such_module_here')")
+    assert not (isolated_run / "s").exists()
