@@ -235,51 +235,64 @@ def write_report(out_dir, spec=None, figures=True):
         raise ReportError(f"cannot report on {out_dir}: {' '.join(str(error).split())}") from None
 
 
-def _write_report(out_dir, spec_dict, runs, problems, figures):
+def _tables(out_dir, spec_dict, runs):
+    """Every table of the report, computed from the run files: a dict of name -> table (or value)."""
     ok = [r for r in runs if is_ok(r)]
-    failed = [r for r in runs if not is_ok(r)]
     summary = analysis.summarize(runs, out_dir)
     reference = spec_dict.get("reference")
     if reference is None and ok:
         reference = ok[0]["group"]
     margins = spec_dict.get("equivalence_margin") or {}
-    sig = analysis.significance(out_dir, runs, reference, margins=margins) if ok else pd.DataFrame()
-    per_user = analysis.per_user_table(out_dir, runs)
     quantiles = spec_dict.get("activity_quantiles", [0.25, 0.5, 0.75])
     buckets = analysis.activity_buckets(out_dir, runs, quantiles)
-    activity = analysis.activity_summary(out_dir, runs)
     # the main ones first, then every other metric@k the config names
     metrics = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean") and "@" in c]
     # the differences within buckets, on the metric the bucket table shows
     bucket_metric = next((m for m in metrics if m in buckets), None)
-    bucket_diffs = (analysis.bucket_differences(out_dir, runs, reference, bucket_metric, quantiles)
-                    if bucket_metric else pd.DataFrame())
+    return {
+        "summary": summary, "reference": reference, "metrics": metrics, "quantiles": quantiles, "buckets": buckets,
+        "significance": analysis.significance(out_dir, runs, reference, margins=margins) if ok else pd.DataFrame(),
+        "per_user": analysis.per_user_table(out_dir, runs), "activity": analysis.activity_summary(out_dir, runs),
+        "bucket_differences": (analysis.bucket_differences(out_dir, runs, reference, bucket_metric, quantiles)
+                               if bucket_metric else pd.DataFrame()),
+    }
 
+
+def _write_tables(out_dir, spec_dict, t, failed):
+    """The CSV tables and summary.json; returns their paths."""
     written = []
-    for name, table in (("summary", summary), ("significance", sig), ("activity_buckets", buckets),
-                        ("bucket_differences", bucket_diffs), ("per_user", per_user)):
-        table.to_csv(out_dir / f"{name}.csv", index=False)
-        written.append(out_dir / f"{name}.csv")
-    write_json(out_dir / "summary.json", {"spec": spec_dict, "summary": summary.to_dict("records"),
-                                          "significance": sig.to_dict("records"),
-                                          "activity_buckets": buckets.to_dict("records"), "activity": activity,
+    for name in ("summary", "significance", "buckets", "bucket_differences", "per_user"):
+        path = out_dir / f"{'activity_buckets' if name == 'buckets' else name}.csv"
+        t[name].to_csv(path, index=False)
+        written.append(path)
+    write_json(out_dir / "summary.json", {"spec": spec_dict, "summary": t["summary"].to_dict("records"),
+                                          "significance": t["significance"].to_dict("records"),
+                                          "activity_buckets": t["buckets"].to_dict("records"),
+                                          "activity": t["activity"],
                                           "failed": [{"run_id": r["run_id"], "error": r["error"]} for r in failed]})
-    written.append(out_dir / "summary.json")
+    return written + [out_dir / "summary.json"]
 
+
+def _plan_line(plan):
+    """What the report says of the seed plan a spec was run under."""
+    margin = plan["margin"]
+    margin = (", ".join(f"{metric} ±{m:g}" for metric, m in margin.items()) if isinstance(margin, dict)
+              else f"±{margin:g}")
+    return (f"Seeds fixed before the runs by the planner (`python -m recbole_beta.experiments plan`) on the pilot "
+            f"`{plan['pilot']}`, at margin {margin} and power {plan['power']:g}; never raised after looking at "
+            "a verdict.")
+
+
+def _heading(spec_dict, runs, ok, failed, problems, t):
+    """The report's title and the paragraphs before its tables: counts, the plan, the folds."""
     body = [f"# {spec_dict.get('name', 'sweep')}: {spec_dict['dataset']}", "",
             f"{len(ok)} runs finished, {len(failed)} failed"
             + (f", {len(problems)} damaged (left out, listed below)" if problems else "")
             + f"; seeds {spec_dict['seeds']}.", ""]
     if spec_dict.get("plan"):
-        plan = spec_dict["plan"]
-        margin = plan["margin"]
-        margin = (", ".join(f"{metric} ±{m:g}" for metric, m in margin.items()) if isinstance(margin, dict)
-                  else f"±{margin:g}")
-        body += [f"Seeds fixed before the runs by the planner (`python -m recbole_beta.experiments plan`) on the pilot "
-                 f"`{plan['pilot']}`, at margin {margin} and power {plan['power']:g}; never raised after looking at "
-                 "a verdict.", ""]
+        body += [_plan_line(spec_dict["plan"]), ""]
     if analysis.has_folds(ok):
-        tested = per_user.drop_duplicates("user")
+        summary, tested = t["summary"], t["per_user"].drop_duplicates("user")
         body += [f"Cross-validated held-out users: folds {sorted({r['fold'] for r in ok})} of "
                  f"{_heldout_folds(ok)}; {len(tested)} users tested, each in one "
                  "fold; a user's metrics are averaged over its fold's seeds (`per_user.csv`).", ""]
@@ -290,8 +303,38 @@ def _write_report(out_dir, spec_dict, runs, problems, figures):
             body += [f"**Incomplete sweep:** {', '.join(short['label'])} lack runs (a seed without every fold pools "
                      "fewer users: `n_users` is the fewest of any seed); their means cover fewer users than the "
                      "others'. The paired tests pair only the (fold, seed) runs both methods have.", ""]
+    return body
+
+
+def _write_figures(out_dir, ok, t):
+    """The report's figures; returns their paths."""
+    figure_dir = out_dir / "figures"
+    summary, metrics, buckets = t["summary"], t["metrics"], t["buckets"]
+    colors = plots.label_colors(list(summary["label"]))  # one colour per method in every figure
+    main = [m for m in metrics if m in analysis.MAIN_METRICS] or metrics[:3]
+    paths = plots.plot_metric_bars(summary, figure_dir, metrics=tuple(main), colors=colors)
+    if not t["significance"].empty:  # the differences the bars cannot show
+        paths += plots.plot_paired_differences(t["significance"], figure_dir, colors=colors,
+                                               confidence=analysis.CONFIDENCE)
+    paths += training_plots.plot_training_curves([{**r, "label": r["group"]} for r in ok], figure_dir, colors=colors)
+    if not buckets.empty:
+        metric = next((m for m in metrics if m in buckets), metrics[0])
+        paths += plots.plot_activity_buckets(buckets, figure_dir, metric=metric, colors=colors,
+                                             activity_measure=t["activity"].get("measure"))
+    # the strategies' shapes over an illustrative 400 steps; the beta each run really used is in
+    # the training curves
+    return paths + training_plots.plot_beta_schedules(figure_dir)
+
+
+def _write_report(out_dir, spec_dict, runs, problems, figures):
+    ok = [r for r in runs if is_ok(r)]
+    failed = [r for r in runs if not is_ok(r)]
+    t = _tables(out_dir, spec_dict, runs)
+    written = _write_tables(out_dir, spec_dict, t, failed)
+    body = _heading(spec_dict, runs, ok, failed, problems, t)
     if ok:
-        body.append(markdown_tables(summary, sig, buckets, reference, metrics, activity, quantiles, bucket_diffs))
+        body.append(markdown_tables(t["summary"], t["significance"], t["buckets"], t["reference"], t["metrics"],
+                                    t["activity"], t["quantiles"], t["bucket_differences"]))
     if failed:
         body += ["## Failed runs", ""] + [f"- `{r['run_id']}`: {r['error'].splitlines()[0]}" for r in failed] + [""]
     if problems:
@@ -300,20 +343,7 @@ def _write_report(out_dir, spec_dict, runs, problems, figures):
                  "sweep again moves these files aside and redoes exactly these runs.", ""]
         body += [f"- `{line.partition(': ')[0]}`: {line.partition(': ')[2]}" for line in problems] + [""]
     if figures and ok:
-        figure_dir = out_dir / "figures"
-        colors = plots.label_colors(list(summary["label"]))  # one colour per method in every figure
-        main = [m for m in metrics if m in analysis.MAIN_METRICS] or metrics[:3]
-        paths = plots.plot_metric_bars(summary, figure_dir, metrics=tuple(main), colors=colors)
-        if not sig.empty:  # the differences the bars cannot show
-            paths += plots.plot_paired_differences(sig, figure_dir, colors=colors, confidence=analysis.CONFIDENCE)
-        paths += training_plots.plot_training_curves([{**r, "label": r["group"]} for r in ok], figure_dir, colors=colors)
-        if not buckets.empty:
-            metric = next((m for m in metrics if m in buckets), metrics[0])
-            paths += plots.plot_activity_buckets(buckets, figure_dir, metric=metric, colors=colors,
-                                                 activity_measure=activity.get("measure"))
-        # the strategies' shapes over an illustrative 400 steps; the beta each run really used is in
-        # the training curves
-        paths += training_plots.plot_beta_schedules(figure_dir)
+        paths = _write_figures(out_dir, ok, t)
         written += paths
         body += ["## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in paths if p.suffix == ".png"] + [""]
     (out_dir / "report.md").write_text("\n".join(body), encoding="utf-8")
