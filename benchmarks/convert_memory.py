@@ -56,7 +56,7 @@ def write_ratings_csv(path, rows, seed=0):
 # Linux carries the (large) parent's peak RSS into a forked child across exec.
 CHILD = """
 import sys
-from recbole_beta.data.cli import main
+from recbole_beta.data_cli import main
 code = main(sys.argv[1:]) if len(sys.argv) > 1 else 0
 hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM:'))
 print('VmHWM_kB', hwm.split()[1], flush=True)

@@ -111,6 +111,7 @@ def exploding_strategy():
     STRATEGIES.pop("explode_after_8_steps", None)
 
 
+@pytest.mark.slow
 def test_infinite_loss_stops_with_a_message_and_keeps_the_checkpoint(monkeypatch, capsys, tmp_path, exploding_strategy):
     code, err, _ = cli(
         monkeypatch, capsys, "--model=BetaMultVAE", "--beta_strategy=explode_after_8_steps",

@@ -54,6 +54,7 @@ def test_synthetic_shape_scaled_with_density_kept(harness, synthetic_tenth):
     assert 0.9 * 2_011 <= len(items) <= 2_011
 
 
+@pytest.mark.slow
 def test_interleaved_rounds_on_ml100k(harness, monkeypatch):
     floors = {}  # (dtype, backward) -> what decoder_floor measured
 
@@ -109,6 +110,7 @@ def test_interleaved_rounds_on_ml100k(harness, monkeypatch):
     assert "| ml-100k | Annealed, enable_amp | bfloat16 |" in plain_tables(table) or not cpu_has_bfloat16()
 
 
+@pytest.mark.slow
 def test_max_batches_limits_the_timed_epoch(harness, synthetic_tenth):
     rows = harness.bench_dataset("ml-20m@0.1", ["MultiVAE", "AnnealedBetaMultVAE"], reps=1, max_batches=2,
                                  eval_users=False, overrides={"use_gpu": False})

@@ -282,6 +282,7 @@ print("ok", result["history"][0]["beta"])
 '''
 
 
+@pytest.mark.slow
 def test_a_strategy_is_one_module_and_no_list_to_edit(tmp_path):
     """A module dropped into recbole_beta/beta/ is a strategy the config, a product and a model take,
     with nothing else edited (before, the package imported its modules by name). Dropped into a copy of the

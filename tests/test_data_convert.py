@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from recbole_beta.data import ConversionError, Filters, generic_layout
-from recbole_beta.data.cli import main
 from recbole_beta.data.convert import convert
+from recbole_beta.data_cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float"

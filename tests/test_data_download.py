@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from recbole.utils import url as recbole_url
 
+from conftest import SERIAL
 from recbole_beta.cli import main
 from recbole_beta.config import Config
 from recbole_beta.data.download import download_dataset, is_downloadable
@@ -218,6 +219,8 @@ def _download_in_rank(rank, world_size, port, config, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
+@SERIAL
 def test_under_ddp_rank_zero_downloads_and_the_other_ranks_wait(tmp_path, monkeypatch):
     write_hosted_zip(tmp_path / "www")
     monkeypatch.setattr(SlowCountingHandler, "requests", [])

@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
-from recbole_beta.data.cli import main
+from recbole_beta.data_cli import main
 
 
 def write(path, text, encoding="utf-8"):

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from recbole_beta.data import PRESETS, Shape, SyntheticDataError, generate
-from recbole_beta.data.cli import main
 from recbole_beta.data.synthetic import allocate_activity, iter_blocks
+from recbole_beta.data_cli import main
 
 
 def load(out, name):

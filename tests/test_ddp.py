@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch.utils.data import BatchSampler, DistributedSampler
 
+from conftest import SERIAL
 from recbole_beta import quick_start
 from recbole_beta.checkpoint import load_checkpoint
 from recbole_beta.config import Config
@@ -122,6 +123,8 @@ def loads(trace):
     return [entry["loaded"] for entry in trace if "loaded" in entry]
 
 
+@pytest.mark.slow
+@SERIAL
 def test_every_rank_steps_the_same_beta_trajectory(tmp_path, monkeypatch):
     monkeypatch.setenv(_ENV, json.dumps({"dir": str(tmp_path), "ports": free_ports(len(STRATEGIES))}))
     monkeypatch.setattr(quick_start, "_run_rank", every_strategy_rank)
@@ -142,6 +145,8 @@ def test_every_rank_steps_the_same_beta_trajectory(tmp_path, monkeypatch):
     assert controlled[-1]["beta"] > controlled[0]["beta"]
 
 
+@pytest.mark.slow
+@SERIAL
 def test_one_checkpoint_one_report_and_resume_continues_it(tmp_path, monkeypatch):
     def run(name, epochs, resume=None):
         monkeypatch.setenv(_ENV, json.dumps({"dir": str(tmp_path), "name": name}))
@@ -179,6 +184,8 @@ def test_one_checkpoint_one_report_and_resume_continues_it(tmp_path, monkeypatch
     assert list(Path("saved").glob("*.pth")) == [checkpoint]  # the resumed run saves into it
 
 
+@pytest.mark.slow
+@SERIAL
 def test_the_sparse_path_trains_the_same_weights_on_both_ranks(tmp_path, monkeypatch):
     """The sparse path's first layer holds W^T as its parameter and its output layer is a custom
     autograd function: DDP must still all-reduce their gradients, so both ranks step alike."""
@@ -200,6 +207,8 @@ def big_result_rank(rank, model, dataset, config_file_list, kwargs):
         kwargs["queue"].put({"history": [{"epoch": epoch, "note": f"{epoch:04d}" * 250} for epoch in range(300)]})
 
 
+@pytest.mark.slow
+@SERIAL
 def test_a_result_larger_than_the_pipe_comes_back(monkeypatch):
     monkeypatch.setattr(quick_start, "_run_rank", big_result_rank)
     box = {}

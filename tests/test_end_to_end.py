@@ -13,7 +13,9 @@ from recbole_beta.model import MODELS
 METRICS = {f"{m}@{k}" for m in ("recall", "ndcg") for k in (20, 50, 100)}
 
 
-@pytest.mark.parametrize("model", list(MODELS))
+# one model end to end in the fast tier, every model in the full suite
+@pytest.mark.parametrize("model", [m if m == "ScaledBetaMultVAE" else pytest.param(m, marks=pytest.mark.slow)
+                                   for m in MODELS])
 def test_model_runs_end_to_end(model, monkeypatch, capsys, tmp_path):
     argv = [f"--model={model}", "--dataset=ml-100k", "--epochs=3", "--show_progress=False", "--state=INFO"]
     monkeypatch.setattr(sys, "argv", ["run_recbole_beta.py", *argv])
@@ -41,6 +43,7 @@ def test_model_runs_end_to_end(model, monkeypatch, capsys, tmp_path):
     assert betas == pytest.approx([h["beta"] for h in result["history"]], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_strategies_give_the_betas_they_promise(tmp_path):
     """On real data: constant is constant, scaled is gamma times the mean row activity, cyclical
     rises and falls back within the run."""

@@ -51,6 +51,7 @@ def sweep(tmp_path_factory, module_workdir):
     return out, spec
 
 
+@pytest.mark.slow
 def test_sweep_writes_every_run_and_the_tables(sweep):
     out, spec = sweep
     runs = analysis.load_runs(out)
@@ -74,6 +75,7 @@ def test_sweep_writes_every_run_and_the_tables(sweep):
         assert f"figures/{stem}.png" in report
 
 
+@pytest.mark.slow
 def test_significance_is_scipys_paired_tests_over_users(sweep):
     out, _ = sweep
     sig = pd.read_csv(out / "significance.csv")
@@ -120,6 +122,7 @@ def test_paired_tests_by_hand():
     assert shifted["ci_low"] == pytest.approx(0.01) and shifted["ci_high"] == pytest.approx(0.01)
 
 
+@pytest.mark.slow
 def test_activity_buckets_partition_the_users(sweep):
     out, spec = sweep
     buckets = pd.read_csv(out / "activity_buckets.csv")
@@ -140,6 +143,7 @@ def test_activity_buckets_partition_the_users(sweep):
         assert (part["ndcg@100"] * sizes).sum() / sizes.sum() == pytest.approx(rows["ndcg@100"].mean(), rel=1e-12)
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs_and_retries_missing_ones(sweep):
     out, spec = sweep
     assert run_sweep(spec, out, progress=False) == (0, 0)
@@ -161,6 +165,7 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert "## Failed runs" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers(tmp_path):
     spec = load_spec(spec_dict(seeds=[7], models=["CyclicalBetaMultVAE"], reference=None))
     run_sweep(spec, tmp_path / "a", progress=False)
@@ -171,6 +176,7 @@ def test_same_seed_same_numbers(tmp_path):
     pd.testing.assert_frame_equal(pa, pb)
 
 
+@pytest.mark.slow
 def test_ablation_grid_runs_every_cell(tmp_path):
     spec = load_spec(spec_dict(seeds=[2020], models=["BetaMultVAE"], reference=None,
                                grid={"activation": ["tanh", "relu"], "latent_dimension": [16, 32]}))
@@ -270,6 +276,7 @@ def test_significance_on_metrics_other_than_the_main_ones(tmp_path):
     assert set(sig["metric"]) == {"ndcg@10", "hit@10"} and len(sig) == 4
 
 
+@pytest.mark.slow
 def test_confidence_intervals_and_adjusted_p_values_in_the_report(tmp_path):
     runs = fake_sweep(tmp_path, np.arange(5, 405))
     write_report(tmp_path, figures=True)
@@ -306,6 +313,7 @@ def nearly_constant(n_low=0):
     return np.concatenate([np.full(1875, 50), [51, 51], low]).astype(int)
 
 
+@pytest.mark.slow
 def test_buckets_of_nearly_constant_activity_hold_enough_users(tmp_path):
     runs = fake_sweep(tmp_path, nearly_constant(), labels=("Ref", "A"))
     buckets = analysis.activity_buckets(tmp_path, runs)

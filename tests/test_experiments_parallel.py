@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, SWEEP_FAST
+from conftest import REPO, SERIAL, SWEEP_FAST
 from recbole_beta.experiments import analysis
 from recbole_beta.experiments.cli import main
 from recbole_beta.experiments.records import portable
@@ -58,6 +58,8 @@ def assert_same_runs(out, expected_out):
         assert (out / "work" / run_id / "output.log").is_file()
 
 
+@pytest.mark.slow
+@SERIAL
 def test_jobs_give_the_sequential_records(sequential, isolated_run, capsys):
     spec, expected = sequential
     out = isolated_run / "jobs"
@@ -70,6 +72,8 @@ def test_jobs_give_the_sequential_records(sequential, isolated_run, capsys):
     assert run_sweep(spec, out, progress=False, jobs=2) == (0, 0)  # finished: skipped
 
 
+@pytest.mark.slow
+@SERIAL
 def test_ray_gives_the_sequential_records(sequential, isolated_run):
     import ray  # a hard dependency: a ray that fails to import fails here, it is not skipped
 
@@ -93,6 +97,8 @@ def write_and_read_report(out, spec):
     assert "4 runs finished, 0 failed" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
+@SERIAL
 @pytest.mark.parametrize("engine", [{"jobs": 2}, {"engine": "ray", "cpus": 2}], ids=["jobs", "ray"])
 def test_a_failed_run_is_recorded_then_retried(isolated_run, engine):
     settings = isolated_run / "settings.yaml"
@@ -145,6 +151,8 @@ def wait_until_the_group_ends(pgid):
                 os.close(fd)
 
 
+@pytest.mark.slow
+@SERIAL
 def test_a_killed_driver_loses_no_finished_run(isolated_run):
     spec_file = isolated_run / "spec.yaml"
     # the two Pop runs first, then the two others, which start only as the Pop runs end: the driver is
@@ -204,6 +212,8 @@ def spawned_workers():
     return found
 
 
+@pytest.mark.slow
+@SERIAL
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes in /proc")
 def test_a_run_whose_process_dies_is_recorded_as_failed_and_retried(isolated_run):
     import threading

@@ -119,6 +119,7 @@ ITEM_ITEM = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ITEM_ITEM))
 def test_item_item_scores_of_held_out_users_are_numpy_from_training_users(name, isolated_run):
     keys, weights, projection = ITEM_ITEM[name]
@@ -239,6 +240,7 @@ def random_ndcg(two_datasets, tmp_path_factory):
     return valid["ndcg@10"], test["ndcg@10"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FOLD_IN))
 def test_no_held_out_interaction_reaches_the_fit_and_the_metrics_beat_random(name, two_datasets, random_ndcg,
                                                                              isolated_run):

@@ -149,6 +149,7 @@ def loader_types(model, **overrides):
     return type(valid), type(test)
 
 
+@pytest.mark.slow
 def test_only_the_plugin_vaes_with_full_ranking_get_the_lean_loader(monkeypatch):
     lean = (CSRFullSortEvalDataLoader, CSRFullSortEvalDataLoader)
     recbole = (FullSortEvalDataLoader, FullSortEvalDataLoader)
@@ -186,6 +187,7 @@ def metrics_of_both_paths(monkeypatch, config_dict):
     return lean, recbole
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", ["weak", "strong"])
 def test_end_to_end_metrics_equal_recboles_loaders(monkeypatch, fast, protocol):
     config_dict = {**fast, "epochs": 2, "eval_protocol": protocol, "results_dir": None,

@@ -9,7 +9,6 @@ import pytest
 
 from conftest import write_tiny_dataset
 from recbole_beta.config import Config
-from recbole_beta.data.cli import main as data_main
 from recbole_beta.data.heldout import (
     MIN_INTERACTIONS_FOR_TARGETS,
     TEST_IN,
@@ -20,6 +19,7 @@ from recbole_beta.data.heldout import (
     HeldOutDataset,
     draw_roles,
 )
+from recbole_beta.data_cli import main as data_main
 from recbole_beta.errors import ConfigError
 from recbole_beta.quick_start import run_recbole_beta
 

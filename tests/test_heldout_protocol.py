@@ -13,7 +13,6 @@ from recbole.evaluator.metrics import NDCG
 
 from conftest import ease_weights
 from recbole_beta.config import Config
-from recbole_beta.data.cli import main as data_main
 from recbole_beta.data.heldout import (
     TEST_IN,
     TEST_TARGET,
@@ -24,6 +23,7 @@ from recbole_beta.data.heldout import (
     HeldOutUserDataLoader,
     draw_roles,
 )
+from recbole_beta.data_cli import main as data_main
 from recbole_beta.errors import ConfigError
 from recbole_beta.metrics import TruncatedRecall
 from recbole_beta.quick_start import prepare, run_recbole_beta
@@ -90,6 +90,7 @@ def test_item_set_is_the_training_users_items(split):
     assert len(dataset.inter_feat) < len(raw)
 
 
+@pytest.mark.slow
 def test_split_depends_on_split_seed_not_seed(split):
     _, dataset, _ = split
     reference = raw_roles(dataset)
@@ -301,6 +302,7 @@ def test_truncated_recall_differs_from_recbole_recall_when_targets_exceed_k(spli
 
 # ------------------------------------------------------------------------ the reference's files
 
+@pytest.mark.slow
 def test_vae_cf_export_then_import_is_the_same_split_and_metrics(tmp_path, split):
     _, dataset, _ = split
     assert data_main(["export", "--dataset", "ml-100k", "--heldout_users=0.1", "--out", str(tmp_path / "vae")]) == 0

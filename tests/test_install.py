@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from conftest import SERIAL
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CHECK = """
@@ -22,6 +26,8 @@ print("installed-ok")
 """
 
 
+@pytest.mark.slow
+@SERIAL
 def test_wheel_install_finds_properties_and_trains(tmp_path):
     wheels, site, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "work"
     work.mkdir()

@@ -1,21 +1,22 @@
-"""The layers of recbole_beta: no two parts import each other, however indirectly, and only the
-experiments and the command lines import the experiments.
+"""The layers of recbole_beta: imports only go down, and no two parts import each other, however indirectly.
 
-Read from the source with ``ast``, nothing imported: every ``import recbole_beta...`` and ``from
-recbole_beta... import ...`` (or relative import), at module level and inside functions alike.
-A part is a top-level module (``quick_start``, ``config``, ``registry``, ``trainer``, ``checkpoint``,
-``files``, ...) or subpackage (``beta``, ``model``, ``data``, ``experiments``, ``tuning``, whether
-``tuning.py`` or ``tuning/``). The command lines (``cli.py`` and ``__main__.py`` of any package)
-sit above every part, so each is a node of its own: ``python -m recbole_beta.data export`` builds a
-Config, which the data tools themselves never import.
+The order is declared once, in the README's Architecture table (its ``parts`` column, top layer first), and read
+from there. The imports are read from the source with ``ast``, nothing imported: every ``import recbole_beta...``
+and ``from recbole_beta... import ...`` (or relative import), at module level and inside functions alike.
+A part is a top-level module (``quick_start``, ``config``, ``registry``, ``trainer``, ``checkpoint``, ``files``,
+...) or subpackage (``beta``, ``model``, ``data``, ``experiments``, ``tuning``, ``runs``); a ``__main__`` module,
+which ``python -m`` runs and nothing imports, is a command line wherever it sits: a node of its own, in the top
+layer.
 """
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = "recbole_beta"
-ROOT = Path(__file__).resolve().parents[1] / PACKAGE
-CLI_NAMES = ("cli", "__main__")
+REPO = Path(__file__).resolve().parents[1]
+ROOT = REPO / PACKAGE
+MAIN = "__main__"
 
 
 def module_names():
@@ -61,11 +62,42 @@ def imported(name, path, modules):
 
 
 def node_of(module):
-    """The layer a module belongs to: its top-level part, or the module itself for a command line."""
+    """The part a module belongs to: its top-level module or subpackage (``__init__`` for the package itself), or
+    the module itself for a ``__main__``."""
     parts = module.split(".")
-    if parts[-1] in CLI_NAMES:
+    if parts[-1] == MAIN:
         return module
     return parts[1] if len(parts) > 1 else "__init__"
+
+
+def declared_layers(readme=REPO / "README.md"):
+    """The README's Architecture table, top layer first: [(layer, [part, ...]), ...]; a part is written as
+    `name.py` or `name/` (``__main__.py`` standing for every ``__main__`` module)."""
+    text = readme.read_text(encoding="utf-8")
+    section = text.split("\n## Architecture\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    layer_column, parts_column = header.index("layer"), header.index("parts")
+    layers = []
+    for row in rows[2:]:  # after the header and its rule
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        names = re.findall(r"`([^`]+)`", cells[parts_column])
+        layers.append((cells[layer_column], [re.sub(r"(\.py|/)$", "", name) for name in names]))
+    return layers
+
+
+def layer_index():
+    """Part -> its layer's position (0 the top), from the README; ``__main__`` for every ``__main__`` module."""
+    index = {}
+    for position, (layer, parts) in enumerate(declared_layers()):
+        for part in parts:
+            assert part not in index, f"{part} is in two layers of the README's table (the second: {layer})"
+            index[part] = position
+    return index
+
+
+def layer_of(node, index):
+    return index[MAIN] if node.split(".")[-1] == MAIN else index.get(node)
 
 
 def import_graph():
@@ -100,15 +132,51 @@ def find_cycle(edges):
     return None
 
 
-def test_the_graph_is_read():
-    """Not vacuous: imports at module level and inside functions, and ``from package import module``."""
+def test_the_graph_and_the_table_are_read():
+    """Not vacuous: imports at module level and inside functions, ``from package import module``; the table's
+    layers in order."""
     edges = {(node_of(module), node_of(target)) for module, _, target in import_graph()}
     assert ("runs", "quick_start") in edges  # module level
     assert ("quick_start", "config") in edges
-    assert ("recbole_beta.cli", "quick_start") in edges  # inside main()
+    assert ("cli", "quick_start") in edges  # inside main()
     assert ("config", "metrics") in edges  # from recbole_beta import metrics
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}}) is None
+    index = layer_index()
+    assert index[MAIN] == index["cli"] == 0
+    assert index["experiments"] < index["tuning"] < index["runs"] < index["quick_start"] < index["config"]
+    assert index["config"] < index["model"]
+    assert index["model"] < index["data"] < index["beta"] < index["errors"]
+
+
+def test_every_part_has_a_layer():
+    index = layer_index()
+    missing = sorted({node for node in map(node_of, module_names()) if layer_of(node, index) is None})
+    assert not missing, f"parts the README's Architecture table does not place: {missing}"
+    stale = sorted(set(index) - {MAIN} - set(map(node_of, module_names())))
+    assert not stale, f"parts in the README's Architecture table that are not in the package: {stale}"
+
+
+def test_imports_only_go_down():
+    """No part imports a part of a higher layer: module level and inside functions alike."""
+    index = layer_index()
+    upward = [
+        f"{module} line {line} imports {target} ({node_of(module)} is below {node_of(target)})"
+        for module, line, target in import_graph()
+        if layer_of(node_of(module), index) is not None and layer_of(node_of(target), index) is not None
+        and layer_of(node_of(module), index) > layer_of(node_of(target), index)
+    ]
+    assert not upward, "imports from a lower layer to a higher one:\n" + "\n".join(upward)
+
+
+def test_upward_imports_are_seen(tmp_path):
+    """The check above finds a lazy upward import: a made-up module of data/ whose function imports config."""
+    index = layer_index()
+    probe = tmp_path / "probe.py"
+    probe.write_text("def export():\n    from recbole_beta.config import Config\n    return Config\n")
+    names = [target for target, _ in imported("recbole_beta.data.probe", probe, module_names())]
+    assert names == ["recbole_beta.config"]
+    assert layer_of(node_of("recbole_beta.data.probe"), index) > layer_of(node_of(names[0]), index)
 
 
 def test_no_two_parts_import_each_other():
@@ -124,14 +192,27 @@ def test_no_two_parts_import_each_other():
     )
 
 
+def test_nothing_imports_a_command_line():
+    """A ``__main__`` is run by ``python -m``, never imported; the other command lines are imported by command
+    lines only (and by tests)."""
+    index = layer_index()
+    offenders = [
+        f"{module} line {line} imports {target}"
+        for module, line, target in import_graph()
+        if target.split(".")[-1] == MAIN
+        or (layer_of(node_of(target), index) == 0 and layer_of(node_of(module), index) != 0)
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
 def test_only_experiments_and_command_lines_import_experiments():
+    index = layer_index()
     experiments = f"{PACKAGE}.experiments"
     offenders = [
         f"{module} line {line} imports {target}"
         for module, line, target in import_graph()
         if (target == experiments or target.startswith(experiments + "."))
-        and not (module == experiments or module.startswith(experiments + "."))
-        and module.split(".")[-1] not in CLI_NAMES
+        and node_of(module) != "experiments" and layer_of(node_of(module), index) != 0
     ]
     assert not offenders, "\n".join(offenders)
 
@@ -166,7 +247,7 @@ def test_every_module_opens_with_one_line_saying_what_it_holds():
     """A docstring whose first line is the summary (then a blank line, or nothing); a model file may open in
     RecBole's style instead (its name, then a rule of #), as RecBole's model files do."""
     offenders = []
-    for name, path in module_names().items():
+    for path in module_names().values():
         doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
         lines = (doc or "").splitlines()
         recbole_style = len(lines) > 2 and set(lines[1]) == {"#"}

@@ -151,6 +151,7 @@ def test_activity_exponent_loss_matches_hand_computation(tmp_path, alpha, beta_o
     assert kl.item() == pytest.approx(exp_kl, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_activity_exponent_zero_trains_as_a_constant_beta(fast):
     """Same seed, same losses and metrics: alpha = 0 is ConstantBetaMultVAE with beta = gamma."""
     from recbole_beta.quick_start import run_recbole_beta
@@ -195,6 +196,7 @@ print("beta", result["history"][0]["beta"])
 '''
 
 
+@pytest.mark.slow
 def test_a_named_model_is_one_module_and_its_yaml(tmp_path):
     """A BetaMultVAE subclass dropped into recbole_beta/model/ with its properties/model/<Model>.yaml is a
     model the lookup finds and RecBole runs, its YAML read (before, model/__init__.py listed every model).

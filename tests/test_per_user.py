@@ -23,6 +23,7 @@ def items_of(dataset, uid):
     return inter[dataset.iid_field][inter[dataset.uid_field] == uid].numpy()
 
 
+@pytest.mark.slow
 def test_per_user_rows_hold_their_users_metrics_and_activity(fast):
     config_dict = {**fast, "epochs": 2}
     result = run_recbole_beta("BetaMultVAE", "ml-100k", config_dict=dict(config_dict), per_user=True)

@@ -51,7 +51,8 @@ def loss_and_grads(model, users, autocast):
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
-@pytest.mark.parametrize("strategy", list(STRATEGIES))
+@pytest.mark.parametrize("strategy", [s if s == "annealed" else pytest.param(s, marks=pytest.mark.slow)
+                                      for s in STRATEGIES])
 def test_a_bfloat16_step_is_float32s_within_tolerance(built, strategy, sparse):
     train, keys = built
     config = Config(model="BetaMultVAE", dataset="ml-100k", argv=[],
@@ -80,6 +81,7 @@ def test_a_bfloat16_step_is_float32s_within_tolerance(built, strategy, sparse):
 RUN = {"epochs": 2, "state": "INFO", "show_progress": False, "train_batch_size": 256}
 
 
+@pytest.mark.slow
 def test_checkpoints_move_between_precisions():
     """A checkpoint of a bfloat16 run resumes in float32 and one of a float32 run in bfloat16: the
     parameters and Adam's moments are float32 either way."""
@@ -94,6 +96,7 @@ def test_checkpoints_move_between_precisions():
         assert 0 < resumed["test_result"]["ndcg@100"] <= 1
 
 
+@pytest.mark.slow
 def test_without_bfloat16_instructions_the_run_stays_float32_and_says_so(monkeypatch, caplog):
     float32 = run_recbole_beta("AnnealedBetaMultVAE", "ml-100k", config_dict={**RUN, "enable_amp": False})
     if precision.cpu_has_bfloat16():  # here autocast changes the numbers: the run below would differ

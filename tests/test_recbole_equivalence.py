@@ -7,6 +7,8 @@ from recbole.quick_start import run_recbole
 from recbole_beta.config import properties_dir
 from recbole_beta.quick_start import run_recbole_beta
 
+pytestmark = pytest.mark.slow  # two full trainings each, RecBole's and the plugin's
+
 # 4 batches an epoch and an anneal that ramps over most of the run, so beta really varies
 SETTINGS = {
     "epochs": 10,

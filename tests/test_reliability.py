@@ -14,9 +14,9 @@ import torch
 import yaml
 
 import recbole_beta.quick_start as quick_start
-from conftest import run_cli
+from conftest import SERIAL, run_cli
 from recbole_beta.config import Config
-from recbole_beta.data.cli import main as data_main
+from recbole_beta.data_cli import main as data_main
 from recbole_beta.errors import CheckpointError, TrainingDivergedError
 from recbole_beta.experiments import analysis
 from recbole_beta.experiments.cli import main as sweep_main
@@ -210,6 +210,7 @@ def sweep_spec(path, models=("Pop", "EASE")):
     return path
 
 
+@pytest.mark.slow
 def test_unreadable_run_files_are_named_set_aside_and_redone(tmp_path, capsys):
     spec, out = sweep_spec(tmp_path / "s.yaml"), tmp_path / "out"
     assert sweep_main(["run", str(spec), "--out", str(out), "--quiet", "--no-figures"]) == 0
@@ -349,6 +350,7 @@ def test_a_separator_is_a_value_not_a_missing_one(tmp_path):
     assert config["field_separator"] == "\t" and config["seq_separator"] == " "
 
 
+@pytest.mark.slow
 def test_a_record_that_is_json_but_not_a_record_is_redone(tmp_path, capsys):
     spec, out = sweep_spec(tmp_path / "s.yaml", ("Pop",)), tmp_path / "out"
     assert sweep_main(["run", str(spec), "--out", str(out), "--quiet", "--no-figures"]) == 0
@@ -373,6 +375,8 @@ def test_a_split_in_time_order_does_not_depend_on_the_seed():
     assert keys("RO", 1) != keys("RO", 2)  # shuffled with the seed
 
 
+@pytest.mark.slow
+@SERIAL
 def test_an_error_in_a_ddp_rank_is_one_line(tmp_path, monkeypatch):
     """What a rank stops on (here the split: more folds than users) reaches the launcher as itself."""
     from conftest import write_tiny_dataset

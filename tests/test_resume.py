@@ -39,6 +39,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", list(CASES))
 def test_resume_reproduces_the_uninterrupted_run(model, fast):
     config = {**fast, "epochs": 6, "train_batch_size": 256, **CASES[model]}
@@ -59,6 +60,7 @@ def test_resume_reproduces_the_uninterrupted_run(model, fast):
     assert resumed["test_result"] == whole["test_result"]
 
 
+@pytest.mark.slow
 def test_resumed_run_that_never_improves_reports_the_checkpoints_best(fast):
     """RecBole's fit writes the checkpoint before it sets best_valid_result, so the checkpoint must
     hold the result of the evaluation it saves: else a run resumed from it that never improves
@@ -79,7 +81,9 @@ def test_resumed_run_that_never_improves_reports_the_checkpoints_best(fast):
     assert resumed["test_result"] == whole["test_result"]
 
 
-@pytest.mark.parametrize("model", ["MultiVAE", "RecVAE", "EASE", "ItemKNN", "Pop", "BPR"])
+@pytest.mark.parametrize("model", [*(pytest.param(m, marks=pytest.mark.slow) for m in ("MultiVAE", "RecVAE")),
+                                   "EASE", pytest.param("ItemKNN", marks=pytest.mark.slow), "Pop",
+                                   pytest.param("BPR", marks=pytest.mark.slow)])
 def test_recbole_trainers_fit_evaluate_and_resume_with_safe_checkpoints(model, fast):
     """RecBole's Trainer, RecVAETrainer and TraditionalTrainer (EASE and ItemKNN keep numpy and
     scipy matrices in their checkpoints) under torch >= 2.6's safe loader."""

@@ -178,6 +178,7 @@ def test_a_checkpoint_of_another_architecture(plugin_checkpoint, fast):
                          resume=plugin_checkpoint)
 
 
+@pytest.mark.slow
 def test_convert_recboles_checkpoint_then_resume_it(tmp_path, recbole_checkpoint, fast):
     out = tmp_path / "converted.pth"
     done = subprocess.run(

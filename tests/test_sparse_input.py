@@ -148,6 +148,7 @@ def test_the_reconstruction_backward_runs_once():
         nll.backward()
 
 
+@pytest.mark.slow
 def test_trains_end_to_end_to_metrics_like_the_dense_path(fast):
     config = {**fast, "epochs": 10, "train_batch_size": 256}
     dense = run_recbole_beta("BetaMultVAE", "ml-100k", config_dict=dict(config))
@@ -385,6 +386,7 @@ def test_the_sparse_path_steps_with_fused_adam_as_recboles_loop_does():
     assert not prepare(dense)[3].optimizer.param_groups[0]["fused"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first,then,hidden", [
     (False, True, [600]),
     (True, False, [600]),

@@ -268,6 +268,7 @@ def test_bad_fold_and_margin_specs_fail_before_anything_runs(tmp_path, capsys, e
 
 # ------------------------------------------------------------------------------------- live check
 
+@pytest.mark.slow
 def test_a_three_fold_sweep_on_ml_100k_reaches_verdicts(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec(folds="all", equivalence_margin={"NDCG@100": 0.02, "Recall@20": 0.02},

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from conftest import SEARCH_FAST as FAST
-from conftest import as_args
+from conftest import SERIAL, as_args
 from recbole_beta.errors import RecBoleBetaError, UnknownModelError
 from recbole_beta.tuning import (
     ParamsFileError,
@@ -87,6 +87,7 @@ def check_fixed_and_params_used(record):
 # ---------------------------------------------------------------------------------------------- searches
 
 
+@pytest.mark.slow
 def test_random_search_with_hyperopt(isolated_run):
     space = write(isolated_run / "scaled.hyper", SCALED_SPACE)
     out = isolated_run / "random"
@@ -107,6 +108,7 @@ def test_random_search_with_hyperopt(isolated_run):
     assert sum(1 for _ in (out / "trials").rglob("*.pth")) == 1
 
 
+@pytest.mark.slow
 def test_bayes_search_of_a_recbole_model(isolated_run):
     space = write(isolated_run / "multivae.hyper",
                   "learning_rate loguniform -7.6,-5.3\ndropout_prob uniform 0.2,0.6\n")
@@ -133,6 +135,7 @@ def test_exhaustive_search_from_the_command_line(isolated_run, capsys):
     assert "best params" in printed and str(out) in printed
 
 
+@pytest.mark.slow
 def test_the_search_stops_early_without_improvement(isolated_run):
     # the console log level changes nothing in training: every trial scores the same
     space = write(isolated_run / "same.hyper", "state choice ['WARNING','ERROR','CRITICAL']\n")
@@ -164,6 +167,8 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(isolated_run):
     assert (out / "trials.png").is_file() and (out / "trials.csv").read_text().count("\n") == 3
 
 
+@pytest.mark.slow
+@SERIAL
 def test_ray_tune_on_a_local_instance(isolated_run):
     import ray  # a hard dependency: a ray that fails to import fails here, it is not skipped
     space = write(isolated_run / "scaled.hyper", SCALED_SPACE)

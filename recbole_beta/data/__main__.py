@@ -1,7 +1,7 @@
-"""``python -m recbole_beta.data``: see :mod:`recbole_beta.data.cli`."""
+"""``python -m recbole_beta.data``: launches :mod:`recbole_beta.data_cli`, the data tools' command line."""
 
 import sys
 
-from recbole_beta.data.cli import main
+from recbole_beta.data_cli import main
 
 sys.exit(main())

@@ -1,4 +1,7 @@
-"""Command line of the data tools: ``python -m recbole_beta.data {convert,synthetic} ...``.
+"""Command line of the data tools: ``python -m recbole_beta.data {convert,synthetic,export} ...``.
+
+It stands with the other command lines, above everything it calls (``export`` builds a Config); the data package
+below holds the tools, and ``data/__main__.py`` only launches this module.
 
 Bad input ends with one ``recbole-beta: ...`` line on stderr and exit status 2, no traceback.
 """
