@@ -189,6 +189,7 @@ def run_recbole_beta(
     per_user=False,
     argv=(),
     console_level=None,
+    test=True,
 ):
     """Train and test one model (the plugin's or RecBole's) on one dataset.
 
@@ -206,6 +207,8 @@ def run_recbole_beta(
             (the CLI passes its own); by default none, whatever ``sys.argv`` holds.
         console_level (int): if given, the level of RecBole's console log (a sweep's progress bar keeps
             it at WARNING); the log file keeps ``state``.
+        test (bool): False: train and validate only; the test users are not evaluated (``test_result`` is
+            None; no ``per_user``): a hyperparameter search's trial.
 
     Returns:
         dict: best_valid_score, best_valid_result, test_result, history (per epoch), checkpoint,
@@ -248,7 +251,8 @@ def run_recbole_beta(
         dist.barrier()  # rank 0 has written its last checkpoint before any rank loads the best one
     if per_user:
         trainer.evaluator = RecordingEvaluator(config)
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    test_result = (trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+                   if test else None)
 
     environment_tb = get_environment(config)
     logger.info("The running environment of this training is as follows:\n" + environment_tb.draw())
@@ -271,7 +275,7 @@ def run_recbole_beta(
     if groups is not None:  # eval_protocol=strong: how many users trained, validated and tested
         result["protocol_users"] = {name: len(users) for name, users in groups.items()}
     result["result_file"] = write_result(config, result)
-    if per_user:
+    if per_user and test:
         # what the model was given of each user: training rows, or a held-out user's fold-in
         activity = training_activity(getattr(dataset, "seen_dataset", train_data._dataset))
         result["per_user"] = per_user_metrics(trainer.evaluator, test_data, activity)

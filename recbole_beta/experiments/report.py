@@ -9,6 +9,7 @@ from recbole.evaluator import register
 
 from recbole_beta import metrics as _plugin_metrics  # noqa: F401  (TruncatedRecall's name)
 from recbole_beta.experiments import analysis, plots, training_plots
+from recbole_beta.experiments.tuned_report import tuning_section
 from recbole_beta.experiments.variance import USERS_AND_RUNS
 from recbole_beta.errors import RecBoleBetaError
 from recbole_beta.files import write_json
@@ -346,6 +347,7 @@ def _write_report(out_dir, spec_dict, runs, problems, figures):
         paths = _write_figures(out_dir, ok, t)
         written += paths
         body += ["## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in paths if p.suffix == ".png"] + [""]
+    body += tuning_section(out_dir, spec_dict, written if figures else None)  # a tuned sweep's searches
     (out_dir / "report.md").write_text("\n".join(body), encoding="utf-8")
     written.append(out_dir / "report.md")
     return written

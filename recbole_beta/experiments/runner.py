@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from recbole_beta.errors import RecBoleBetaError
 from recbole_beta.experiments.records import SweepJob, is_finished, portable
+from recbole_beta.experiments.tuned import tuned_runs
 from recbole_beta.files import ensure_writable, write_json
 from recbole_beta.runs.engines import Engine, InProcess
 from recbole_beta.runs.record import is_ok
@@ -109,7 +110,7 @@ def run_sweep(spec, out_dir, progress=True, jobs=1, engine="local", cpus=None, r
 def _run_locked(spec, out_dir, progress, engine, console_level):
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "spec.json", spec.to_dict())
-    runs = spec.runs()
+    runs = tuned_runs(spec, out_dir, engine, progress, console_level)  # a tuned model's: its chosen values
     drop_superseded_failures(out_dir, runs)
     notes = []
     todo = [(i, run) for i, run in enumerate(runs) if not is_finished(out_dir, run, notes)]

@@ -113,6 +113,8 @@ class Spec:
     plan: dict = None
     #: modules imported in the driver and in every worker before a run (strategies and models of your own)
     plugins: tuple = ()
+    #: the tuned sweep's searches (:mod:`recbole_beta.experiments.tuned`); None: no model is tuned
+    tuning: dict = None
 
     def runs(self):
         """Every run: model by model, cell by cell, seed by seed; with folds, fold by fold first, so a
@@ -134,7 +136,9 @@ class Spec:
             "name": self.name,
             "dataset": self.dataset,
             "seeds": self.seeds,
-            "models": [{"label": label, "model": model, "config": config} for label, model, config in self.models],
+            "models": [{"label": label, "model": model, "config": config,
+                        **({"search": self.tuning["search"][label]} if label in (self.tuning or {}).get("search", {})
+                           else {})} for label, model, config in self.models],
             "config": self.config,
             "config_files": self.config_files,
             "cells": self.cells,
@@ -144,6 +148,7 @@ class Spec:
             **({"equivalence_margin": self.equivalence_margin} if self.equivalence_margin else {}),
             **({"plan": self.plan} if self.plan else {}),
             **({"plugins": list(self.plugins)} if self.plugins else {}),
+            **({"tuning": {k: v for k, v in self.tuning.items() if k != "search"}} if self.tuning else {}),
         }
 
 
@@ -168,7 +173,7 @@ def _models(entries):
             entry = {"model": entry}
         if not isinstance(entry, dict) or "model" not in entry:
             raise SpecError(f"models: entry {entry!r} is neither a model name nor a mapping with a 'model' key")
-        unknown = set(entry) - {"model", "label", "config"}
+        unknown = set(entry) - {"model", "label", "config", "search"}
         if unknown:
             raise SpecError(f"models: entry {entry['model']!r} has unknown fields {sorted(unknown)}")
         get_model(entry["model"])  # UnknownModelError with close names
@@ -221,7 +226,7 @@ def load_spec(source, overrides=None):
         raise SpecError("a spec is a mapping with at least 'dataset' and 'models'")
     raw = {**raw, **(overrides or {})}
     allowed = {"name", "dataset", "seeds", "models", "config", "config_files", "grid", "cells", "reference",
-               "activity_quantiles", "folds", "equivalence_margin", "plan", "plugins"}
+               "activity_quantiles", "folds", "equivalence_margin", "plan", "plugins", "tuning"}
     unknown = set(raw) - allowed
     if unknown:
         raise SpecError(f"unknown spec fields {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -258,10 +263,20 @@ def load_spec(source, overrides=None):
     )
     _check_fold_given_once(raw.get("folds"), spec)
     _check_runs(spec)
+    spec.tuning = _tuning(raw, spec)
     labels = [label for label, _, _ in models]
     if spec.reference is not None and spec.reference not in labels:
         raise SpecError(f"reference={spec.reference!r} is not one of the model labels {labels}")
     return spec
+
+
+def _tuning(raw, spec):
+    from recbole_beta.experiments.tuned import TuningSpecError, parse_tuning  # tuned imports this module
+
+    try:
+        return parse_tuning(raw, spec)
+    except TuningSpecError as error:
+        raise SpecError(str(error)) from None
 
 
 def _check_runs(spec):
