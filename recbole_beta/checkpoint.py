@@ -319,14 +319,19 @@ class SafeCheckpointMixin:
         self.model.load_state_dict(checkpoint["state_dict"])
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
 
-    def resume_checkpoint(self, resume_file):
-        """RecBole's ``resume_checkpoint``, returning the checkpoint read (for what a subclass keeps in it)."""
+    def resume_checkpoint(self, resume_file, checkpoint=None):
+        """RecBole's ``resume_checkpoint``, returning the checkpoint read (for what a subclass keeps in it).
+
+        ``checkpoint``: the file as :func:`read_checkpoint` read it with this run's config (a run checks the
+        file before its data is read, ``quick_start.check_before_data``), so that it is not read twice; None
+        reads it here."""
         # mirrors recbole/trainer/trainer.py lines 321-342; changed: the file is read with the safe loader and
         # checked (read_checkpoint: one-line CheckpointErrors, another model or dataset among them, where
         # RecBole warns), every optimizer is restored, and weights that do not fit fail in one line too
         resume_file = str(resume_file)
         self.saved_model_file = resume_file
-        checkpoint = read_checkpoint(resume_file, self.config, self.device)
+        if checkpoint is None:
+            checkpoint = read_checkpoint(resume_file, self.config, self.device)
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]

@@ -11,15 +11,17 @@ import math
 import operator
 import os
 import sys
+from enum import Enum
 from functools import cache
 from pathlib import Path
 
 import yaml
 from recbole.config import Config as RecBoleConfig
+from recbole.config import configurator as recbole_configurator
 from recbole.evaluator import register
 from recbole.utils import EvaluatorType
 
-from recbole_beta import metrics  # noqa: F401  (registers TruncatedRecall with RecBole)
+from recbole_beta import metrics
 from recbole_beta.defaults import model_files, properties_dir, value_checks
 from recbole_beta.errors import ConfigError, ConfigFileError, RecBoleBetaError, RecBoleConfigError, check, is_number
 from recbole_beta.files import require_file
@@ -46,6 +48,31 @@ def split_key_values(args):
         else:
             others.append(arg)
     return pairs, others
+
+
+def convert_values(given):
+    """``given`` (key -> value; a value may be a string as the command line gives it) with each string read as
+    RecBole reads ``--key=value`` values and ``config_dict`` strings: a Python literal or expression where it
+    evaluates to a number, string, list, tuple, dict, bool or None; ``true``/``false`` in any case as bools;
+    else the string itself. Returns a new dict.
+
+    Mirrors ``Config._convert_config_dict`` (recbole/config/configurator.py lines 124-147, RecBole 1.2.1), a
+    method that reads nothing of its instance; the expression is evaluated where RecBole evaluates it (its
+    module's names). The plugin's :class:`Config` converts with this function, so every command line reads
+    values as the run script does."""
+    converted = {}
+    for key, param in given.items():
+        if not isinstance(param, str):
+            converted[key] = param
+            continue
+        try:
+            value = eval(param, dict(vars(recbole_configurator)))  # RecBole evals these values itself
+            if value is not None and not isinstance(value, (str, int, float, list, tuple, dict, bool, Enum)):
+                value = param
+        except (NameError, SyntaxError, TypeError):
+            value = {"true": True, "false": False}.get(param.lower(), param)
+        converted[key] = value
+    return converted
 
 
 @cache
@@ -102,6 +129,7 @@ class Config(RecBoleConfig):
     def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None, argv=None):
         # argv: the command line's ``--key=value`` arguments; None reads sys.argv[1:] as RecBole does
         self._argv = argv
+        metrics.register_metrics()  # RecBole checks the names of ``metrics`` as the config is built
         try:
             super().__init__(model, dataset, config_file_list, config_dict)
         except ValueError as error:
@@ -110,6 +138,12 @@ class Config(RecBoleConfig):
             # RecBole's own checks (topk, valid_metric, eval_args, ...) raise bare ValueErrors: one line each
             raise RecBoleConfigError(f"RecBole's Config refused the settings: {' '.join(str(error).split())}") from None
         self.validate()
+
+    def _convert_config_dict(self, config_dict):
+        """RecBole's reading of string values (``--key=value``, ``config_dict``), as :func:`convert_values`; in
+        place, as RecBole's method converts."""
+        config_dict.update(convert_values(config_dict))
+        return config_dict
 
     def _load_config_files(self, file_list):
         """RecBole's ``_load_config_files`` (recbole/config/configurator.py lines 120-128), with every file that
@@ -193,8 +227,8 @@ class Config(RecBoleConfig):
 
     def validate(self):
         """Check what depends on the protocol and the model's own keys (raises ConfigError); each value on
-        its own was checked against properties/checks.yaml as the config was built. Models without
-        ``validate_config`` pass their own."""
+        its own was checked against properties/checks.yaml as the config was built. The plugin's models check
+        their own keys (``validate_config``); RecBole's read theirs as they are built."""
         check_protocol_keys(self)
         if self["eval_protocol"] == "strong":
             name = self.model_class.__name__
@@ -208,9 +242,8 @@ class Config(RecBoleConfig):
                 )
             if not is_plugin_vae(self.model_class):
                 check_fold_in_config(name, self)
-        validate = getattr(self.model_class, "validate_config", None)
-        if validate is not None:
-            validate(self)
+        if is_plugin_vae(self.model_class):
+            self.model_class.validate_config(self)
         return self
 
 
@@ -376,6 +409,7 @@ def metric_results(names, topk):
     names = [names] if isinstance(names, str) else list(names or [])
     ks = [topk] if isinstance(topk, int) else list(topk or [])
     results = []
+    metrics.register_metrics()
     for name in (n.lower() for n in names):
         needs = register.metric_information.get(name, ())
         per_k = "rec.topk" in needs or "rec.items" in needs
@@ -389,6 +423,7 @@ def _check_metrics(key, value, values):
     names = [value] if isinstance(value, str) else value
     check(key, value, isinstance(names, list) and len(names) > 0 and all(isinstance(n, str) for n in names),
           "must be a metric name or a non-empty list of them, e.g. [Recall, NDCG]")
+    metrics.register_metrics()
     known = register.metrics_dict
     for name in names:
         if name.lower() not in known:

@@ -3,6 +3,10 @@
 RecBole collects its metric classes once, from ``recbole.evaluator.metrics``, into dicts that its
 Config (name check), Register (what to collect) and Evaluator (the classes) read. Adding a class
 to those dicts in place is all it takes: nothing of RecBole is re-typed.
+
+Importing this module registers nothing: :func:`register_metrics` does, explicitly. The plugin's
+``Config`` calls it as it is built, and so does whatever reads RecBole's registry without a Config
+(a sweep spec's margin check, the report's metric names).
 """
 
 import numpy as np
@@ -36,7 +40,8 @@ METRICS = {cls.__name__.lower(): cls for cls in (TruncatedRecall,)}
 
 
 def register_metrics():
-    """Make the plugin's metrics known to RecBole (idempotent)."""
+    """Make the plugin's metrics known to RecBole's registry (``recbole.evaluator.register``); calling it
+    again changes nothing."""
     for name, cls in METRICS.items():
         register.metrics_dict[name] = cls
         register.metric_information[name] = cls.metric_need
@@ -44,5 +49,3 @@ def register_metrics():
         if cls.smaller and name not in register.smaller_metrics:
             register.smaller_metrics.append(name)
 
-
-register_metrics()

@@ -3,15 +3,23 @@
 RecBole's trainer wraps each training batch's loss in ``torch.autocast``; on the CPU autocast's
 dtype is bfloat16. A CPU with AVX-512 BF16 or AMX instructions runs bfloat16 products natively (about
 3x float32's rate on this project's machines); without them oneDNN emulates them, slower than
-float32, so the plugin's trainer stays in float32 there and says so.
+float32, so every trainer the plugin hands out (its own and RecBole's) stays in float32 there and says
+so in one line (:func:`amp_unavailable`, read by :class:`recbole_beta.trainer.PluginTrainerMixin`).
 """
 
 import torch
 
+#: the CPU features (``torch.cpu.get_capabilities()``) that run bfloat16 products natively
+BFLOAT16_FEATURES = ("avx512_bf16", "amx_bf16")
+
 
 def cpu_has_bfloat16():
-    """True where this CPU has bfloat16 instructions (AVX-512 BF16 or AMX tiles)."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    """True where this CPU has bfloat16 instructions (AVX-512 BF16 or AMX), as torch's public
+    ``torch.cpu.get_capabilities()`` reports them; False with a torch too old to report them."""
+    if not hasattr(torch.cpu, "get_capabilities"):  # an older torch: no public way to ask
+        return False
+    capabilities = torch.cpu.get_capabilities()
+    return any(bool(capabilities.get(feature)) for feature in BFLOAT16_FEATURES)
 
 
 def autocast_dtype(device):
@@ -20,10 +28,17 @@ def autocast_dtype(device):
     return torch.get_autocast_dtype(torch.device(device).type)
 
 
-def amp_unavailable(device):
-    """Why ``enable_amp`` cannot run in reduced precision on ``device`` (one line), or None."""
+def amp_unavailable(device, cpu_bfloat16=None):
+    """Why ``enable_amp`` cannot run in reduced precision on ``device`` (one line), or None.
+
+    ``cpu_bfloat16``: whether the CPU has bfloat16 instructions; None asks this one (:func:`cpu_has_bfloat16`).
+    """
     device = torch.device(device)
-    if device.type == "cpu" and not cpu_has_bfloat16():
-        return ("enable_amp: this CPU has no bfloat16 instructions (AVX-512 BF16 or AMX), where bfloat16 "
-                "products are emulated and slower than float32; training and evaluation stay float32")
-    return None
+    if device.type != "cpu":
+        return None
+    if cpu_bfloat16 is None:
+        cpu_bfloat16 = cpu_has_bfloat16()
+    if cpu_bfloat16:
+        return None
+    return ("enable_amp: this CPU has no bfloat16 instructions (AVX-512 BF16 or AMX), where bfloat16 "
+            "products are emulated and slower than float32; training and evaluation stay float32")

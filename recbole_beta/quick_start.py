@@ -27,6 +27,7 @@ from recbole_beta.evaluation import RecordingEvaluator, per_user_metrics, traini
 from recbole_beta.files import ensure_writable, plain, write_json
 from recbole_beta.fold_in import attach_fold_in
 from recbole_beta.registry import get_model, get_trainer, is_plugin_vae
+from recbole_beta.trainer import PluginTrainerMixin
 
 
 def check_dataset(config):
@@ -125,8 +126,9 @@ def prepare(config):
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    if hasattr(trainer, "split"):  # the plugin's trainers record the split in their checkpoints
-        trainer.split = {"keys": split_keys(config), "fingerprint": split_fingerprint(dataset, train_data._dataset)}
+    if isinstance(trainer, PluginTrainerMixin):  # its checkpoints record the split (RecBole's decision trees keep none)
+        roles = dataset.roles if strong else None
+        trainer.split = {"keys": split_keys(config), "fingerprint": split_fingerprint(train_data._dataset, roles)}
     return dataset, (train_data, valid_data, test_data), model, trainer
 
 
@@ -142,14 +144,16 @@ def check_outputs(config, saved=True):
 def check_before_data(config, saved, resume):
     """What a run can check before its data is read, in one line each: the output folders, the dataset's
     files, the checkpoint to resume from (missing, not a checkpoint, refused, another run's or split's), and
-    ``epochs: 0`` without a checkpoint to evaluate."""
+    ``epochs: 0`` without a checkpoint to evaluate. Returns the checkpoint ``resume`` names, read (on the
+    CPU) and checked, for the trainer to resume from without reading it again; None without ``resume``."""
     check_outputs(config, saved)
     check_dataset(config)
     if resume:
-        read_checkpoint(resume, config)
-    elif config["epochs"] == 0:
+        return read_checkpoint(resume, config)
+    if config["epochs"] == 0:
         raise ConfigError("epochs", 0, "trains nothing: give epochs >= 1, or epochs=0 with --resume to "
                                        "evaluate a checkpoint")
+    return None
 
 
 def write_result(config, result):
@@ -216,6 +220,38 @@ def run_recbole_beta(
     """
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict,
                     argv=list(argv))
+    logger = start_logging(config, console_level)
+    # what can fail without the data fails before RecBole's long config dump, so its line comes first
+    checkpoint = check_before_data(config, saved, resume)
+    logger.info(list(argv))
+    logger.info(config)
+
+    dataset, (train_data, valid_data, test_data), _, trainer = prepare(config)
+    if not config["single_spec"]:  # the default name holds each process's start time: take rank 0's everywhere
+        trainer.saved_model_file = _from_rank_zero(trainer.saved_model_file)
+    if resume:
+        resume_training(trainer, resume, checkpoint)
+    per_user = per_user and test
+    outcome = train_and_test(config, trainer, (train_data, valid_data, test_data if test else None), saved, per_user)
+    result = run_result(config, trainer, dataset, outcome, saved)
+    result["result_file"] = write_result(config, result)
+    if per_user:
+        # what the model was given of each user: training rows, or a held-out user's fold-in
+        seen = dataset.seen_dataset if is_strong(config) else train_data._dataset
+        result["per_user"] = per_user_result(trainer, dataset, seen, test_data)
+    if result["result_file"]:
+        logger.info(set_color("result file", "yellow") + f": {result['result_file']}")
+
+    if not config["single_spec"]:
+        dist.destroy_process_group()
+    if config["local_rank"] == 0 and queue is not None:
+        queue.put(plain(result))
+    return result
+
+
+def start_logging(config, console_level=None):
+    """Seed as RecBole's ``run_recbole`` does, start RecBole's logger (``console_level``: its console's level, if
+    given) and log the config's warnings; return the logger."""
     if not config["single_spec"]:
         # RecBole's ensure_dir (exists? then makedirs) fails on the rank that loses the race: make
         # the folders its logger and trainer create first
@@ -227,69 +263,75 @@ def run_recbole_beta(
     # a typo would change nothing, a GPU that is not there would give the CPU, each without a word
     for warning in unknown_key_warnings(config.external_config_dict) + device_warnings(config):
         logger.warning(warning)
-    # what can fail without the data fails before RecBole's long config dump, so its line comes first
-    check_before_data(config, saved, resume)
-    logger.info(list(argv))
-    logger.info(config)
+    return logger
 
-    dataset, (train_data, valid_data, test_data), _, trainer = prepare(config)
-    distributed = not config["single_spec"]
-    if distributed:  # the default name holds each process's start time: take rank 0's everywhere
-        trainer.saved_model_file = _from_rank_zero(trainer.saved_model_file)
-    if resume:
-        trainer.resume_checkpoint(resume)
-        if trainer.start_epoch >= config["epochs"]:
-            logger.info(f"epochs={config['epochs']}: the checkpoint's epoch {trainer.start_epoch - 1} is the last; "
-                        "no training, the checkpoint is evaluated")
 
+def resume_training(trainer, resume, checkpoint):
+    """Resume ``trainer`` from the file ``resume``, as ``checkpoint`` holds it (:func:`check_before_data`
+    read it); say so when there is no epoch left to train."""
+    trainer.resume_checkpoint(resume, checkpoint=checkpoint)
+    epochs = trainer.config["epochs"]
+    if trainer.start_epoch >= epochs:
+        getLogger().info(f"epochs={epochs}: the checkpoint's epoch {trainer.start_epoch - 1} is the last; "
+                         "no training, the checkpoint is evaluated")
+
+
+def train_and_test(config, trainer, loaders, saved, per_user):
+    """RecBole's ``fit`` on the training and validation loaders, then the test (of the best checkpoint with
+    ``saved``, else of the last model; with ``per_user``, recording each user's top-k for
+    :func:`per_user_result`; none when the test loader is None). Returns best_valid_score, best_valid_result,
+    test_result (None without a test) and train_seconds."""
+    logger = getLogger()
+    train_data, valid_data, test_data = loaders
     start = time.time()
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
     train_seconds = time.time() - start
-    if distributed:
+    if not config["single_spec"]:
         dist.barrier()  # rank 0 has written its last checkpoint before any rank loads the best one
     if per_user:
         trainer.evaluator = RecordingEvaluator(config)
-    test_result = (trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
-                   if test else None)
+    test_result = None
+    if test_data is not None:
+        test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
 
     environment_tb = get_environment(config)
     logger.info("The running environment of this training is as follows:\n" + environment_tb.draw())
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
+    return {"best_valid_score": best_valid_score, "best_valid_result": best_valid_result,
+            "test_result": test_result, "train_seconds": train_seconds}
 
+
+def run_result(config, trainer, dataset, outcome, saved):
+    """The run's result (what :func:`run_recbole_beta` returns, before its result file and per-user metrics):
+    ``outcome`` from :func:`train_and_test`, the history, the checkpoint, the config and, under
+    ``eval_protocol=strong``, how many users trained, validated and tested."""
     result = {
         "model": config["model"],
         "dataset": config["dataset"],
-        "best_valid_score": best_valid_score,
+        "best_valid_score": outcome["best_valid_score"],
         "valid_score_bigger": config["valid_metric_bigger"],
-        "best_valid_result": best_valid_result,
-        "test_result": test_result,
+        "best_valid_result": outcome["best_valid_result"],
+        "test_result": outcome["test_result"],
         "history": trainer.history,
-        "train_seconds": train_seconds,
+        "train_seconds": outcome["train_seconds"],
         "checkpoint": trainer.saved_model_file if saved else None,
         "config": config.final_config_dict,
     }
-    groups = getattr(dataset, "protocol_users", None)
-    if groups is not None:  # eval_protocol=strong: how many users trained, validated and tested
-        result["protocol_users"] = {name: len(users) for name, users in groups.items()}
-    result["result_file"] = write_result(config, result)
-    if per_user and test:
-        # what the model was given of each user: training rows, or a held-out user's fold-in
-        activity = training_activity(getattr(dataset, "seen_dataset", train_data._dataset))
-        result["per_user"] = per_user_metrics(trainer.evaluator, test_data, activity)
-        # the dataset's own user ids: RecBole's internal ids are renumbered with each split (fold)
-        tokens = dataset.id2token(dataset.uid_field, result["per_user"]["user_id"])
-        result["per_user"]["user_token"] = tokens.astype(str)
-    if result["result_file"]:
-        logger.info(set_color("result file", "yellow") + f": {result['result_file']}")
-
-    if not config["single_spec"]:
-        dist.destroy_process_group()
-    if config["local_rank"] == 0 and queue is not None:
-        queue.put(plain(result))
+    if is_strong(config):
+        result["protocol_users"] = {name: len(users) for name, users in dataset.protocol_users.items()}
     return result
+
+
+def per_user_result(trainer, dataset, seen_dataset, test_data):
+    """The test metrics of each user (from the top-k lists the trainer's RecordingEvaluator kept), with what
+    the model was given of the user (its rows in ``seen_dataset``) and the dataset's own user token."""
+    table = per_user_metrics(trainer.evaluator, test_data, training_activity(seen_dataset))
+    # the dataset's own user ids: RecBole's internal ids are renumbered with each split (fold)
+    table["user_token"] = dataset.id2token(dataset.uid_field, table["user_id"]).astype(str)
+    return table
 
 
 def _run_rank(rank, model, dataset, config_file_list, kwargs):

@@ -98,14 +98,19 @@ def get_model(name):
 
 
 @cache
-def _safe(trainer_class):
-    """``trainer_class`` with what the plugin gives every trainer (:class:`PluginTrainerMixin`: checkpoints
-    that torch >= 2.6 loads safely, the per-epoch history, exact resume, the stop on a non-finite loss),
-    and DDP on the CPU too."""
+def plugin_trainer(trainer_class):
+    """RecBole's ``trainer_class`` with what the plugin gives every trainer (:class:`PluginTrainerMixin`:
+    checkpoints that torch >= 2.6 loads safely, the per-epoch history, exact resume, the stop on a non-finite
+    loss, ``enable_amp`` checked against the hardware), and DDP on the CPU too; named as RecBole names it
+    (``Trainer``, ``RecVAETrainer``, ...). One class per RecBole trainer, made once."""
     if not issubclass(trainer_class, Trainer):
         return trainer_class  # e.g. the decision-tree trainers, which keep no torch checkpoint
-    bases = (PluginTrainerMixin, trainer_class, CPUDistributed)
-    return type(trainer_class.__name__, bases, {"__module__": __name__})
+
+    class PluginTrainer(PluginTrainerMixin, trainer_class, CPUDistributed):
+        __doc__ = f"RecBole's {trainer_class.__name__}, with :class:`PluginTrainerMixin` and :class:`CPUDistributed`."
+
+    PluginTrainer.__name__ = PluginTrainer.__qualname__ = trainer_class.__name__
+    return PluginTrainer
 
 
 def get_trainer(model_type, model_name):
@@ -113,7 +118,7 @@ def get_trainer(model_type, model_name):
     model = plugin_model(model_name)
     if model is not None and issubclass(model, BetaMultVAE):
         return BetaTrainer
-    return _safe(recbole_get_trainer(model_type, model_name))
+    return plugin_trainer(recbole_get_trainer(model_type, model_name))
 
 
 def is_plugin_vae(model_class):

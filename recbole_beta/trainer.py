@@ -3,7 +3,7 @@
 - :class:`PluginTrainerMixin`: the per-epoch history, exact resume (the optimizers, each parameter's
   state in the layout the model holds it in, the random generators' states and the split in the
   checkpoint) and the stop on a non-finite loss, over :mod:`~recbole_beta.checkpoint`'s safe checkpoints. The registry
-  puts it before every RecBole ``Trainer`` it hands out (``registry._safe``) and before ours.
+  puts it before every RecBole ``Trainer`` it hands out (``registry.plugin_trainer``) and before ours.
 - :class:`CPUDistributed`: RecBole's DDP wrapping of the model, on the CPU (gloo) too.
 - :class:`BetaTrainer`: RecBole's ``Trainer`` for the BetaMultVAE family, with the beta of each epoch (tallied
   here from each batch's), under DDP the KL a feedback strategy steps on averaged over the ranks, and
@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import torch
+from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
 from recbole.trainer import Trainer
 from recbole.trainer.trainer import AbstractTrainer, PretrainTrainer
 from recbole.utils import set_color
@@ -25,6 +26,7 @@ from recbole_beta.collector import FastCollector
 from recbole_beta.checkpoint import SafeCheckpointMixin
 from recbole_beta.errors import CheckpointError, TrainingDivergedError
 from recbole_beta.files import plain
+from recbole_beta.model.sparse import TransposedLinear
 from recbole_beta.precision import amp_unavailable
 
 
@@ -43,8 +45,9 @@ def capture_rng(train_data=None):
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    if train_data is not None and getattr(train_data, "generator", None) is not None:
-        # RecBole's dataloaders shuffle with a generator of their own
+    if isinstance(train_data, AbstractDataLoader):
+        # RecBole's dataloaders shuffle with a generator of their own (its knowledge-based loader, two loaders
+        # in one, is not one of them: its loaders' generators are not captured)
         state["loader"] = train_data.generator.get_state()
     return state
 
@@ -71,10 +74,11 @@ def restore_rng(state, train_data=None):
 
 def _transposed(model, optimizer):
     """Positions, in ``optimizer``'s parameter order, of the parameters a module of ``model`` holds
-    transposed: the names in its class's ``transposed_parameters`` (the plugin's sparse input path
-    holds its first layer's weight as W^T, ``TransposedLinear``; the dense path as W)."""
-    ids = {id(getattr(module, name)) for module in model.modules()
-           for name in getattr(type(module), "transposed_parameters", ())}
+    transposed: those a :class:`~recbole_beta.model.sparse.TransposedLinear` names in its
+    ``transposed_parameters`` (the plugin's sparse input path holds its first layer's weight as W^T; the
+    dense path as W)."""
+    ids = {id(getattr(module, name)) for module in model.modules() if isinstance(module, TransposedLinear)
+           for name in module.transposed_parameters}
     params = [p for group in optimizer.param_groups for p in group["params"]]
     return [i for i, p in enumerate(params) if id(p) in ids]
 
@@ -93,12 +97,12 @@ def _transpose_to_fit(optimizer, saved, here):
                 state[key] = value.t().contiguous()
 
 
-def pretrain_epochs_note(trainer, config, model):
+def pretrain_epochs_note(trainer, config):
     """One line when ``epochs`` is set and the run pre-trains instead: RecBole's PretrainTrainer (RaCT's
     ``actor_pretrain`` and ``critic_pretrain`` stages) trains for ``pretrain_epochs`` (RaCT's default: 150)
     whatever ``epochs`` says, without validation; else None."""
-    stage = getattr(model, "train_stage", None)
-    given = getattr(config, "external_config_dict", None) or {}
+    stage = config["train_stage"]  # what RaCT and S3Rec read (None for a model without stages)
+    given = config.external_config_dict
     if not isinstance(trainer, PretrainTrainer) or not str(stage).endswith("pretrain") or "epochs" not in given:
         return None
     if given["epochs"] == trainer.pretrain_epochs:
@@ -116,6 +120,8 @@ class PluginTrainerMixin(SafeCheckpointMixin):
     - exact resume: a checkpoint also holds the history, the best valid result and the states of the
       random generators, so a resumed run continues exactly as an uninterrupted one;
     - a stop on a non-finite training loss: a one-line :class:`TrainingDivergedError`;
+    - ``enable_amp`` where the hardware runs it (:func:`~recbole_beta.precision.amp_unavailable`): on a CPU
+      without bfloat16 instructions, one warning and float32;
     - a cheaper full-ranking evaluation: :class:`~recbole_beta.collector.FastCollector` as the
       ``eval_collector``, RecBole's numbers without its dense users x items matrix per batch.
     """
@@ -132,9 +138,13 @@ class PluginTrainerMixin(SafeCheckpointMixin):
         #: the split the run trains on ({"keys": ..., "fingerprint": ...}), set by quick_start.prepare;
         #: checkpoints record it and a resume on another split is refused
         self.split = None
-        note = pretrain_epochs_note(self, config, model)
+        note = pretrain_epochs_note(self, config)
         if note is not None:  # RecBole would ignore epochs without a word
             self.logger.warning(note)
+        why = amp_unavailable(self.device) if self.enable_amp else None
+        if why is not None:  # RecBole would run emulated bfloat16, slower than float32, without a word
+            self.logger.warning(why)
+            self.enable_amp = False
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self._train_data = train_data
@@ -234,8 +244,8 @@ class PluginTrainerMixin(SafeCheckpointMixin):
             state["split"] = plain(self.split)
         return state
 
-    def resume_checkpoint(self, resume_file):
-        checkpoint = super().resume_checkpoint(resume_file)
+    def resume_checkpoint(self, resume_file, checkpoint=None):
+        checkpoint = super().resume_checkpoint(resume_file, checkpoint)
         # the keys were compared before the data was read (checkpoint.read_checkpoint); the data only now
         recorded = (checkpoint.get("split") or {}).get("fingerprint")
         if recorded is not None and self.split is not None and recorded != self.split["fingerprint"]:
@@ -257,7 +267,7 @@ class CPUDistributed(AbstractTrainer):
     RecBole's ``AbstractTrainer.__init__`` wraps the model as ``DistributedDataParallel(model,
     device_ids=[local_rank])`` after converting BatchNorm to SyncBatchNorm: both only work on
     GPUs. A trainer lists this class after RecBole's ``Trainer`` in its bases, so that
-    ``Trainer.__init__``'s ``super().__init__`` lands here (BetaTrainer, ``registry._safe``).
+    ``Trainer.__init__``'s ``super().__init__`` lands here (BetaTrainer, ``registry.plugin_trainer``).
     """
 
     def __init__(self, config, model):
@@ -286,7 +296,7 @@ class BetaTrainer(PluginTrainerMixin, Trainer, CPUDistributed):
 
     With ``enable_amp`` (RecBole's key) training runs its products under RecBole's autocast, and so
     does evaluation (RecBole evaluates outside it); on a CPU without bfloat16 instructions both stay
-    float32, with one warning.
+    float32, with one warning (:class:`PluginTrainerMixin`, as for every trainer).
     """
 
     def _build_optimizer(self, **kwargs):
@@ -295,7 +305,7 @@ class BetaTrainer(PluginTrainerMixin, Trainer, CPUDistributed):
         # parameters per batch (24M of them at the ML-20M shape, a tenth of a sparse epoch). torch's
         # fused kernel makes the same update in one pass, equal to float rounding. The sparse path
         # takes it; the dense path keeps RecBole's loop, bit for bit MultiVAE's.
-        if type(optimizer) in (torch.optim.Adam, torch.optim.AdamW) and getattr(self.model, "sparse_input", False):
+        if type(optimizer) in (torch.optim.Adam, torch.optim.AdamW) and self.model.sparse_input is not None:
             groups = [{k: v for k, v in group.items() if k not in ("fused", "foreach")} for group in optimizer.param_groups]
             try:
                 optimizer = type(optimizer)(groups, fused=True)
@@ -305,10 +315,6 @@ class BetaTrainer(PluginTrainerMixin, Trainer, CPUDistributed):
 
     def __init__(self, config, model):
         super().__init__(config, model)
-        why = amp_unavailable(self.device) if self.enable_amp else None
-        if why is not None:
-            self.logger.warning(why)
-            self.enable_amp = False
         if not config["single_spec"]:
             # every rank steps a feedback strategy on the KL averaged over the ranks (their batches have
             # the same size), so all follow one beta trajectory

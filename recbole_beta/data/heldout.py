@@ -34,6 +34,7 @@ fold k has is dropped, as any held-out interaction with such an item is).
 
 import hashlib
 import os
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -91,14 +92,14 @@ def describe_split(keys):
     return f"eval_protocol={keys.get('eval_protocol')} ({rest})"
 
 
-def split_fingerprint(dataset, train_dataset):
+def split_fingerprint(train_dataset, roles=None):
     """A short hash of which (user, item) interactions a run trains on and, under the strong protocol, of
-    every interaction's role: equal for the same data, filters and split, different otherwise."""
+    every interaction's role (``roles``: :attr:`HeldOutSplit.roles`; None under the weak protocol): equal for
+    the same data, filters and split, different otherwise."""
     digest = hashlib.sha1()
     inter = train_dataset.inter_feat
     for field in (train_dataset.uid_field, train_dataset.iid_field):
         digest.update(np.ascontiguousarray(np.asarray(inter[field])).tobytes())
-    roles = getattr(dataset, "_roles", None)
     if roles is not None:
         digest.update(np.ascontiguousarray(roles).tobytes())
     return digest.hexdigest()[:16]
@@ -214,12 +215,39 @@ def _has_role_column(config):
     return any(column.split(":")[0] == ROLE_FIELD for column in header)
 
 
+class HeldOutSplit(Protocol):
+    """What the rest of the plugin reads of a dataset split into training and held-out users, once its
+    ``build()`` has run: :class:`HeldOutDataset` (and the datasets its ``build()`` makes, copies of it).
+    Runs ask ``eval_protocol`` (:func:`is_strong`) whether they have one; a model asks
+    :func:`training_user_ids`."""
+
+    #: "train", "valid" and "test": the internal ids of each group's users
+    protocol_users: dict
+    #: the training users' ids (``protocol_users["train"]``): the users a model learns from
+    train_user_ids: np.ndarray
+    #: the training users' rows and the held-out users' fold-in rows: what the model is given of each user
+    seen_dataset: "HeldOutDataset"
+
+    @property
+    def roles(self) -> np.ndarray:
+        """Each interaction's role (TRAIN, VALID_IN, VALID_TARGET, TEST_IN, TEST_TARGET), in row order."""
+
+    def training_dataset(self):
+        """The training users' rows alone (for the models that train on interactions)."""
+
+
 class HeldOutDataset(PluginDataset):
-    """RecBole's Dataset, split into training and held-out users (see the module's docstring).
+    """RecBole's Dataset, split into training and held-out users (see the module's docstring); a
+    :class:`HeldOutSplit` once ``build()`` has run.
 
     The roles are settled on the raw data, before RecBole maps tokens to ids, so the item ids
     cover the training users' items only, as the protocol's item set does.
     """
+
+    # set by build(): until then the split is not made
+    protocol_users = None
+    train_user_ids = None
+    seen_dataset = None
 
     def __init__(self, config):
         # RecBole loads only the columns load_col names (user_id and item_id by default): a
@@ -261,6 +289,11 @@ class HeldOutDataset(PluginDataset):
         self._reset_index()
         self._roles = roles[keep]
 
+    @property
+    def roles(self):
+        """Each interaction's role (TRAIN, VALID_IN, VALID_TARGET, TEST_IN, TEST_TARGET), in row order."""
+        return self._roles
+
     def _given_roles(self, column):
         codes = pd.Series({name: code for code, name in enumerate(ROLES)})
         roles = codes.reindex(column.astype(str)).to_numpy()
@@ -287,7 +320,7 @@ class HeldOutDataset(PluginDataset):
             name: torch.unique(uid[roles == role]).numpy()
             for name, role in (("train", TRAIN), ("valid", VALID_IN), ("test", TEST_IN))
         }
-        self.train_user_ids = self.protocol_users["train"]  # read by the plugin's models
+        self.train_user_ids = self.protocol_users["train"]  # read by the plugin's models: training_user_ids
         for name, role in (("validation", VALID_TARGET), ("test", TEST_TARGET)):
             if not bool((roles == role).any()):
                 raise DatasetError(
@@ -311,7 +344,7 @@ class HeldOutDataset(PluginDataset):
 
     def __str__(self):
         text = super().__str__()
-        users = getattr(self, "protocol_users", None)
+        users = self.protocol_users
         if users is None:
             return text
         return text + (
@@ -330,6 +363,12 @@ class HeldOutUserDataLoader(UserDataLoader):
         self.user_list = Interaction({self.uid_field: torch.as_tensor(np.asarray(users), dtype=torch.long)})
         self.sample_size = len(self.user_list)
         AbstractDataLoader.__init__(self, config, dataset, sampler, shuffle=True)
+
+
+def training_user_ids(dataset):
+    """The ids of the users a model built on ``dataset`` learns from: a held-out split's training users (a
+    built :class:`HeldOutDataset`, or a dataset its ``build()`` made), else None: every user."""
+    return dataset.train_user_ids if isinstance(dataset, HeldOutDataset) else None
 
 
 def heldout_data_preparation(config, dataset, user_rows):

@@ -134,7 +134,7 @@ def export_vae_cf(dataset, out_dir):
     inter = dataset.inter_feat
     users = inter[uid_field].numpy()
     items = inter[iid_field].numpy()
-    roles = np.asarray(dataset._roles)
+    roles = np.asarray(dataset.roles)
     order = np.concatenate([dataset.protocol_users[g] for g in ("train", "valid", "test")])
     uid_of = np.zeros(dataset.user_num, dtype=np.int64)
     uid_of[order] = np.arange(len(order))

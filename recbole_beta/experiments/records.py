@@ -132,7 +132,7 @@ class SweepJob(Job):
         self.run, self.spec, self.out_dir, self.index = run, spec, Path(out_dir), index
         self.overrides, self.console_level = overrides or {}, console_level
         self.key = f"run {run.run_id}"
-        self.plugins = tuple(getattr(spec, "plugins", None) or ())
+        self.plugins = tuple(spec.plugins)
         self.folder = str(self.out_dir / "work" / run.run_id) if isolated else None
 
     def work(self, gpu_id=None, driver_writes=False):

@@ -7,12 +7,12 @@ from pathlib import Path
 import pandas as pd
 from recbole.evaluator import register
 
-from recbole_beta import metrics as _plugin_metrics  # noqa: F401  (TruncatedRecall's name)
 from recbole_beta.experiments import analysis, plots, training_plots
 from recbole_beta.experiments.tuned_report import tuning_section
 from recbole_beta.experiments.variance import USERS_AND_RUNS
 from recbole_beta.errors import RecBoleBetaError
 from recbole_beta.files import write_json
+from recbole_beta.metrics import register_metrics
 from recbole_beta.runs.record import is_ok, protocol_of
 
 
@@ -63,6 +63,7 @@ def _activity_text(activity, quantiles):
 def metric_label(metric):
     """``truncatedrecall@20`` as its class is named: ``TruncatedRecall@20`` (RecBole lower-cases results)."""
     name, sep, k = metric.partition("@")
+    register_metrics()  # the plugin's metrics (TruncatedRecall): a report is written without a Config
     cls = register.metrics_dict.get(name)
     return f"{cls.__name__ if cls else name}{sep}{k}"
 

@@ -37,10 +37,10 @@ import yaml
 from recbole.evaluator import register
 from recbole.evaluator.base_metric import TopkMetric
 
-from recbole_beta import metrics as _plugin_metrics  # noqa: F401  (TruncatedRecall registered with RecBole)
 from recbole_beta.config import check_values, closest_known_key, known_keys
 from recbole_beta.defaults import properties_dir
 from recbole_beta.errors import ConfigError, RecBoleBetaError
+from recbole_beta.metrics import register_metrics
 from recbole_beta.registry import get_model
 from recbole_beta.runs.training import driver_config
 from recbole_beta.runs.worker import parse_plugins
@@ -390,6 +390,7 @@ def _margins(value, config, files):
     topk = settings["topk"] or []
     topk = [topk] if isinstance(topk, int) else topk
     # per user, the runs keep top-k metrics only (what the paired tests compare)
+    register_metrics()  # the plugin's metrics (TruncatedRecall), before a Config registers them
     computed = {f"{m.lower()}@{k}" for m in metrics for k in topk
                 if isinstance(register.metrics_dict.get(m.lower()), type)
                 and issubclass(register.metrics_dict[m.lower()], TopkMetric)}

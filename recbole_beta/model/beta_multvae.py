@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from recbole.model.general_recommender import MultiVAE
 
 from recbole_beta.beta import StrategyContext, build_strategy
+from recbole_beta.data.heldout import training_user_ids
 from recbole_beta.data.user_items import UserItemCSR
 from recbole_beta.defaults import WithDefaults, model_defaults
 from recbole_beta.errors import check, check_number
@@ -80,7 +81,7 @@ class BetaMultVAE(MultiVAE):
         # what a strategy reads comes from the users trained on: every user id (the padding id 0
         # included, as RecBole's UserDataLoader walks them), or the training users alone under
         # eval_protocol=strong, whose dataset names them (recbole_beta.data.heldout)
-        trained = getattr(dataset, "train_user_ids", None)
+        trained = training_user_ids(dataset)
         n_trained = dataset.user_num if trained is None else len(trained)
         trained_activity = activity if trained is None else activity[torch.as_tensor(trained, dtype=torch.long)]
         active = trained_activity[trained_activity > 0]

@@ -12,7 +12,7 @@ from recbole.utils import get_local_time
 from recbole_beta.config import known_keys, unknown_key_warnings
 from recbole_beta.errors import ConfigError
 from recbole_beta.files import plain
-from recbole_beta.registry import get_model
+from recbole_beta.registry import get_model, is_plugin_vae
 from recbole_beta.runs.engines import Engine, EngineError
 from recbole_beta.runs.training import absolute_data_path, driver_config
 from recbole_beta.runs.worker import import_plugins
@@ -80,11 +80,10 @@ class Search:
 
 
 def _check_values(space, base, model_class):
-    """Every value the space can reach at its ends, checked by the model as a config is built (one key at
-    a time, the others at their fixed values)."""
-    validate = getattr(model_class, "validate_config", None)
-    if validate is None:
-        return
+    """Every value the space can reach at its ends, checked by the plugin's model as a config is built
+    (``validate_config``; one key at a time, the others at their fixed values)."""
+    if not is_plugin_vae(model_class):
+        return  # RecBole's models read their keys as they are built: nothing to check before
     for param in space.params:
         for value in param.extremes():
             value = param.convert(value)
@@ -92,7 +91,7 @@ def _check_values(space, base, model_class):
             old = base.final_config_dict.get(param.name)
             base.final_config_dict[param.name] = value
             try:
-                validate(base)
+                model_class.validate_config(base)
             except ConfigError as error:
                 raise ParamsFileError(
                     f"{space.location(param)}: {param.name} {param.distribution} {''.join(param.text.split()[2:])} "
@@ -117,86 +116,31 @@ def prepare_search(model, dataset="ml-100k", params_file=None, algo="random", ma
     """
     from recbole_beta.quick_start import check_dataset  # quick_start imports torch and the models
 
-    if algo not in ALGOS:
-        raise TuningError(f"algo={algo!r} is not allowed: must be one of {', '.join(ALGOS)}")
-    if engine not in ENGINES:
-        raise TuningError(f"engine={engine!r} is not allowed: must be one of {', '.join(ENGINES)}")
-    if keep_checkpoints not in KEEP_CHECKPOINTS:
-        raise TuningError(f"keep_checkpoints={keep_checkpoints!r} is not allowed: must be one of "
-                          f"{', '.join(KEEP_CHECKPOINTS)}")
-    for key, value, minimum in (("max_evals", max_evals, 1), ("early_stop", early_stop, 0)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum):
-            raise TuningError(f"{key}={value!r} is not allowed: must be a number >= {minimum}")
-    # the earlier names (cpus_per_trial, gpus_per_trial) still work; the messages name what was given
-    unit = "trial" if cpus_per_run is None and gpus_per_run is None and (
-        cpus_per_trial is not None or gpus_per_trial is not None) else "run"
-    for new, old, value, earlier in (("cpus_per_run", "cpus_per_trial", cpus_per_run, cpus_per_trial),
-                                     ("gpus_per_run", "gpus_per_trial", gpus_per_run, gpus_per_trial)):
-        if value is not None and earlier is not None:
-            raise TuningError(f"{new} and {old} are one option: give {new}")
-    cpus_per_run = cpus_per_trial if cpus_per_run is None else cpus_per_run
-    gpus_per_run = gpus_per_trial if gpus_per_run is None else gpus_per_run
-    try:  # the sweeps' check of the same options: hyperopt runs its trials in this process
-        resources = Engine.checked("ray" if engine == "ray" else "local", cpus=cpus, address=ray_address,
-                                   cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, unit=unit)
-    except EngineError as error:
-        raise TuningError(str(error)) from None
-
+    _check_options(algo, engine, keep_checkpoints, max_evals, early_stop)
+    resources = _checked_resources(engine, cpus, ray_address, cpus_per_run, gpus_per_run, cpus_per_trial,
+                                   gpus_per_trial)
     plugins = tuple(plugins or ())
     import_plugins(plugins, "--plugins")  # a strategy or model of your own registers itself as it is imported
     model_class = get_model(model)  # UnknownModelError with close names
     model = model_class.__name__
-    if params_file is None:
-        params_file = default_params_file(model)
-        if params_file is None:
-            raise TuningError(
-                f"no params file for {model}: the plugin ships one for its own models only "
-                f"(properties/hyper/); give --params_file"
-            )
-    params_file = os.fspath(params_file)
+    params_file = _params_file(model, params_file)
     fixed = dict(fixed or {})
-    config_file_list = [os.path.abspath(f) for f in (config_file_list or [])] or None
-    for file in config_file_list or []:
-        if not os.path.isfile(file):
-            raise TuningError(f"config file {file} not found")
+    config_file_list = _config_files(config_file_list)
 
     base = driver_config(model, dataset, config_file_list, fixed)
     check_dataset(base)
     data_path = absolute_data_path(base)
     if data_path is not None:  # Ray trials work in their own folders
         fixed["data_path"] = data_path
-    # keys a config file or the fixed settings introduce (a strategy of your own, say) may be searched too
-    known = known_keys() | set(base.final_config_dict)
-    # RecBole passes any key on, so a typo (in the fixed keys or a config file) would quietly change nothing
-    for warning in unknown_key_warnings(base.external_config_dict):
-        print(f"recbole-beta: warning: {warning}", file=sys.stderr)  # each trial's log says it again
-    space = read_params_file(params_file, known=known)
-    for param in space.params:
-        if param.name in fixed:
-            raise ParamsFileError(
-                f"{space.location(param)}: {param.name} is searched here and also fixed "
-                f"({param.name}={fixed[param.name]!r}); drop one of them"
-            )
+    space = _read_space(params_file, base, fixed)
     _check_values(space, base, model_class)
-
-    if algo == "exhaustive":
-        space.require_grid()
-        size = space.grid_size()
-        if max_evals is not None and max_evals < size:
-            raise TuningError(
-                f"--algo exhaustive runs all {size} combinations of {space.file}; max_evals={max_evals} is "
-                f"fewer (leave it out, or use --algo random)"
-            )
-        max_evals = size
-    elif max_evals is None:
-        max_evals = 20
     return Search(
         model=model,
         dataset=base["dataset"],
         space=space,
         algo=algo,
         engine=engine,
-        max_evals=int(max_evals),
+        max_evals=_max_evals(algo, space, max_evals),
         early_stop=int(early_stop or 0),
         config_file_list=config_file_list,
         fixed=fixed,
@@ -209,6 +153,93 @@ def prepare_search(model, dataset="ml-100k", params_file=None, algo="random", ma
                        gpus_per_run=resources.gpus_per_run, verbose=verbose),
         plugins=plugins,
     )
+
+
+def _check_options(algo, engine, keep_checkpoints, max_evals, early_stop):
+    """The search's own options, each against what it allows (TuningError, one line)."""
+    if algo not in ALGOS:
+        raise TuningError(f"algo={algo!r} is not allowed: must be one of {', '.join(ALGOS)}")
+    if engine not in ENGINES:
+        raise TuningError(f"engine={engine!r} is not allowed: must be one of {', '.join(ENGINES)}")
+    if keep_checkpoints not in KEEP_CHECKPOINTS:
+        raise TuningError(f"keep_checkpoints={keep_checkpoints!r} is not allowed: must be one of "
+                          f"{', '.join(KEEP_CHECKPOINTS)}")
+    for key, value, minimum in (("max_evals", max_evals, 1), ("early_stop", early_stop, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum):
+            raise TuningError(f"{key}={value!r} is not allowed: must be a number >= {minimum}")
+
+
+def _checked_resources(engine, cpus, ray_address, cpus_per_run, gpus_per_run, cpus_per_trial, gpus_per_trial):
+    """The engine's resource options, checked as a sweep checks them (hyperopt runs its trials in this
+    process); the earlier names (cpus_per_trial, gpus_per_trial) still work, and the messages name what was
+    given."""
+    unit = "trial" if cpus_per_run is None and gpus_per_run is None and (
+        cpus_per_trial is not None or gpus_per_trial is not None) else "run"
+    for new, old, value, earlier in (("cpus_per_run", "cpus_per_trial", cpus_per_run, cpus_per_trial),
+                                     ("gpus_per_run", "gpus_per_trial", gpus_per_run, gpus_per_trial)):
+        if value is not None and earlier is not None:
+            raise TuningError(f"{new} and {old} are one option: give {new}")
+    cpus_per_run = cpus_per_trial if cpus_per_run is None else cpus_per_run
+    gpus_per_run = gpus_per_trial if gpus_per_run is None else gpus_per_run
+    try:
+        return Engine.checked("ray" if engine == "ray" else "local", cpus=cpus, address=ray_address,
+                              cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, unit=unit)
+    except EngineError as error:
+        raise TuningError(str(error)) from None
+
+
+def _params_file(model, params_file):
+    """The params file to read: the one given, else the one the plugin ships for ``model`` (a class name)."""
+    if params_file is None:
+        params_file = default_params_file(model)
+        if params_file is None:
+            raise TuningError(
+                f"no params file for {model}: the plugin ships one for its own models only "
+                f"(properties/hyper/); give --params_file"
+            )
+    return os.fspath(params_file)
+
+
+def _config_files(config_file_list):
+    """The fixed config files as absolute paths (trials may work in other folders), each one there; or None."""
+    config_file_list = [os.path.abspath(f) for f in (config_file_list or [])] or None
+    for file in config_file_list or []:
+        if not os.path.isfile(file):
+            raise TuningError(f"config file {file} not found")
+    return config_file_list
+
+
+def _read_space(params_file, base, fixed):
+    """The search space of ``params_file``: its keys known to RecBole, the plugin or ``base`` (the driver's
+    config), none of them also ``fixed``; the unknown keys of the fixed settings warned about on stderr."""
+    # keys a config file or the fixed settings introduce (a strategy of your own, say) may be searched too
+    known = known_keys() | set(base.final_config_dict)
+    # RecBole passes any key on, so a typo (in the fixed keys or a config file) would quietly change nothing
+    for warning in unknown_key_warnings(base.external_config_dict):
+        print(f"recbole-beta: warning: {warning}", file=sys.stderr)  # each trial's log says it again
+    space = read_params_file(params_file, known=known)
+    for param in space.params:
+        if param.name in fixed:
+            raise ParamsFileError(
+                f"{space.location(param)}: {param.name} is searched here and also fixed "
+                f"({param.name}={fixed[param.name]!r}); drop one of them"
+            )
+    return space
+
+
+def _max_evals(algo, space, max_evals):
+    """How many trials: the grid's size for ``exhaustive`` (a smaller max_evals refused), else max_evals
+    (default 20)."""
+    if algo == "exhaustive":
+        space.require_grid()
+        size = space.grid_size()
+        if max_evals is not None and max_evals < size:
+            raise TuningError(
+                f"--algo exhaustive runs all {size} combinations of {space.file}; max_evals={max_evals} is "
+                f"fewer (leave it out, or use --algo random)"
+            )
+        return size
+    return int(20 if max_evals is None else max_evals)
 
 
 def run_search(model, dataset="ml-100k", params_file=None, algo="random", max_evals=None, early_stop=10,

@@ -55,7 +55,7 @@ class TrialJob(Job):
     def __init__(self, search, params, trial_dir):
         self.search, self.params, self.trial_dir = search, params, os.fspath(trial_dir)
         self.key = f"trial {os.path.basename(self.trial_dir)}"
-        self.plugins = tuple(getattr(search, "plugins", None) or ())
+        self.plugins = tuple(search.plugins)
 
     def work(self, gpu_id=None, driver_writes=False):
         os.makedirs(self.trial_dir, exist_ok=True)
