@@ -84,13 +84,21 @@ def _int(text):
 
 
 def build_parser():
-    """The argparse parser with the convert and synthetic sub-commands."""
+    """The argparse parser with the convert, synthetic and export sub-commands."""
     parser = argparse.ArgumentParser(
         prog="python -m recbole_beta.data",
         description="Make RecBole atomic .inter files: convert raw MovieLens/CSV ratings, "
                     "or generate power-law synthetic data for scale tests.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{convert,synthetic,export}")
+    _add_convert(sub)
+    _add_synthetic(sub)
+    _add_export(sub)
+    return parser
 
+
+def _add_convert(sub):
+    """The ``convert`` sub-command: the input, its format and the output; a generic CSV's columns; the
+    Mult-VAE preprocessing's filters."""
     c = sub.add_parser(
         "convert", help="raw ratings (MovieLens or any CSV/TSV) -> RecBole atomic .inter",
         description="Convert a raw interaction file into <out>/<name>/<name>.inter, "
@@ -111,7 +119,15 @@ def build_parser():
                    help="dataset name (default: the format, e.g. ml-20m, or the file's stem "
                         "for csv; ml-100k-converted for ml-100k, since RecBole always uses its "
                         "bundled copy for the name ml-100k)")
-    g = c.add_argument_group("generic CSV/TSV (--format csv)")
+    _add_csv_options(c.add_argument_group("generic CSV/TSV (--format csv)"))
+    _add_filter_options(c.add_argument_group("filtering (Mult-VAE preprocessing, Liang et al. 2018)"))
+    c.add_argument("--chunksize", type=_positive_int, default=DEFAULT_CHUNKSIZE,
+                   help=f"rows read at a time (default: {DEFAULT_CHUNKSIZE:,})")
+    c.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
+
+
+def _add_csv_options(g):
+    """``convert``'s options for a generic delimited file (``--format csv``)."""
     g.add_argument("--sep", type=_separator, default=None,
                    help="field separator: a character or string, or tab/comma/semicolon/space/pipe "
                         "(default: comma)")
@@ -123,7 +139,10 @@ def build_parser():
     g.add_argument("--time-col", default=None, help="timestamp column name (optional)")
     g.add_argument("--no-header", action="store_true",
                    help="the file has no header line; the --*-col options are then 0-based positions")
-    f = c.add_argument_group("filtering (Mult-VAE preprocessing, Liang et al. 2018)")
+
+
+def _add_filter_options(f):
+    """``convert``'s filters: the Mult-VAE preprocessing (Liang et al. 2018) and its parts."""
     f.add_argument("--min-rating", type=float, default=None,
                    help="keep only interactions with rating >= this (implicit feedback)")
     f.add_argument("--min-user-inter", type=_non_negative_int, default=None,
@@ -136,10 +155,10 @@ def build_parser():
                    help="the paper's ML-20M setup: --min-rating 4 (the reference code's "
                         "rating > 3.5 on half stars) --min-user-inter 5, one pass; "
                         "explicit options override its values")
-    c.add_argument("--chunksize", type=_positive_int, default=DEFAULT_CHUNKSIZE,
-                   help=f"rows read at a time (default: {DEFAULT_CHUNKSIZE:,})")
-    c.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
 
+
+def _add_synthetic(sub):
+    """The ``synthetic`` sub-command: a preset or the shape, the power laws, the output."""
     s = sub.add_parser(
         "synthetic", help="generate power-law synthetic atomic data",
         description="Generate <out>/<name>/<name>.inter with Zipf-like item popularity and "
@@ -165,6 +184,9 @@ def build_parser():
     s.add_argument("--name", "-n", help="dataset name (default: <preset>-synthetic or synthetic)")
     s.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
 
+
+def _add_export(sub):
+    """The ``export`` sub-command: a dataset's eval_protocol=strong split in the vae_cf layout."""
     e = sub.add_parser(
         "export", help="write an eval_protocol=strong split in the reference code's vae_cf layout",
         description="Split a dataset as `run_recbole_beta.py --eval_protocol=strong` does and write "
@@ -178,7 +200,6 @@ def build_parser():
     e.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default: ml-100k)")
     e.add_argument("--config_files", default=None, help="YAML config files, separated by spaces")
     e.add_argument("--out", "-o", required=True, help="the folder to write")
-    return parser
 
 
 def _config_overrides(extra):

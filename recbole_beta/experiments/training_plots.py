@@ -148,7 +148,6 @@ def plot_beta_schedules(out_dir, total_steps=400, n_batches_per_epoch=4, activit
         the paths written: ``[png, svg]``.
     """
     series = beta_schedule_series(total_steps, activities, mean_activity, config, seed)
-    steps = series["step"]
     n_batches = max(1, int(n_batches_per_epoch))
 
     fig = Figure(figsize=(11, 10.5), layout="constrained")
@@ -157,22 +156,37 @@ def plot_beta_schedules(out_dir, total_steps=400, n_batches_per_epoch=4, activit
     ax_scaled, ax_prod = fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
     ax_ctrl = fig.add_subplot(grid[2, :])
 
-    annealed = _panel_config("annealed", total_steps, config)
-    ax_anneal.plot(steps, series["annealed"], color="tab:blue")
-    ax_anneal.set_title(
-        f"annealed: min({annealed['anneal_cap']:g}, t / {annealed['total_anneal_steps']:g})", fontsize=10
-    )
+    _draw_annealed(ax_anneal, series, _panel_config("annealed", total_steps, config))
+    _draw_cyclical(ax_cyc, series, _panel_config("cyclical", total_steps, config))
+    _draw_per_user(ax_scaled, ax_prod, series, activities, mean_activity,
+                   _panel_config("scaled", total_steps, config), _panel_config("scaled_cyclical", total_steps, config))
+    _draw_controlled(ax_ctrl, series, _panel_config("controlled", total_steps, config))
+    for ax in (ax_anneal, ax_cyc, ax_scaled, ax_prod, ax_ctrl):
+        _step_axes(ax, total_steps, n_batches, beta_label=ax is not ax_ctrl)
+    fig.suptitle(f"Beta per strategy over {total_steps} steps ({n_batches} batches per epoch; top axis: epoch)")
+    return _save(fig, out_dir, "beta_schedules")
 
-    cyc = _panel_config("cyclical", total_steps, config)
+
+def _draw_annealed(ax, series, annealed):
+    """The annealed panel: beta = min(cap, t / total_anneal_steps) (``annealed``: the panel's settings)."""
+    ax.plot(series["step"], series["annealed"], color="tab:blue")
+    ax.set_title(f"annealed: min({annealed['anneal_cap']:g}, t / {annealed['total_anneal_steps']:g})", fontsize=10)
+
+
+def _draw_cyclical(ax, series, cyc):
+    """The cyclical panel: one line per ramp shape (``cyc``: the panel's settings)."""
     for shape, style in zip(RAMPS, ("-", "--", ":")):
-        ax_cyc.plot(steps, series[f"cyclical/{shape}"], linestyle=style, label=shape)
-    ax_cyc.set_title(f"cyclical: {cyc['n_cycles']} cycles, ratio {cyc['ratio']:g}, max {cyc['beta_max']:g}",
-                     fontsize=10)
-    _legend_on_top(ax_cyc, ncol=3, title="ramp")
+        ax.plot(series["step"], series[f"cyclical/{shape}"], linestyle=style, label=shape)
+    ax.set_title(f"cyclical: {cyc['n_cycles']} cycles, ratio {cyc['ratio']:g}, max {cyc['beta_max']:g}",
+                 fontsize=10)
+    _legend_on_top(ax, ncol=3, title="ramp")
 
+
+def _draw_per_user(ax_scaled, ax_prod, series, activities, mean_activity, scaled, product):
+    """The two per-user panels, one line per activity: scaled, and scaled x cyclical (``scaled`` and
+    ``product``: their settings)."""
+    steps = series["step"]
     activity_colors = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, max(1, len(activities))))
-    scaled = _panel_config("scaled", total_steps, config)
-    product = _panel_config("scaled_cyclical", total_steps, config)
     for a, color in zip(activities, activity_colors):
         ax_scaled.plot(steps, series[f"scaled/{a:g}"], color=color, label=f"|x_u| = {a:g}")
         ax_prod.plot(steps, series[f"scaled_cyclical/{a:g}"], color=color, label=f"|x_u| = {a:g}")
@@ -183,7 +197,11 @@ def plot_beta_schedules(out_dir, total_steps=400, n_batches_per_epoch=4, activit
     ax_prod.set_title(f"scaled x cyclical ({product['cycle_shape']}, max {product['beta_max']:g})", fontsize=10)
     _legend_on_top(ax_prod, ncol=len(activities))
 
-    ctrl = _panel_config("controlled", total_steps, config)
+
+def _draw_controlled(ax_ctrl, series, ctrl):
+    """The controller's panel: its beta, and on a second axis the synthetic KL it saw and the KL target
+    (``ctrl``: the panel's settings)."""
+    steps = series["step"]
     ax_kl = ax_ctrl.twinx()
     ax_kl.plot(steps, series["controlled/kl"], color="tab:orange", alpha=0.6, linewidth=0.9, label="KL (synthetic)")
     ax_kl.axhline(ctrl["kl_target"], color="tab:orange", linestyle="--", linewidth=1,
@@ -206,17 +224,17 @@ def plot_beta_schedules(out_dir, total_steps=400, n_batches_per_epoch=4, activit
     ax_ctrl.set_ylabel("beta", color="tab:blue")
     ax_ctrl.tick_params(axis="y", colors="tab:blue")
 
-    for ax in (ax_anneal, ax_cyc, ax_scaled, ax_prod, ax_ctrl):
-        ax.set_xlim(0, total_steps)
-        ax.set_ylim(bottom=0)
-        ax.set_xlabel("training step (batch)")
-        ax.grid(alpha=0.3)
-        if ax is not ax_ctrl:
-            ax.set_ylabel("beta")
-        top = ax.secondary_xaxis("top", functions=(lambda s: s / n_batches, lambda e: e * n_batches))
-        top.tick_params(labelsize=7)
-    fig.suptitle(f"Beta per strategy over {total_steps} steps ({n_batches} batches per epoch; top axis: epoch)")
-    return _save(fig, out_dir, "beta_schedules")
+
+def _step_axes(ax, total_steps, n_batches, beta_label=True):
+    """A panel's axes: steps along the bottom, epochs along the top, beta from 0 (labelled if ``beta_label``)."""
+    ax.set_xlim(0, total_steps)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("training step (batch)")
+    ax.grid(alpha=0.3)
+    if beta_label:
+        ax.set_ylabel("beta")
+    top = ax.secondary_xaxis("top", functions=(lambda s: s / n_batches, lambda e: e * n_batches))
+    top.tick_params(labelsize=7)
 
 
 # ----------------------------------------------------------------------------------------- training curves
