@@ -272,6 +272,7 @@ def same(a, b):
     return np.array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", [4, 2])  # 4: RecBole's; 2: torch.save's default, on a file saved again
 @pytest.mark.parametrize("model", ["MultiVAE", "EASE", "ItemKNN"])
 def test_recboles_own_checkpoint_converts_as_before(capsys, tmp_path, recbole_checkpoints, model, protocol):
@@ -294,6 +295,7 @@ def test_recboles_own_checkpoint_converts_as_before(capsys, tmp_path, recbole_ch
     assert all(same(original["other_parameter"][k], v) for k, v in other.items())
 
 
+@pytest.mark.slow
 def test_eases_converted_checkpoint_resumes(tmp_path, recbole_checkpoints, fast):
     out = tmp_path / "converted.pth"
     assert main(["convert-checkpoint", recbole_checkpoints["EASE"], str(out)]) == 0
@@ -334,6 +336,7 @@ def test_what_recbole_never_saves_fails_in_one_line(capsys, tmp_path, case):
     assert "\n" not in err and not (tmp_path / "converted.pth").exists()
 
 
+@pytest.mark.slow
 def test_a_target_that_cannot_be_written_is_one_line(capsys, tmp_path, recbole_checkpoints):
     (tmp_path / "a-file").write_text("not a folder")
     target = tmp_path / "a-file" / "out.pth"

@@ -13,6 +13,8 @@ import yaml
 from recbole_beta.experiments import analysis
 from recbole_beta.experiments.cli import main
 
+pytestmark = pytest.mark.slow  # a live two-seed sweep on ml-100k
+
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):

@@ -18,6 +18,7 @@ from recbole_beta.experiments.spec import load_spec
 from recbole_beta.quick_start import run_recbole_beta
 
 
+@pytest.mark.slow
 def test_per_user_means_are_recboles_metrics(fast):
     result = run_recbole_beta("ScaledBetaMultVAE", "ml-100k", config_dict=fast, per_user=True)
     table = result["per_user"]

@@ -292,6 +292,7 @@ def test_values_the_protocol_cannot_run_are_refused_before_the_data(model, keys,
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_nceplrec_keeps_its_item_basis_and_is_recboles_to_the_bit():
     """The plugin's NCEPLRec (which keeps V*) fits what RecBole's does, and V* projects RecBole's user rows
     to its user embeddings."""

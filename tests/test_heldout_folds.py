@@ -75,6 +75,7 @@ def test_folds_depend_on_split_seed_not_on_the_run_seed(raw, folds):
     assert tokens[0] <= groups(users, folds[2])[2] and len(tokens[0]) > 180
 
 
+@pytest.mark.slow
 def test_a_users_targets_do_not_depend_on_the_fold(raw, folds):
     users, items = raw
     n_of = pd.Series(users).value_counts()

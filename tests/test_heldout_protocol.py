@@ -179,6 +179,7 @@ def built_users(dataset):
     return dataset.inter_feat["user_id"].numpy()[seen]
 
 
+@pytest.mark.slow
 def test_pop_and_ease_train_on_training_users():
     for model_name in ("Pop", "EASE"):
         config = Config(model=model_name, dataset="ml-100k", config_dict=dict(STRONG), argv=[])

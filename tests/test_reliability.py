@@ -78,6 +78,7 @@ def test_a_resume_under_another_protocol_or_split_stops_before_the_data(monkeypa
     one_line(err, f"cannot resume from {checkpoints[which]}", *fragments)
 
 
+@pytest.mark.slow
 def test_the_same_keys_over_other_data_stop_on_the_fingerprint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     source = Path(__import__("recbole").__file__).parent / "dataset_example/ml-100k/ml-100k.inter"
@@ -93,6 +94,7 @@ def test_the_same_keys_over_other_data_stop_on_the_fingerprint(tmp_path, monkeyp
                          resume=trained["checkpoint"])
 
 
+@pytest.mark.slow
 def test_the_same_split_resumes(checkpoints, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = run_recbole_beta("AnnealedBetaMultVAE", "ml-100k", resume=checkpoints["fold"],
@@ -191,6 +193,7 @@ def test_non_finite_weights_are_never_saved_as_a_checkpoint(tmp_path, monkeypatc
     assert torch.equal(kept["state_dict"]["decoder.2.weight"], good["decoder.2.weight"])
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_in_one_line_and_keeps_no_bad_checkpoint(monkeypatch, capsys, tmp_path):
     code, err, _ = cli(monkeypatch, capsys, "--model=ConstantBetaMultVAE", "--learning_rate=1e12", "--epochs=5",
                        "--checkpoint_dir=ckpt")

@@ -82,7 +82,7 @@ def test_resumed_run_that_never_improves_reports_the_checkpoints_best(fast):
 
 
 @pytest.mark.parametrize("model", [*(pytest.param(m, marks=pytest.mark.slow) for m in ("MultiVAE", "RecVAE")),
-                                   "EASE", pytest.param("ItemKNN", marks=pytest.mark.slow), "Pop",
+                                   *(pytest.param(m, marks=pytest.mark.slow) for m in ("EASE", "ItemKNN")), "Pop",
                                    pytest.param("BPR", marks=pytest.mark.slow)])
 def test_recbole_trainers_fit_evaluate_and_resume_with_safe_checkpoints(model, fast):
     """RecBole's Trainer, RecVAETrainer and TraditionalTrainer (EASE and ItemKNN keep numpy and

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -19,6 +21,7 @@ def module(*args, cwd):
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_python_m_recbole_beta_tuning_is_run_hyper(tmp_path):
     helped = module("recbole_beta.tuning", "--help", cwd=tmp_path)
     assert helped.returncode == 0, helped.stderr
@@ -36,6 +39,7 @@ def test_python_m_recbole_beta_tuning_is_run_hyper(tmp_path):
     assert json.loads((tmp_path / "hyper" / "best.json").read_text())["params"] == {"learning_rate": 0.001}
 
 
+@pytest.mark.slow
 def test_ract_says_its_pre_training_runs_pretrain_epochs(monkeypatch, capsys):
     code, err, _ = run_cli(monkeypatch, capsys, "--model=RaCT", "--epochs=5", "--pretrain_epochs=2", "--save_step=1")
     assert code == 0, err
@@ -44,6 +48,7 @@ def test_ract_says_its_pre_training_runs_pretrain_epochs(monkeypatch, capsys):
     assert "epochs=5" in lines[0] and "train_stage=actor_pretrain" in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_ract_without_epochs_given_says_nothing_of_them(monkeypatch, capsys):
     code, err, _ = run_cli(monkeypatch, capsys, "--model=RaCT", "--pretrain_epochs=2", "--save_step=1")
     assert code == 0, err

@@ -357,6 +357,7 @@ def test_sparse_path_trains_under_autocast(ml100k):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+@pytest.mark.slow
 def test_the_sparse_path_steps_with_fused_adam_as_recboles_loop_does():
     """The sparse path's trainer takes torch's fused Adam: the same update as the loop RecBole
     builds (to float rounding); the dense path keeps RecBole's loop."""

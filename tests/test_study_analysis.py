@@ -203,6 +203,7 @@ def test_pairs_only_the_folds_and_seeds_both_ran(tmp_path):
     assert (row["n_users"], row["n_folds"], row["n_runs"]) == (80, 2, 2)
 
 
+@pytest.mark.slow
 def test_report_shows_verdicts_and_the_resampled_test(sweep):
     out, _ = sweep
     write_report(out, figures=True)

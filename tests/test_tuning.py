@@ -152,6 +152,7 @@ def test_the_search_stops_early_without_improvement(isolated_run):
         assert best["n_trials"] == 2 and best["trial"] == 1, algo
 
 
+@pytest.mark.slow
 def test_a_failed_trial_is_recorded_and_the_search_goes_on(isolated_run):
     # each end of the space is allowed alone; together, beta_min 0.5 > controller_beta_max 0.1 is not
     space = write(isolated_run / "ctl.hyper", "beta_min choice [0.5]\ncontroller_beta_max choice [0.1,1.0]\n")
