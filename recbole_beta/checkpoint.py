@@ -99,7 +99,8 @@ def _refusal(path):
         return (
             f"cannot resume from {path}: it holds pickled Python objects (RecBole's Config), as the checkpoints "
             "RecBole 1.2.1 writes itself do, which the safe loader does not read; if you trust the file, convert "
-            f"it once with `python -m recbole_beta.checkpoint convert-checkpoint {path} OUT.pth` and resume from OUT.pth"
+            f"it once with `python -m recbole_beta.checkpoint convert-checkpoint {path} OUT.pth` and resume from "
+            "OUT.pth"
         )
     return f"cannot resume from {path}: not a checkpoint (it holds Python objects the safe loader does not read)"
 
@@ -168,7 +169,8 @@ def convert_checkpoint(source, target):
             warnings.simplefilter("ignore")
             safe = torch.load(source, map_location="cpu", weights_only=True)
         if isinstance(safe, dict) and "optimizers" in safe:
-            raise CheckpointError(f"cannot convert {source}: already a recbole-beta checkpoint; resume from it as it is")
+            raise CheckpointError(f"cannot convert {source}: already a recbole-beta checkpoint; resume from it as "
+                                  "it is")
     except CheckpointError:
         raise
     except Exception:
@@ -187,7 +189,8 @@ def convert_checkpoint(source, target):
             "or other file)"
         ) from None
     if not isinstance(old, dict) or not all(key in old for key in _CHECKPOINT_KEYS):
-        raise CheckpointError(f"cannot convert {source}: not a checkpoint RecBole wrote (no {', '.join(_CHECKPOINT_KEYS)})")
+        raise CheckpointError(f"cannot convert {source}: not a checkpoint RecBole wrote "
+                              f"(no {', '.join(_CHECKPOINT_KEYS)})")
     data = _converted(source, old)
     try:
         atomic_write(target, lambda f: f.write(data), binary=True)
@@ -304,7 +307,8 @@ class SafeCheckpointMixin:
             atomic_write(saved_model_file, lambda f: torch.save(state, f), binary=True)
         except OSError as error:  # a full disk, say: the file written before (if any) is untouched
             kept = "the last checkpoint written is kept" if os.path.exists(saved_model_file) else "none was written"
-            raise OutputError(f"cannot save the checkpoint {saved_model_file}: {error.strerror or error}; {kept}") from None
+            raise OutputError(f"cannot save the checkpoint {saved_model_file}: {error.strerror or error}; "
+                              f"{kept}") from None
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 

@@ -22,8 +22,8 @@ from recbole.trainer.trainer import AbstractTrainer, PretrainTrainer
 from recbole.utils import set_color
 from torch.nn.parallel import DistributedDataParallel
 
-from recbole_beta.collector import FastCollector
 from recbole_beta.checkpoint import SafeCheckpointMixin
+from recbole_beta.collector import FastCollector
 from recbole_beta.errors import CheckpointError, TrainingDivergedError
 from recbole_beta.files import plain
 from recbole_beta.model.sparse import TransposedLinear
@@ -306,7 +306,8 @@ class BetaTrainer(PluginTrainerMixin, Trainer, CPUDistributed):
         # fused kernel makes the same update in one pass, equal to float rounding. The sparse path
         # takes it; the dense path keeps RecBole's loop, bit for bit MultiVAE's.
         if type(optimizer) in (torch.optim.Adam, torch.optim.AdamW) and self.model.sparse_input is not None:
-            groups = [{k: v for k, v in group.items() if k not in ("fused", "foreach")} for group in optimizer.param_groups]
+            groups = [{k: v for k, v in group.items() if k not in ("fused", "foreach")}
+                      for group in optimizer.param_groups]
             try:
                 optimizer = type(optimizer)(groups, fused=True)
             except (RuntimeError, ValueError):  # a device or dtype the fused kernel does not take
