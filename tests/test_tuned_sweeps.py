@@ -105,6 +105,8 @@ BAD = [
     ("exhaustive over a continuous key", {"tuning": {"algo": "exhaustive", "max_evals": 2},
                                           "models": [{"model": "EASE", "search": {"reg_weight": "uniform 1,2"}}]},
      "every key must be a 'choice'"),
+    ("a value the model refuses", {"models": [{"model": "EASE", "search": {"reg_weight": "uniform -1,10"}}]},
+     "reg_weight uniform -1,10 reaches reg_weight=-1.0, which EASE refuses"),
     ("tuning with a grid", {"grid": {"epochs": [1, 2]}}, "no grid or cells"),
     ("a missing params file", {"models": [{"model": "EASE", "search": "nowhere.hyper"}]}, "is not a params file"),
 ]

@@ -40,6 +40,7 @@ from recbole.evaluator.base_metric import TopkMetric
 from recbole_beta.config import check_values, closest_known_key, known_keys
 from recbole_beta.defaults import properties_dir
 from recbole_beta.errors import ConfigError, RecBoleBetaError
+from recbole_beta.experiments.tuned import TuningSpecError, parse_tuning
 from recbole_beta.metrics import register_metrics
 from recbole_beta.registry import get_model
 from recbole_beta.runs.training import driver_config
@@ -271,8 +272,6 @@ def load_spec(source, overrides=None):
 
 
 def _tuning(raw, spec):
-    from recbole_beta.experiments.tuned import TuningSpecError, parse_tuning  # tuned imports this module
-
     try:
         return parse_tuning(raw, spec)
     except TuningSpecError as error:

@@ -29,15 +29,15 @@ import json
 import math
 import re
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from recbole_beta.config import known_keys
-from recbole_beta.errors import RecBoleBetaError
+from recbole_beta.config import check_values, known_keys
+from recbole_beta.errors import ConfigError, RecBoleBetaError
 from recbole_beta.experiments.records import portable
 from recbole_beta.files import atomic_write, plain, write_json
 from recbole_beta.runs.engines import InProcess, Job
@@ -149,6 +149,13 @@ def _check_space(spec, label, model, config, space, tuning):
         if param.name in config:
             raise TuningSpecError(f"{where}: {param.name} is searched and also fixed in the model's config "
                                   f"({param.name}={config[param.name]!r}); drop one of them")
+        for value in param.extremes():  # the values the space reaches at its ends, as the model checks them
+            value = param.convert(value)
+            try:
+                check_values({**read, param.name: value}, model)
+            except ConfigError as error:
+                raise TuningSpecError(f"{where}: {param.name} {' '.join(param.text.split()[1:])} reaches "
+                                      f"{param.name}={value!r}, which {model} refuses: {error}") from None
     if tuning["algo"] == "exhaustive" and not space.is_grid():
         bad = next(p for p in space.params if p.distribution != "choice")
         raise TuningSpecError(f"{where}: algo exhaustive searches a grid, so every key must be a 'choice'; "
@@ -185,6 +192,22 @@ def _same(a, b):
 
 # -------------------------------------------------------------------------------------------------- trials
 
+@dataclass(frozen=True)
+class Trial:
+    """What one trial trains: a model at a config (the search's base and the point's values), on a fold, with
+    the search's seed; ``run_id`` as a sweep's Run has one (what ``records.portable`` keys its overrides by)."""
+
+    label: str
+    model: str
+    seed: int
+    config: dict
+    fold: int = None
+
+    @property
+    def run_id(self):
+        return hashlib.sha1(json.dumps([self.label, self.model, self.config, self.seed, self.fold], sort_keys=True,
+                                       default=str).encode()).hexdigest()
+
 class Search:
     """One model's search on one fold: its trials' folder and the Run each trial trains as."""
 
@@ -203,10 +226,8 @@ class Search:
         self.folder = Path(out_dir) / "tuning" / f"{slug}__{digest}" / ("all" if fold is None else f"fold{fold}")
 
     def run_of(self, params):
-        from recbole_beta.experiments.spec import Run
-
-        return Run(label=self.label, model=self.model, seed=self.spec.tuning["seed"],
-                   config={**self.base, **params}, fold=self.fold)
+        return Trial(label=self.label, model=self.model, seed=self.spec.tuning["seed"],
+                     config={**self.base, **params}, fold=self.fold)
 
     def path(self, number):
         return self.folder / f"trial{number:04d}.json"

@@ -1,9 +1,11 @@
-"""The report's "Tuning" section for a tuned sweep (:mod:`recbole_beta.experiments.tuned`): each model's space
-and budget, the values chosen on each fold (and how often each value was chosen), the untuned models, and a
-figure of the best validation score reached against the number of trials, beside its expected maximum after
-n trials (Dodge et al., "Show Your Work", EMNLP 2019), so a reader sees whether the budget was enough.
+"""The report's "Tuning" section of a tuned sweep, and its figure of the best validation score per trial.
 
-Reads ``tuning.csv`` and ``spec.json`` only (plain pandas and matplotlib: no torch)."""
+For a tuned sweep (:mod:`recbole_beta.experiments.tuned`): each model's space and budget, the values chosen on
+each fold (and how often each value was chosen), the untuned models, and a figure of the best validation
+score reached against the number of trials, beside its expected maximum after n trials (Dodge et al., "Show
+Your Work", EMNLP 2019), so a reader sees whether the budget was enough.
+
+Reads ``tuning.csv`` and the spec (as ``spec.json`` holds it) only."""
 
 import itertools
 import json
