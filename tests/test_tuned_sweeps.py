@@ -227,6 +227,26 @@ def test_a_rerun_redoes_exactly_the_deleted_trials(tuned_sweep, tmp_path):
     assert len(pd.read_csv(out / "tuning.csv")) == 8
 
 
+def test_a_new_chosen_point_sets_the_old_runs_aside(tuned_sweep, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(tuned_sweep, out)
+    table = pd.read_csv(out / "tuning.csv")
+    fold0 = table[table["fold"] == 0]
+    chosen = fold0[fold0["chosen"]]["params"].item()
+    other = fold0[fold0["params"] != chosen]
+    assert not other.empty  # seed 7 draws more than one value on fold 0
+    name = f"trial{other['trial'].iloc[0]:04d}.json"
+    path = next(p for p in trial_files(out) if p.parent.name == "fold0" and p.name == name)
+    record = read(path)
+    record["best_valid_score"] = 0.99  # as if this point had been the best: the record decides the choice
+    path.write_text(json.dumps(record), encoding="utf-8")
+    assert run_sweep(load_spec(spec()), out, progress=False) == (1, 0)  # fold 0's EASE run, at the new point
+    ease = [r for r in map(read, (out / "runs").glob("*.json")) if r["label"] == "EASE"]
+    assert sorted(r["fold"] for r in ease) == [0, 1]
+    assert next(r for r in ease if r["fold"] == 0)["config"]["reg_weight"] == record["params"]["reg_weight"]
+    assert len(list((out / "runs").glob("*.superseded"))) == 2  # the old run's record and per-user table
+
+
 # --------------------------------------------------------------------------- bayes and the grid (slow)
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import re
 import shutil
 from dataclasses import dataclass, replace
@@ -332,8 +333,31 @@ def tuned_runs(spec, out_dir, engine, progress=True, console_level=None):
             first = next((r.get("error") for r in records if r.get("error")), "?")
             raise TuningFailed(f"tuning: every trial of {search.label}" + (f" on fold {search.fold}" if search.fold
                                is not None else "") + f" failed ({len(records)} trials); the first: {first}")
-    return [replace(run, config={**run.config, **chosen[(run.label, run.fold)]["params"]})
+    runs = [replace(run, config={**run.config, **chosen[(run.label, run.fold)]["params"]})
             if (run.label, run.fold) in chosen else run for run in runs]
+    set_aside_superseded(out_dir, runs, set(spec.tuning["search"]))
+    return runs
+
+
+def set_aside_superseded(out_dir, runs, labels):
+    """Move aside (``<file>.superseded``) the finished runs of tuned ``labels`` that ``runs`` no longer hold:
+    the same label, fold and seed at a point no longer chosen (a raised budget found a better one), which the
+    report would otherwise pool with the run at the chosen point. Return the records' paths moved."""
+    ids = {run.run_id for run in runs}
+    keys = {(run.label, run.fold, run.seed) for run in runs if run.label in labels}
+    moved = []
+    for path in sorted((Path(out_dir) / "runs").glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # the sweep's own check names it
+        if (isinstance(record, dict) and record.get("run_id") not in ids
+                and (record.get("label"), record.get("fold"), record.get("seed")) in keys):
+            for file in (path, path.with_name(f"{record.get('run_id')}.per_user.npz")):
+                if file.exists():
+                    os.replace(file, file.with_name(file.name + ".superseded"))
+            moved.append(path)
+    return moved
 
 
 def _run_searches(spec, searches, engine, progress, console_level):
