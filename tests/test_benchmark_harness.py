@@ -122,6 +122,7 @@ def test_max_batches_limits_the_timed_epoch(harness, synthetic_tenth):
         assert row["eval_s"] == [] and "eval_ratio" not in row
 
 
+@pytest.mark.slow
 def test_train_step_profile_splits_a_step_into_products_and_float32_passes(capsys):
     """benchmarks/train_step_profile.py on a small shape: a row per precision, and the profiler's split
     finds both the products and the float32 passes in a step (each > 0 ms: neither class is empty)."""

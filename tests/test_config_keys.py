@@ -54,6 +54,7 @@ def own_strategy():
     STRATEGIES.pop("own_rate", None)
 
 
+@pytest.mark.slow
 def test_a_key_of_your_own_still_works_with_a_warning(caplog, own_strategy, fast):
     result = run_recbole_beta(
         "BetaMultVAE", "ml-100k", config_dict={**fast, "epochs": 1, "beta_strategy": "own_rate", "rate": 0.125}

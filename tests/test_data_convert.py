@@ -371,6 +371,7 @@ def test_cli_bad_input_prints_one_line_and_exits_2(tmp_path):
                            "'1,3,abc,2'\n")
 
 
+@pytest.mark.slow
 def test_cli_convert_generic_and_help(tmp_path):
     write(tmp_path / "c.tsv", "uid\tsku\n1\ta\n2\tb\n")
     proc = run_cli("convert", "c.tsv", "--format", "csv", "--sep", "tab", "--user-col", "uid",
