@@ -61,7 +61,8 @@ def _collected_batches(trainer, dataset, model, loaders, collectors):
 @pytest.mark.parametrize("topk, metrics", CASES)
 def test_every_batch_matches_recbole(fast, model_name, topk, metrics):
     config, dataset, (train_data, valid_data, test_data), model, trainer = _prepare(
-        model_name, {**fast, "epochs": 1}, topk=topk, metrics=metrics, **SMALL_BATCHES
+        model_name, {**fast, "epochs": 1}, topk=topk, metrics=metrics, valid_metric=f"NDCG@{topk[-1]}",
+        **SMALL_BATCHES
     )
     assert isinstance(trainer.eval_collector, FastCollector)  # the plugin's trainers use it
     if model_name == "Pop":
