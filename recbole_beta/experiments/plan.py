@@ -97,7 +97,8 @@ def format_plan(table, power, most=200):
         lines.append(f"  {row.label} vs {row.reference}, {row.metric} at margin {row.margin:g}: "
                      f"equivalence {seeds(row.seeds_equivalence)}, difference {seeds(row.seeds_difference)} "
                      f"(pilot: {row.pilot_seeds} seeds, sd run {row.sd_run:.4f}, sd user {row.sd_user:.4f}; "
-                     f"{row.hours:.1f} h of runs at {row.run_seconds:.0f} s a run)")
+                     + (f"{row.hours:.1f} h of runs at {row.run_seconds:.0f} s a run)" if row.hours == row.hours
+                        else "the users' part alone is wider than the margin allows: more users, not seeds)"))
     needed = [n for n in pd.concat([table["seeds_equivalence"], table["seeds_difference"]]) if not pd.isna(n)]
     if needed:
         lines.append(f"the study: {int(max(needed))} seeds per fold covers every comparison that any number up to "
