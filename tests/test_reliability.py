@@ -129,7 +129,7 @@ def test_epochs_zero_evaluates_a_checkpoint_and_says_so(checkpoints, tmp_path, m
     (["--stopping_step=0"], ["stopping_step=0 is not allowed: must be an integer >= 1"]),
     (["--eval_step=-1"], ["eval_step=-1 is not allowed"]),
     (["--seed=-3"], ["seed=-3 is not allowed"]),
-    (["--topk=[0]"], ["RecBole's Config refused the settings: topk must be a positive integer"]),
+    (["--topk=[0]"], ["topk=[0] is not allowed: must be an integer >= 1 or a non-empty list of them"]),
 ])
 def test_recboles_run_keys_fail_before_the_data(monkeypatch, capsys, no_data, args, fragments):
     code, err, _ = cli(monkeypatch, capsys, "--model=AnnealedBetaMultVAE", *args)
@@ -266,10 +266,15 @@ def test_a_second_sweep_on_the_same_folder_is_refused_and_a_killed_one_leaves_no
 def test_a_sweep_with_failed_runs_exits_non_zero_with_a_count(tmp_path, capsys):
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump({"name": "f", "dataset": "ml-100k", "seeds": [2020, 2021],
-                                    "models": ["Pop", {"model": "EASE", "config": {"reg_weight": "heavy"}}],
+                                    # a setting every check accepts, whose training diverges: each run fails
+                                    "models": ["Pop", {"model": "AnnealedBetaMultVAE",
+                                                       "config": {"learning_rate": 1.0e12, "epochs": 2}}],
                                     "config": {"state": "WARNING"}}))
     assert sweep_main(["run", str(spec), "--out", str(tmp_path / "out"), "--quiet", "--no-figures"]) == 1
     assert "recbole-beta: 2 of 4 runs failed" in capsys.readouterr().err
+    errors = [json.loads(p.read_text())["error"] for p in (tmp_path / "out" / "runs").glob("*.json")
+              if json.loads(p.read_text())["status"] != "ok"]
+    assert len(errors) == 2 and all(e.startswith("TrainingDivergedError") for e in errors)
 
 
 def test_an_unwritable_sweep_folder_fails_first(tmp_path, capsys):
