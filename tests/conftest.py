@@ -1,7 +1,9 @@
 """Shared fixtures and helpers: every test runs in its own working directory (RecBole writes log/, saved/
 there), module-scoped fixtures too; the two tiers (``--full`` adds the tests marked ``slow``)."""
 
+import html
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -175,3 +177,12 @@ def plain_tables(text):
     ``to_markdown``, which pads every cell to its column's width."""
     return "\n".join("| " + " | ".join(cell.strip() for cell in line.strip()[1:-1].split("|")) + " |"
                      if line.startswith("|") else line for line in text.splitlines())
+
+
+def drawn_text(svg):
+    """Every string the SVG file ``svg`` draws, in drawing order: matplotlib writes a comment before each
+    text it draws as paths (its default) and a <text> element under svg.fonttype none; a text of several
+    lines gives one string per line (a comment writes "--" as "- -")."""
+    found = re.findall(r"<!-- (.*?) -->|<text\b[^>]*>(.*?)</text>", Path(svg).read_text(encoding="utf-8"),
+                       flags=re.S)
+    return [html.unescape(comment or text) for comment, text in found]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from conftest import SWEEP_FAST, plain_tables
+from conftest import SWEEP_FAST, drawn_text, plain_tables
 from recbole_beta.experiments import analysis
 from recbole_beta.experiments.cli import main
 from recbole_beta.experiments.report import write_report
@@ -71,9 +71,20 @@ def test_sweep_writes_every_run_and_the_tables(sweep):
     report = plain_tables((out / "report.md").read_text())
     assert "| Scaled | 2 |" in report and "Verdicts against AnnealedBetaMultVAE" in report
     assert json.loads((out / "summary.json").read_text())["failed"] == []
+    text = {}
     for stem in ("metrics", "paired_differences", "training_curves", "activity_buckets", "beta_schedules"):
-        assert (out / "figures" / f"{stem}.png").stat().st_size > 0 and (out / "figures" / f"{stem}.svg").is_file()
+        assert (out / "figures" / f"{stem}.png").stat().st_size > 0
+        text[stem] = drawn_text(out / "figures" / f"{stem}.svg")
         assert f"figures/{stem}.png" in report
+    # each figure draws this sweep: its labels, its reference, what it is of
+    assert {"AnnealedBetaMultVAE", "Scaled", "Pop", "ndcg@100", "recall@20"} <= set(text["metrics"])
+    assert {"Scaled", "Pop", "ndcg@100", "Δ (method - AnnealedBetaMultVAE), 95% CI"} <= set(text["paired_differences"])
+    assert {"AnnealedBetaMultVAE", "Scaled", "reconstruction loss", "mean beta"} <= set(text["training_curves"])
+    assert {"AnnealedBetaMultVAE", "Scaled", "Pop", "Test ndcg@100 per user-activity bucket"} <= set(
+        text["activity_buckets"])
+    titles = [t.split(":")[0] for t in text["beta_schedules"] if ":" in t]
+    assert [t for t in titles if t in ("annealed", "cyclical", "controlled (PI)")] == [
+        "annealed", "cyclical", "controlled (PI)"]
 
 
 @pytest.mark.slow
@@ -303,9 +314,12 @@ def test_confidence_intervals_and_adjusted_p_values_in_the_report(tmp_path):
     assert f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]" in report
     assert "Benjamini-Hochberg" in report
     assert "over the 6 comparisons (2 methods x 3 metrics)" in report
-    for suffix in ("png", "svg"):
-        assert (tmp_path / "figures" / f"paired_differences.{suffix}").stat().st_size > 0
+    assert (tmp_path / "figures" / "paired_differences.png").stat().st_size > 0
     assert "figures/paired_differences.png" in report
+    # the figure: a row per method, a panel per metric, the level of the intervals it draws
+    text = drawn_text(tmp_path / "figures" / "paired_differences.svg")
+    assert {"A", "B"} <= set(text) and text.count("Δ (method - Ref), 95% CI") == 3
+    assert all(metric in text for metric in sig["metric"].unique())
 
 
 def nearly_constant(n_low=0):

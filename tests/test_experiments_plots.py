@@ -1,4 +1,6 @@
-"""The figures of recbole_beta.experiments.plots: files written, images readable, schedule data right."""
+"""The figures of recbole_beta.experiments.plots: files written, images readable, schedule data right, and
+each figure drawing what it shows: its panels, labels, legends and marks (read from the SVG's text and from
+the Figure that was saved)."""
 
 import functools
 import math
@@ -8,7 +10,9 @@ import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.container import BarContainer
 
+from conftest import drawn_text
 from recbole_beta.beta import RAMPS, PIControlBeta
 from recbole_beta.experiments import plots, training_plots
 
@@ -22,6 +26,29 @@ def assert_figure(paths, out_dir, stem):
     assert image.ndim == 3 and image.shape[2] in (3, 4)
     assert image.shape[0] > 100 and image.shape[1] > 100
     assert paths[1].read_text().lstrip().startswith("<?xml")
+
+
+@pytest.fixture
+def saved(monkeypatch):
+    """The Figures the plot functions save, in order: read back for their axes, lines and legends."""
+    figures = []
+    original = plots._save
+
+    def keep(fig, out_dir, stem):
+        figures.append(fig)
+        return original(fig, out_dir, stem)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(training_plots, "_save", keep)
+    return figures
+
+
+def legend_texts(legend):
+    return [t.get_text() for t in legend.get_texts()] if legend is not None else []
+
+
+def tick_texts(axis):
+    return [t.get_text() for t in axis.get_ticklabels()]
 
 
 def history(n_epochs, scale=1.0, vae=True, valid=True):
@@ -127,13 +154,35 @@ class TestBetaScheduleSeries:
         np.testing.assert_allclose(s["cyclical/linear"], default_series()["cyclical/linear"][::10], atol=0.02)
 
 
-def test_plot_beta_schedules(tmp_path):
+def test_plot_beta_schedules(tmp_path, saved):
     out = tmp_path / "figs"
     paths = training_plots.plot_beta_schedules(out, total_steps=200, n_batches_per_epoch=4)
     assert_figure(paths, out, "beta_schedules")
+    # one panel per strategy, titled with its name, each drawing its series of beta_schedule_series
+    (fig,) = saved
+    panels = {ax.get_title().split(":")[0].split(" (")[0]: ax for ax in fig.axes if ax.get_title()}
+    assert list(panels) == ["annealed", "cyclical", "scaled", "scaled x cyclical", "controlled"]
+    series = training_plots.beta_schedule_series(total_steps=200)
+    (line,) = panels["annealed"].get_lines()
+    np.testing.assert_allclose(line.get_ydata(), series["annealed"])
+    cyclical = panels["cyclical"].get_lines()
+    assert [ln.get_label() for ln in cyclical] == list(RAMPS) == legend_texts(panels["cyclical"].get_legend())
+    for shape, ln in zip(RAMPS, cyclical):
+        np.testing.assert_allclose(ln.get_ydata(), series[f"cyclical/{shape}"])
+    users = ["|x_u| = 5", "|x_u| = 20", "|x_u| = 80", "|x_u| = 320"]
+    for name in ("scaled", "scaled x cyclical"):
+        assert [ln.get_label() for ln in panels[name].get_lines()] == users
+        assert legend_texts(panels[name].get_legend()) == users
+    np.testing.assert_allclose(panels["controlled"].get_lines()[0].get_ydata(), series["controlled/beta"])
+    assert legend_texts(panels["controlled"].get_legend()) == ["beta", "KL (synthetic)", "KL target 10"]
+    text = drawn_text(paths[1])
+    for ax in panels.values():
+        assert ax.get_title() in text
+    assert text.count("training step (batch)") == 5 and text.count("beta") >= 5 and "KL" in text
+    assert "Beta per strategy over 200 steps (4 batches per epoch; top axis: epoch)" in text
 
 
-def test_plot_training_curves(tmp_path):
+def test_plot_training_curves(tmp_path, saved):
     runs = [
         run("MultVAE-annealed", 0, history(6)),
         run("MultVAE-annealed", 1, history(5, scale=1.1)),  # stopped early: the band covers what is there
@@ -146,11 +195,39 @@ def test_plot_training_curves(tmp_path):
     ]
     paths = training_plots.plot_training_curves(runs, tmp_path)
     assert_figure(paths, tmp_path, "training_curves")
+    # one line per label that logged the panel's value, the mean over its ok runs; a band where several ran
+    (fig,) = saved
+    axes = fig.axes
+    titles = ["reconstruction loss", "weighted KL", "mean beta", "valid ndcg@100"]
+    assert [ax.get_title() for ax in axes] == titles
+    lines = [{ln.get_label(): ln for ln in ax.get_lines()} for ax in axes]
+    assert list(lines[0]) == ["EASE", "MultVAE-annealed", "MultVAE-cyclical", "Pop"]
+    assert list(lines[1]) == list(lines[2]) == ["MultVAE-annealed", "MultVAE-cyclical"]
+    assert list(lines[3]) == ["EASE", "MultVAE-annealed", "MultVAE-cyclical"]
+    annealed = lines[0]["MultVAE-annealed"]
+    np.testing.assert_array_equal(annealed.get_xdata(), range(6))
+    assert annealed.get_ydata()[0] == pytest.approx((490.0 + 490.0 * 1.1) / 2)
+    assert annealed.get_ydata()[5] == pytest.approx(490.0 / 6)  # seed 1 stopped after epoch 4
+    cyclical = lines[0]["MultVAE-cyclical"]  # its failed run is left out
+    np.testing.assert_allclose(cyclical.get_ydata(), [490.0 * 0.9 / (e + 1) for e in range(6)])
+    np.testing.assert_array_equal(lines[3]["MultVAE-annealed"].get_xdata(), [0, 2, 4])  # the evaluated epochs
+    assert lines[0]["EASE"].get_marker() == "o" and annealed.get_marker() == "None"
+    assert [len(ax.collections) for ax in axes] == [1, 1, 1, 1]  # MultVAE-annealed's band, two seeds
+    assert legend_texts(fig.legends[0]) == ["EASE", "MultVAE-annealed", "MultVAE-cyclical", "Pop"]
+    text = drawn_text(paths[1])
+    for word in titles + ["train_loss1 (else train_loss)", "train_loss2", "ndcg@100", "MultVAE-cyclical", "Pop",
+                          "Training curves (mean over seeds, band: min-max)"]:
+        assert word in text, word
+    assert text.count("epoch") == 4 and "Broken" not in text and "no data" not in text
 
 
-def test_plot_training_curves_nothing_ok(tmp_path):
+def test_plot_training_curves_nothing_ok(tmp_path, saved):
     paths = training_plots.plot_training_curves([run("x", 0, history(3), status="failed")], tmp_path)
     assert_figure(paths, tmp_path, "training_curves")
+    (fig,) = saved
+    assert not fig.legends and all(not ax.get_lines() for ax in fig.axes)
+    text = drawn_text(paths[1])
+    assert text.count("no data") == 4 and "x" not in text and "mean beta" in text
 
 
 def summary_frame():
@@ -164,15 +241,33 @@ def summary_frame():
     return pd.DataFrame(rows)
 
 
-def test_plot_metric_bars(tmp_path):
+def bars(ax):
+    """label -> the heights of its bars, from the axes' bar containers."""
+    return {c.get_label(): [patch.get_height() for patch in c] for c in ax.containers if isinstance(c, BarContainer)}
+
+
+def test_plot_metric_bars(tmp_path, saved):
     paths = plots.plot_metric_bars(summary_frame(), tmp_path)
     assert_figure(paths, tmp_path, "metrics")
+    # a group per metric, a bar per label at its mean
+    labels = ["MultVAE-annealed", "MultVAE-cyclical", "MultVAE-scaled", "EASE"]
+    ax = saved[0].axes[0]
+    assert tick_texts(ax.xaxis) == ["ndcg@100", "recall@20", "recall@50"]
+    assert legend_texts(ax.get_legend()) == labels
+    heights = bars(ax)
+    assert list(heights) == labels
+    np.testing.assert_allclose(heights["MultVAE-scaled"], [0.39, 0.44, 0.49])
+    text = drawn_text(paths[1])
+    assert "Test metrics (mean ± std over 1 to 3 seeds per label)" in text and "score" in text
+    assert all(name in text for name in labels + ["ndcg@100", "recall@20", "recall@50"])
     # a metric the summary lacks is left out, not an error
     paths = plots.plot_metric_bars(summary_frame(), tmp_path / "b", metrics=("ndcg@100", "mrr@10"))
     assert_figure(paths, tmp_path / "b", "metrics")
+    assert tick_texts(saved[1].axes[0].xaxis) == ["ndcg@100"]
+    assert "mrr@10" not in drawn_text(paths[1]) and "ndcg@100" in drawn_text(paths[1])
 
 
-def test_plot_activity_buckets(tmp_path):
+def test_plot_activity_buckets(tmp_path, saved):
     names = ["[1, 27]", "[28, 61]", "[62, 140]", "[141, 2000]"]
     rows = []
     for label in ["MultVAE-annealed", "MultVAE-scaled", "EASE"]:
@@ -184,6 +279,16 @@ def test_plot_activity_buckets(tmp_path):
     frame = pd.DataFrame(rows).sample(frac=1.0, random_state=0)  # order comes from bucket_index
     paths = plots.plot_activity_buckets(frame, tmp_path)
     assert_figure(paths, tmp_path, "activity_buckets")
+    # the x labels are the buckets, in bucket_index order, with their users; a bar per label and bucket
+    ax = saved[0].axes[0]
+    assert tick_texts(ax.xaxis) == [f"{name}\n{150 - 10 * i} users" for i, name in enumerate(names)]
+    assert legend_texts(ax.get_legend()) == ["EASE", "MultVAE-annealed", "MultVAE-scaled"]
+    heights = bars(ax)
+    np.testing.assert_allclose(heights["MultVAE-scaled"], [0.2, 0.25, 0.3, 0.35])
+    assert heights["EASE"][:3] == pytest.approx([0.2, 0.25, 0.3]) and np.nan_to_num(heights["EASE"][3]) == 0
+    text = drawn_text(paths[1])
+    assert [t for t in text if t.startswith("[")] == names and "140 users" in text
+    assert "Test ndcg@100 per user-activity bucket" in text and "ndcg@100" in text
 
 
 def test_label_colors_are_stable():
@@ -194,15 +299,22 @@ def test_label_colors_are_stable():
     assert len(set(many.values())) == 15
 
 
-def test_colors_and_empty_inputs(tmp_path):
+def test_colors_and_empty_inputs(tmp_path, saved):
     colors = plots.label_colors(["EASE", "MultVAE-annealed", "MultVAE-cyclical", "MultVAE-scaled"])
     paths = plots.plot_metric_bars(summary_frame().iloc[:2], tmp_path / "a", colors=colors)
     assert_figure(paths, tmp_path / "a", "metrics")
+    # the bars take the mapping's colours, not those of the two labels drawn
+    drawn = {c.get_label(): c.patches[0].get_facecolor() for c in saved[0].axes[0].containers
+             if isinstance(c, BarContainer)}
+    assert drawn == {label: colors[label] for label in ("MultVAE-annealed", "MultVAE-cyclical")}
+    assert drawn["MultVAE-annealed"] != plots.label_colors(["MultVAE-annealed", "MultVAE-cyclical"])["MultVAE-annealed"]
     paths = plots.plot_activity_buckets(pd.DataFrame(columns=["label", "bucket", "bucket_index", "n_users"]),
                                         tmp_path / "b", colors=colors)
     assert_figure(paths, tmp_path / "b", "activity_buckets")
+    assert "no ndcg@100 per bucket" in drawn_text(paths[1]) and not saved[1].axes[0].containers
     paths = training_plots.plot_training_curves([], tmp_path / "c", colors=colors)
     assert_figure(paths, tmp_path / "c", "training_curves")
+    assert drawn_text(paths[1]).count("no data") == 4 and not saved[2].legends
 
 
 def svg_text(paths):
@@ -221,10 +333,40 @@ def significance_frame():
     return pd.DataFrame(rows)
 
 
-def test_plot_paired_differences(tmp_path):
+def marks(ax, rows):
+    """label (``rows``: the labels by row) -> (marker, filled, has an interval) of each point of a panel."""
+    points = {}
+    for container in ax.containers:
+        line = container.lines[0]
+        has_interval = container.has_xerr
+        points[rows[int(line.get_ydata()[0])]] = (line.get_marker(), line.get_markerfacecolor() != "white",
+                                                  has_interval)
+    for line in ax.get_lines():
+        if line.get_marker() in ("<", ">"):  # an interval off the scale: an arrow at the edge
+            points[rows[int(line.get_ydata()[0])]] = (line.get_marker(), line.get_markerfacecolor() != "white", True)
+    return points
+
+
+def test_plot_paired_differences(tmp_path, saved):
     with matplotlib.rc_context({"svg.fonttype": "none"}):
         paths = plots.plot_paired_differences(significance_frame(), tmp_path)
     assert_figure(paths, tmp_path, "paired_differences")
+    # a panel per metric, a row per method, the axis naming the reference and the level of the intervals
+    methods = ["MultVAE-cyclical", "MultVAE-scaled", "Pop", "EASE"]
+    metrics = ["ndcg@100", "recall@20", "recall@50", "truncatedrecall@50"]
+    panels = [ax for ax in saved[0].axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == metrics
+    assert all(ax.get_xlabel() == "Δ (method - MultVAE-annealed), 95% CI" for ax in panels)
+    # filled: the adjusted p is below 0.05 (MultVAE-cyclical's 0.3 is not); Pop off the scale, an arrow left
+    assert tick_texts(panels[0].yaxis) == methods  # the rows, shared by the panels
+    for ax in panels:
+        assert marks(ax, methods) == {"MultVAE-cyclical": ("o", False, True), "MultVAE-scaled": ("o", True, True),
+                             "Pop": ("<", True, True), "EASE": ("o", True, True)}
+    text = drawn_text(paths[1])
+    assert all(name in text for name in methods + metrics)
+    assert text.count("Δ (method - MultVAE-annealed), 95% CI") == 4
+    assert ("Mean per-user difference from MultVAE-annealed with its 95% confidence interval "
+            "(filled: Benjamini-Hochberg adjusted p < 0.05)") in text
     text = svg_text(paths)
     assert "MultVAE-annealed" in text and "truncatedrecall@50" in text
     # Pop's -0.2 is far off the scale of the others: drawn at the edge with its value, so the
@@ -238,11 +380,21 @@ def test_plot_paired_differences(tmp_path):
     assert -0.001 < low < -0.0002 and 0.0005 < high < 0.001
 
 
-def test_plot_paired_differences_one_user_and_empty(tmp_path):
+def test_plot_paired_differences_one_user_and_empty(tmp_path, saved):
+    # no intervals (one user): the differences are points without error bars, still filled by their p
     frame = significance_frame().iloc[:2].assign(ci_low=math.nan, ci_high=math.nan)
-    assert_figure(plots.plot_paired_differences(frame, tmp_path / "a"), tmp_path / "a", "paired_differences")
+    paths = plots.plot_paired_differences(frame, tmp_path / "a", confidence=0.9)
+    assert_figure(paths, tmp_path / "a", "paired_differences")
+    panels = [ax for ax in saved[0].axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["ndcg@100", "recall@20"]
+    assert tick_texts(panels[0].yaxis) == ["MultVAE-cyclical"]
+    assert [marks(ax, ["MultVAE-cyclical"]) for ax in panels] == [{"MultVAE-cyclical": ("o", False, False)}] * 2
+    text = drawn_text(paths[1])
+    assert "MultVAE-cyclical" in text and text.count("Δ (method - MultVAE-annealed), 90% CI") == 2
     empty = pd.DataFrame(columns=["label", "reference", "metric", "mean_diff", "ci_low", "ci_high"])
-    assert_figure(plots.plot_paired_differences(empty, tmp_path / "b"), tmp_path / "b", "paired_differences")
+    paths = plots.plot_paired_differences(empty, tmp_path / "b")
+    assert_figure(paths, tmp_path / "b", "paired_differences")
+    assert "no paired tests" in drawn_text(paths[1]) and not saved[1].axes[0].get_lines()
 
 
 @pytest.mark.parametrize("measure", [None, "fold-in size |x_u|"])

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import SWEEP_FAST
+from conftest import SWEEP_FAST, drawn_text
 from recbole_beta.experiments.cli import main
 from recbole_beta.experiments.runner import run_sweep
 from recbole_beta.experiments.spec import SpecError, load_spec
@@ -68,8 +68,13 @@ def test_chosen_is_the_best_validation_score_ties_to_the_earliest():
     assert choose([{"trial": 1, "status": "failed"}]) is None
 
 
-def test_the_tuning_section_of_a_sweep_without_folds(tmp_path):
+def test_the_tuning_section_of_a_sweep_without_folds(tmp_path, monkeypatch):
+    from recbole_beta.experiments import tuned_report
     from recbole_beta.experiments.tuned_report import tuning_section
+
+    figures = []
+    save = tuned_report._save
+    monkeypatch.setattr(tuned_report, "_save", lambda fig, *args: figures.append(fig) or save(fig, *args))
 
     rows = [("EASE", "", 1, {"reg_weight": 10.0}, 0.30, False), ("EASE", "", 2, {"reg_weight": 500.0}, 0.40, True),
             ("EASE", "", 3, {"reg_weight": 50.0}, "", False)]
@@ -83,6 +88,17 @@ def test_the_tuning_section_of_a_sweep_without_folds(tmp_path):
            "| the split: reg_weight=500 |" in text
     assert "- EASE `reg_weight`: 500 (1/1)" in text and "Untuned (run at their config): Pop." in text
     assert sorted(p.name for p in written) == ["tuning_curves.png", "tuning_curves.svg"]
+    # a panel per tuned model: the best score reached after n trials on the split (the failed third keeps
+    # it), and the expected best of n trials drawn from the two that finished
+    (ax,) = [ax for ax in figures[0].axes if ax.get_visible()]
+    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == ("EASE", "trials", "best NDCG@100")
+    reached, expected = ax.get_lines()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["the split", "expected max"]
+    np.testing.assert_allclose(reached.get_ydata(), [0.30, 0.40, 0.40])
+    np.testing.assert_allclose(expected.get_ydata(), [0.35, 0.30 / 4 + 0.40 * 3 / 4, 0.30 / 8 + 0.40 * 7 / 8])
+    text = drawn_text(next(p for p in written if p.suffix == ".svg"))
+    assert all(word in text for word in ("EASE", "trials", "best NDCG@100", "the split", "expected max"))
+    assert "Pop" not in text  # untuned: no panel
     assert tuning_section(tmp_path, {**spec_dict, "tuning": None}) == []
 
 
@@ -197,8 +213,12 @@ def test_the_report_shows_the_tuning(tuned_sweep):
     assert "Untuned (run at their config): Pop." in section
     assert "- EASE `reg_weight`:" in section and "/2)" in section  # how often each value was chosen
     assert "![tuning_curves](figures/tuning_curves.png)" in section
-    assert (tuned_sweep / "figures" / "tuning_curves.png").is_file()
-    assert (tuned_sweep / "figures" / "tuning_curves.svg").is_file()
+    assert (tuned_sweep / "figures" / "tuning_curves.png").stat().st_size > 0
+    # the figure: one panel, the tuned EASE, a curve per fold and the expected maximum; no panel for Pop
+    text = drawn_text(tuned_sweep / "figures" / "tuning_curves.svg")
+    for word in ("EASE", "trials", "best NDCG@100", "fold 0", "fold 1", "expected max"):
+        assert text.count(word) == 1, word
+    assert "Pop" not in text and "the split" not in text
 
 
 def test_a_rerun_redoes_exactly_the_deleted_trials(tuned_sweep, tmp_path):

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from conftest import SEARCH_FAST as FAST
-from conftest import SERIAL, as_args
+from conftest import SERIAL, as_args, drawn_text
 from recbole_beta.errors import RecBoleBetaError, UnknownModelError
 from recbole_beta.tuning import (
     ParamsFileError,
@@ -166,6 +166,10 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(isolated_run):
     assert "controller_beta_max" in failed["error"]
     assert best["n_failed"] == 1 and best["params"] == {"beta_min": 0.5, "controller_beta_max": 1.0}
     assert (out / "trials.png").is_file() and (out / "trials.csv").read_text().count("\n") == 3
+    # the figure marks the failed trial and has a panel per searched parameter, its values the ticks
+    text = drawn_text(out / "trials.svg")
+    assert {"trial", "best so far", "failed", "best", "beta_min (choice)", "controller_beta_max (choice)", "0.1",
+            "1.0"} <= set(text)
 
 
 @pytest.mark.slow
