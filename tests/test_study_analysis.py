@@ -253,7 +253,8 @@ def test_folds_all_runs_every_fold_seed_and_model():
     ({"folds": "all", "equivalence_margin": {"NDCG@100": -0.01}}, "equivalence_margin: NDCG@100=-0.01 is not allowed"),
     ({"folds": "all", "equivalence_margin": {"NDCG@100": float("inf")}},
      "equivalence_margin: NDCG@100=inf is not allowed"),
-    ({"folds": "all", "equivalence_margin": [0.01]}, "equivalence_margin: give a mapping of metrics to margins"),
+    ({"folds": "all", "equivalence_margin": [0.01]},
+     "equivalence_margin=[0.01] is not allowed: give a mapping of metrics to margins"),
     ({}, "heldout_folds is set but the spec has no 'folds': give folds: all"),
 ])
 def test_bad_fold_and_margin_specs_fail_before_anything_runs(tmp_path, capsys, extra, message):

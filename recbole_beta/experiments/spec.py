@@ -40,6 +40,7 @@ from recbole.evaluator.base_metric import TopkMetric
 from recbole_beta.config import check_values, closest_known_key, known_keys
 from recbole_beta.defaults import properties_dir
 from recbole_beta.errors import ConfigError, RecBoleBetaError
+from recbole_beta.experiments.spec_schema import shape_error
 from recbole_beta.experiments.tuned import TuningSpecError, parse_tuning
 from recbole_beta.metrics import register_metrics
 from recbole_beta.registry import get_model
@@ -172,11 +173,6 @@ def _models(entries):
     for entry in entries:
         if isinstance(entry, str):
             entry = {"model": entry}
-        if not isinstance(entry, dict) or "model" not in entry:
-            raise SpecError(f"models: entry {entry!r} is neither a model name nor a mapping with a 'model' key")
-        unknown = set(entry) - {"model", "label", "config", "search"}
-        if unknown:
-            raise SpecError(f"models: entry {entry['model']!r} has unknown fields {sorted(unknown)}")
         get_model(entry["model"])  # UnknownModelError with close names
         config = entry.get("config") or {}
         check_keys(config, f"models: {entry['model']}")
@@ -226,17 +222,11 @@ def load_spec(source, overrides=None):
     if not isinstance(raw, dict):
         raise SpecError("a spec is a mapping with at least 'dataset' and 'models'")
     raw = {**raw, **(overrides or {})}
-    allowed = {"name", "dataset", "seeds", "models", "config", "config_files", "grid", "cells", "reference",
-               "activity_quantiles", "folds", "equivalence_margin", "plan", "plugins", "tuning"}
-    unknown = set(raw) - allowed
-    if unknown:
-        raise SpecError(f"unknown spec fields {sorted(unknown)}; allowed: {sorted(allowed)}")
+    shape = shape_error(raw)  # the fields and the type of each (the schema); their values are checked below
+    if shape:
+        raise SpecError(shape)
     plugins = parse_plugins(raw.get("plugins"))  # imported first: the models and strategies they register are checked
-    if not isinstance(raw.get("dataset"), str):
-        raise SpecError("dataset: give a dataset name, e.g. ml-100k")
     config = raw.get("config") or {}
-    if not isinstance(config, dict):
-        raise SpecError("config: give a mapping of config keys to values")
     check_keys(config, "config")
     files = raw.get("config_files") or []
     for file in files:
