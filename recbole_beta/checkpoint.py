@@ -12,14 +12,12 @@ checkpoint (optimizers and their layout, history, random generators, the split) 
 for the conversion as data (running nothing a file names: RecBole's Config evals its settings when
 called), are :mod:`recbole_beta.recbole_pickles`.
 
-    python -m recbole_beta.checkpoint convert-checkpoint IN.pth OUT.pth   # a RecBole 1.2.1 checkpoint, once
+    python -m recbole_beta convert-checkpoint IN.pth OUT.pth   # a RecBole 1.2.1 checkpoint, once (cli.py)
 """
 
-import argparse
 import io
 import os
 import pickle
-import sys
 import warnings
 
 import numpy as np
@@ -99,7 +97,7 @@ def _refusal(path):
         return (
             f"cannot resume from {path}: it holds pickled Python objects (RecBole's Config), as the checkpoints "
             "RecBole 1.2.1 writes itself do, which the safe loader does not read; if you trust the file, convert "
-            f"it once with `python -m recbole_beta.checkpoint convert-checkpoint {path} OUT.pth` and resume from "
+            f"it once with `python -m recbole_beta convert-checkpoint {path} OUT.pth` and resume from "
             "OUT.pth"
         )
     return f"cannot resume from {path}: not a checkpoint (it holds Python objects the safe loader does not read)"
@@ -153,7 +151,7 @@ def convert_checkpoint(source, target):
     """Rewrite a checkpoint that RecBole 1.2.1 itself wrote in the plugin's safe format; return ``target``.
 
     RecBole pickles its Config object into checkpoints, which torch's safe loader refuses. This reads
-    such a file, when asked explicitly (``python -m recbole_beta.checkpoint convert-checkpoint IN OUT``), as
+    such a file, when asked explicitly (``python -m recbole_beta convert-checkpoint IN OUT``), as
     data (:func:`recbole_beta.recbole_pickles.load_recbole_checkpoint`): tensors and arrays through torch's
     and numpy's rebuilders, the Config as its settings; nothing the file names is imported or called. A file
     that would import anything else (``os.system``, say) or call what it may only name (``Config(...)``,
@@ -235,32 +233,6 @@ def _converted(source, old):
             "checkpoint the safe loader reads cannot keep"
         ) from None
     return buffer.getvalue()
-
-
-def main(argv=None):
-    """``python -m recbole_beta.checkpoint convert-checkpoint IN OUT``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m recbole_beta.checkpoint",
-        description="Checkpoints of RecBole 1.2.1 on today's stack.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    convert = commands.add_parser(
-        "convert-checkpoint",
-        help="rewrite a checkpoint RecBole 1.2.1 wrote (which torch's safe loader refuses) in the plugin's "
-        "safe format, for --resume; only for files you trust",
-    )
-    convert.add_argument("source", help="the RecBole checkpoint (.pth)")
-    convert.add_argument("target", help="where the converted checkpoint goes (.pth)")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        convert_checkpoint(args.source, args.target)
-    except CheckpointError as error:
-        return fail(error)
-    state = load_checkpoint(args.target)
-    model, dataset = state["config"]["model"], state["config"]["dataset"]
-    print(f"wrote {args.target}: {model} on {dataset}, after epoch {state['epoch']}")
-    print(f"resume with: python run_recbole_beta.py --model={model} --dataset={dataset} --resume={args.target}")
-    return 0
 
 
 class SafeCheckpointMixin:
@@ -360,5 +332,6 @@ class SafeCheckpointMixin:
         return super().evaluate(eval_data, load_best_model=False, model_file=model_file, show_progress=show_progress)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # the command moved to the top, with the other command lines
+    raise SystemExit(fail("`python -m recbole_beta.checkpoint` is now "
+                          "`python -m recbole_beta convert-checkpoint IN OUT`"))

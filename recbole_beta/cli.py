@@ -1,4 +1,11 @@
-"""Command line of ``run_recbole_beta.py`` (also installed as ``recbole-beta``)."""
+"""Command line of ``run_recbole_beta.py`` (also ``python -m recbole_beta`` and the ``recbole-beta`` command).
+
+Besides a run (whose arguments are all ``--key=value``), two sub-commands, by their first word:
+``python -m recbole_beta data {convert,synthetic,export} ...`` (:mod:`recbole_beta.data_cli`) and
+``python -m recbole_beta convert-checkpoint IN.pth OUT.pth``. They sit here, at the top with the other command
+lines, so that no lower part holds a command line that imports the parts above it (``data export`` builds a
+Config, which reads the models, which read the users' history in ``data/``).
+"""
 
 import argparse
 import sys
@@ -10,7 +17,9 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="run_recbole_beta.py",
         description="Train and test a recbole-beta or RecBole model with RecBole's loaders, trainer and "
-        "full-ranking evaluation. Any other --key=value sets that config key.",
+        "full-ranking evaluation. Any other --key=value sets that config key. Other commands: "
+        "`python -m recbole_beta data --help` (data tools), "
+        "`python -m recbole_beta convert-checkpoint IN.pth OUT.pth` (a RecBole 1.2.1 checkpoint, for --resume).",
     )
     parser.add_argument("--model", "-m", default="BetaMultVAE", help="model name (default: BetaMultVAE)")
     parser.add_argument("--dataset", "-d", default="ml-100k",
@@ -26,8 +35,43 @@ def build_parser():
     return parser
 
 
+def convert_checkpoint_command(argv):
+    """``python -m recbole_beta convert-checkpoint IN OUT``: a checkpoint RecBole 1.2.1 wrote, in the plugin's
+    safe format."""
+    parser = argparse.ArgumentParser(
+        prog="python -m recbole_beta convert-checkpoint",
+        description="Rewrite a checkpoint RecBole 1.2.1 wrote (which torch's safe loader refuses) in the "
+        "plugin's safe format, for --resume. The file is read as data: nothing it names is imported or run.",
+    )
+    parser.add_argument("source", help="the RecBole checkpoint (.pth)")
+    parser.add_argument("target", help="where the converted checkpoint goes (.pth)")
+    args = parser.parse_args(argv)
+    from recbole_beta.checkpoint import convert_checkpoint, load_checkpoint
+
+    try:
+        convert_checkpoint(args.source, args.target)
+    except RecBoleBetaError as error:
+        return fail(error)
+    state = load_checkpoint(args.target)
+    model, dataset = state["config"]["model"], state["config"]["dataset"]
+    print(f"wrote {args.target}: {model} on {dataset}, after epoch {state['epoch']}")
+    print(f"resume with: python run_recbole_beta.py --model={model} --dataset={dataset} --resume={args.target}")
+    return 0
+
+
+def data_command(argv):
+    from recbole_beta.data_cli import main as data_main
+
+    return data_main(argv)
+
+
+COMMANDS = {"data": data_command, "convert-checkpoint": convert_checkpoint_command}
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
     args, rest = build_parser().parse_known_args(argv)  # the rest are --key=value, read by RecBole's Config
     from recbole_beta.config import split_key_values  # heavy imports after --help
     from recbole_beta.quick_start import run

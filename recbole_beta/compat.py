@@ -3,13 +3,14 @@
 - :func:`init_logger`: RecBole 1.2.1's ``init_logger`` attaches its handlers with ``logging.basicConfig``,
   which does nothing once the root logger has handlers: a second run in one process (a sweep, a search, a
   test session) would log into the first run's file. Checkpoints that torch >= 2.6 can load are
-  :mod:`recbole_beta.checkpoint`'s; ``python -m recbole_beta.compat convert-checkpoint`` is kept as
-  another name of ``python -m recbole_beta.checkpoint convert-checkpoint``.
+  :mod:`recbole_beta.checkpoint`'s; RecBole's own are converted by ``python -m recbole_beta convert-checkpoint``.
 """
 
 import logging
 
 from recbole.utils import init_logger as recbole_init_logger
+
+from recbole_beta.errors import fail
 
 _run_handlers = []  # the handlers RecBole attached for the run in progress (closed when the next starts)
 
@@ -42,7 +43,5 @@ def init_logger(config, console_level=None):
         root.addHandler(handler)
 
 
-if __name__ == "__main__":
-    from recbole_beta.checkpoint import main
-
-    raise SystemExit(main())
+if __name__ == "__main__":  # an old name of the command, which moved to the top with the other command lines
+    raise SystemExit(fail("`python -m recbole_beta.compat` is now `python -m recbole_beta convert-checkpoint IN OUT`"))

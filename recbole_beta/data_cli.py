@@ -1,4 +1,4 @@
-"""Command line of the data tools: ``python -m recbole_beta.data {convert,synthetic,export} ...``.
+"""Command line of the data tools: ``python -m recbole_beta data {convert,synthetic,export} ...``.
 
 It stands with the other command lines, above everything it calls (``export`` builds a Config); the data package
 below holds the tools, and ``data/__main__.py`` only launches this module.
@@ -29,12 +29,12 @@ _SEP_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "space":
 CONVERT_EPILOG = """\
 examples:
   # ML-20M with the Mult-VAE preprocessing (ratings >= 4, i.e. the paper's > 3.5; users with >= 5)
-  python -m recbole_beta.data convert ~/Downloads/ml-20m/ratings.csv --multvae --out dataset/
+  python -m recbole_beta data convert ~/Downloads/ml-20m/ratings.csv --multvae --out dataset/
   # ML-1M, explicit threshold and a 10-core (users and items, repeated until stable)
-  python -m recbole_beta.data convert ml-1m/ratings.dat --min-rating 3.5 \\
+  python -m recbole_beta data convert ml-1m/ratings.dat --min-rating 3.5 \\
       --min-user-inter 10 --min-item-inter 10 --k-core --name ml-1m-10core
   # any CSV/TSV: name the columns
-  python -m recbole_beta.data convert clicks.tsv --format csv --sep tab \\
+  python -m recbole_beta data convert clicks.tsv --format csv --sep tab \\
       --user-col uid --item-col sku --time-col ts --name clicks
 
 The output is <out>/<name>/<name>.inter (RecBole atomic file) and <name>.summary.json;
@@ -43,8 +43,8 @@ use it with RecBole's --data_path=<out> --dataset=<name>.
 
 SYNTHETIC_EPILOG = """\
 examples:
-  python -m recbole_beta.data synthetic --preset ml-20m --seed 0 --out dataset/
-  python -m recbole_beta.data synthetic --users 5000 --items 2000 --density 0.01 --name toy
+  python -m recbole_beta data synthetic --preset ml-20m --seed 0 --out dataset/
+  python -m recbole_beta data synthetic --users 5000 --items 2000 --density 0.01 --name toy
 """
 
 
@@ -86,7 +86,7 @@ def _int(text):
 def build_parser():
     """The argparse parser with the convert, synthetic and export sub-commands."""
     parser = argparse.ArgumentParser(
-        prog="python -m recbole_beta.data",
+        prog="python -m recbole_beta data",
         description="Make RecBole atomic .inter files: convert raw MovieLens/CSV ratings, "
                     "or generate power-law synthetic data for scale tests.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{convert,synthetic,export}")
@@ -195,7 +195,7 @@ def _add_export(sub):
                     "unique_sid.txt, so other tools evaluate on exactly the same users and targets. "
                     "Any --key=value sets a config key (heldout_users, heldout_ratio, split_seed, "
                     "data_path, val_interval, ...), as for run_recbole_beta.py.",
-        epilog="example:\n  python -m recbole_beta.data export --dataset ml-100k --heldout_users=69 "
+        epilog="example:\n  python -m recbole_beta data export --dataset ml-100k --heldout_users=69 "
                "--out vae_cf/ml-100k\n", formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("--dataset", "-d", default="ml-100k", help="dataset name (default: ml-100k)")
     e.add_argument("--config_files", default=None, help="YAML config files, separated by spaces")

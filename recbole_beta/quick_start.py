@@ -59,7 +59,7 @@ def check_dataset(config):
         )
         raise DatasetNotFoundError(
             f"dataset={name!r} not found: RecBole reads atomic files and {missing[0]} does not exist. "
-            f"Put {name}.inter in {path}/ (see dataset/README.md; `python -m recbole_beta.data convert` "
+            f"Put {name}.inter in {path}/ (see dataset/README.md; `python -m recbole_beta data convert` "
             f"turns raw MovieLens or CSV files into it), or set --data_path to the folder holding {name}/. "
             f"ml-100k needs no files: RecBole ships it{download_hint}"
         )

@@ -77,7 +77,7 @@ def test_missing_dataset_says_where_files_go(monkeypatch, capsys, tmp_path):
     assert code == 2
     assert "dataset='ml-20m' not found" in err
     assert f"{tmp_path}/data/ml-20m/ml-20m.inter does not exist" in err
-    assert "dataset/README.md" in err and "python -m recbole_beta.data convert" in err
+    assert "dataset/README.md" in err and "python -m recbole_beta data convert" in err
     assert "\n" not in err
 
 
@@ -136,3 +136,31 @@ def test_topk_beyond_the_item_count_is_caught_after_loading(tmp_path):
     config = {**write_tiny_dataset(tmp_path), "state": "WARNING"}
     with pytest.raises(ConfigError, match=r"topk=\[20, 50, 100\] is not allowed: every k must be <= the number of items \(6\)"):
         run_recbole_beta("BetaMultVAE", "tiny", config_dict=config)
+
+
+@pytest.mark.parametrize("old,new", [
+    ("recbole_beta.data", "python -m recbole_beta data ..."),
+    ("recbole_beta.checkpoint", "python -m recbole_beta convert-checkpoint IN OUT"),
+    ("recbole_beta.compat", "python -m recbole_beta convert-checkpoint IN OUT"),
+])
+def test_the_old_names_of_moved_commands_say_where_they_went(tmp_path, old, new):
+    """The data tools and the conversion moved to ``python -m recbole_beta`` (the top layer's command line): the
+    old names stop with one line naming the new one, and do nothing else."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", old, "convert", "x"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [f"recbole-beta: `python -m {old}{' ...' if old.endswith('data') else ''}` "
+                                                f"is now `{new}`" + (" (the same sub-commands and options)"
+                                                                     if old.endswith("data") else "")]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_sub_commands_of_the_top_command_line(capsys, tmp_path):
+    """``python -m recbole_beta data ...`` reaches the data tools and ``convert-checkpoint`` the conversion,
+    before the run's own arguments are read."""
+    assert main(["data", "synthetic", "--users", "50", "--items", "40", "--density", "0.2", "--name", "toy",
+                 "--seed", "1", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "toy" / "toy.inter").is_file()
+    assert main(["convert-checkpoint", str(tmp_path / "none.pth"), str(tmp_path / "out.pth")]) == 2
+    assert capsys.readouterr().err.strip() == f"recbole-beta: cannot convert {tmp_path / 'none.pth'}: no such file"

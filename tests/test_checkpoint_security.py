@@ -18,7 +18,8 @@ import scipy.sparse as sp
 import torch
 
 import recbole_beta.model
-from recbole_beta.checkpoint import decode, load_checkpoint, main
+from recbole_beta.checkpoint import decode, load_checkpoint
+from recbole_beta.cli import main
 from recbole_beta.compat import init_logger
 from recbole_beta.files import plain
 from recbole_beta.quick_start import run_recbole_beta
@@ -172,7 +173,7 @@ ROUTES = {
 
 
 def convert(capsys, source):
-    """``python -m recbole_beta.checkpoint convert-checkpoint SOURCE converted.pth``: exit status, stderr."""
+    """``python -m recbole_beta convert-checkpoint SOURCE converted.pth``: exit status, stderr."""
     target = source.parent / "converted.pth"
     code = main(["convert-checkpoint", str(source), str(target)])
     return code, capsys.readouterr().err.strip()

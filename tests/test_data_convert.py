@@ -355,10 +355,10 @@ def test_threshold_without_rating_column(tmp_path):
 # ---------------------------------------------------------------- command line
 
 def run_cli(*args, cwd):
-    """Run ``python -m recbole_beta.data`` in a child process."""
+    """Run ``python -m recbole_beta data`` in a child process."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    return subprocess.run([sys.executable, "-m", "recbole_beta.data", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "recbole_beta", "data", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=60)
 
 

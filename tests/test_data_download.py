@@ -148,7 +148,7 @@ def test_no_network_is_one_clear_line(tmp_path):
     assert "\n" not in message
     assert message.startswith(f"dataset='ml-20m' could not be downloaded from {url} (URLError: ")
     assert f"put ml-20m.inter in {tmp_path}/data/ml-20m/ by hand (see dataset/README.md)" in message
-    assert (f"python -m recbole_beta.data convert path/to/ml-20m/ratings.csv --multvae --name ml-20m "
+    assert (f"python -m recbole_beta data convert path/to/ml-20m/ratings.csv --multvae --name ml-20m "
             f"--out {tmp_path}/data/") in message
     assert not list((tmp_path / "data").rglob("*.zip"))
     assert dist.barrier.__module__.startswith("torch.distributed")
@@ -189,7 +189,7 @@ def test_unknown_names_are_not_downloadable(tmp_path):
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("dataset='no-such-data' cannot be downloaded: RecBole has no address for it")
-    assert "python -m recbole_beta.data convert" in message
+    assert "python -m recbole_beta data convert" in message
 
 
 def test_an_archive_without_the_inter_file_is_reported(tmp_path):

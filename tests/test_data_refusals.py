@@ -1,4 +1,4 @@
-"""The data tools refuse or repair bad values in the open (issue 31, item 4): ``python -m recbole_beta.data
+"""The data tools refuse or repair bad values in the open (issue 31, item 4): ``python -m recbole_beta data
 convert`` and ``synthetic`` on tiny real files, each refusal one ``recbole-beta: ...`` line, each repair
 counted in the printed summary."""
 
@@ -152,7 +152,7 @@ def test_synthetic_refuses_an_empty_name(tmp_path, capsys):
 def test_a_steep_item_exponent_finishes(tmp_path):
     # each user needs 20 distinct items of which rank 20 is drawn with weight 20 ** -5: drawn with
     # replacement, the sampler kept doubling its draws for ever
-    proc = subprocess.run([sys.executable, "-m", "recbole_beta.data", "synthetic", "--users", "1000", "--items",
+    proc = subprocess.run([sys.executable, "-m", "recbole_beta", "data", "synthetic", "--users", "1000", "--items",
                            "1000", "--density", "0.02", "--item-exponent", "5", "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

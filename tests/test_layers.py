@@ -4,9 +4,11 @@ The order is declared once, in the README's Architecture table (its ``parts`` co
 from there. The imports are read from the source with ``ast``, nothing imported: every ``import recbole_beta...``
 and ``from recbole_beta... import ...`` (or relative import), at module level and inside functions alike.
 A part is a top-level module (``quick_start``, ``config``, ``registry``, ``trainer``, ``checkpoint``, ``files``,
-...) or subpackage (``beta``, ``model``, ``data``, ``experiments``, ``tuning``, ``runs``); a ``__main__`` module,
-which ``python -m`` runs and nothing imports, is a command line wherever it sits: a node of its own, in the top
-layer.
+...) or subpackage (``beta``, ``model``, ``data``, ``experiments``, ``tuning``, ``runs``). A subpackage's
+``__main__`` belongs to its subpackage like any module of it (so ``data/__main__.py`` importing the data tools'
+command line would be data importing the top layer, a circle); only the package's own ``recbole_beta/__main__.py``
+is a command line of the top layer. Command lines sit at the top: argparse is imported there and in the two
+studies' ``cli.py`` only.
 """
 
 import ast
@@ -62,11 +64,9 @@ def imported(name, path, modules):
 
 
 def node_of(module):
-    """The part a module belongs to: its top-level module or subpackage (``__init__`` for the package itself), or
-    the module itself for a ``__main__``."""
+    """The part a module belongs to: its top-level module or subpackage (``__init__`` for the package itself);
+    a subpackage's ``__main__`` is its subpackage's, the package's own ``__main__`` the top layer's."""
     parts = module.split(".")
-    if parts[-1] == MAIN:
-        return module
     return parts[1] if len(parts) > 1 else "__init__"
 
 
@@ -97,7 +97,7 @@ def layer_index():
 
 
 def layer_of(node, index):
-    return index[MAIN] if node.split(".")[-1] == MAIN else index.get(node)
+    return index.get(node)
 
 
 def import_graph():
@@ -153,7 +153,7 @@ def test_every_part_has_a_layer():
     index = layer_index()
     missing = sorted({node for node in map(node_of, module_names()) if layer_of(node, index) is None})
     assert not missing, f"parts the README's Architecture table does not place: {missing}"
-    stale = sorted(set(index) - {MAIN} - set(map(node_of, module_names())))
+    stale = sorted(set(index) - set(map(node_of, module_names())))
     assert not stale, f"parts in the README's Architecture table that are not in the package: {stale}"
 
 
@@ -177,6 +177,41 @@ def test_upward_imports_are_seen(tmp_path):
     names = [target for target, _ in imported("recbole_beta.data.probe", probe, module_names())]
     assert names == ["recbole_beta.config"]
     assert layer_of(node_of("recbole_beta.data.probe"), index) > layer_of(node_of(names[0]), index)
+
+
+def test_a_subpackages_main_is_of_its_subpackage(tmp_path):
+    """A ``data/__main__.py`` that launched the data tools' command line (as one did) is data importing the top
+    layer: upward, and with the command line's own imports of config -> registry -> model -> data, a circle."""
+    index = layer_index()
+    launcher = tmp_path / "__main__.py"
+    launcher.write_text("import sys\n\nfrom recbole_beta.data_cli import main\n\nsys.exit(main())\n")
+    names = [target for target, _ in imported("recbole_beta.data.__main__", launcher, module_names())]
+    assert names == ["recbole_beta.data_cli"]
+    assert node_of("recbole_beta.data.__main__") == "data" and node_of("recbole_beta.__main__") == MAIN
+    assert layer_of("data", index) > layer_of(node_of(names[0]), index)
+    edges = {}
+    for module, _, target in import_graph() + [("recbole_beta.data.__main__", 1, "recbole_beta.data_cli")]:
+        if node_of(module) != node_of(target):
+            edges.setdefault(node_of(module), set()).add(node_of(target))
+    assert "data" in find_cycle(edges)
+
+
+def test_command_lines_sit_at_the_top():
+    """argparse is read by the top layer's command lines and the two studies' ``cli.py`` only: a module of a lower
+    layer with a parser of its own (``python -m recbole_beta.checkpoint ...``, as there was) is a command line
+    out of place."""
+    index = layer_index()
+    offenders = []
+    for name, path in module_names().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        reads_argparse = any(
+            (isinstance(node, ast.Import) and any(alias.name == "argparse" for alias in node.names))
+            or (isinstance(node, ast.ImportFrom) and node.module == "argparse")
+            for node in ast.walk(tree)
+        )
+        if reads_argparse and layer_of(node_of(name), index) != 0 and name.split(".")[-1] != "cli":
+            offenders.append(name)
+    assert not offenders, f"command lines below the top layer: {offenders}"
 
 
 def test_no_two_parts_import_each_other():

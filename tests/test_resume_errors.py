@@ -1,6 +1,6 @@
 """--resume with a file it cannot use fails with one line naming the file and why, before the dataset
 is loaded, never advising to switch torch's safe loader off; RecBole's own checkpoints convert
-explicitly (``python -m recbole_beta.checkpoint convert-checkpoint IN OUT``), tampered files never run."""
+explicitly (``python -m recbole_beta convert-checkpoint IN OUT``), tampered files never run."""
 
 import os
 import pickle
@@ -12,8 +12,8 @@ import torch
 
 from conftest import FAST, as_args, refuse_data
 from recbole_beta.checkpoint import convert_checkpoint, load_checkpoint
-from recbole_beta.checkpoint import main as compat_main
 from recbole_beta.cli import main
+from recbole_beta.cli import main as cli_main
 from recbole_beta.compat import init_logger
 from recbole_beta.errors import CheckpointError
 from recbole_beta.quick_start import run_recbole_beta
@@ -131,7 +131,7 @@ def test_recboles_own_checkpoint_is_refused_with_the_conversion_named(monkeypatc
     assert code == 2
     one_line(err, recbole_checkpoint)
     assert "RecBole 1.2.1" in err
-    assert f"python -m recbole_beta.checkpoint convert-checkpoint {recbole_checkpoint} OUT.pth" in err
+    assert f"python -m recbole_beta convert-checkpoint {recbole_checkpoint} OUT.pth" in err
 
 
 @pytest.mark.parametrize("layout", ["pickle", "torch"])
@@ -151,7 +151,7 @@ def test_a_tampered_file_is_refused_and_nothing_runs(monkeypatch, capsys, tmp_pa
 
     # the explicit conversion refuses it too, before anything in it runs
     out = tmp_path / "converted.pth"
-    assert compat_main(["convert-checkpoint", str(path), str(out)]) == 2
+    assert cli_main(["convert-checkpoint", str(path), str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"recbole-beta: cannot convert {path}: it would import {os.system.__module__}.system")
     assert "\n" not in err
@@ -182,7 +182,7 @@ def test_a_checkpoint_of_another_architecture(plugin_checkpoint, fast):
 def test_convert_recboles_checkpoint_then_resume_it(tmp_path, recbole_checkpoint, fast):
     out = tmp_path / "converted.pth"
     done = subprocess.run(
-        [sys.executable, "-m", "recbole_beta.compat", "convert-checkpoint", recbole_checkpoint, str(out)],
+        [sys.executable, "-m", "recbole_beta", "convert-checkpoint", recbole_checkpoint, str(out)],
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr

@@ -1,6 +1,6 @@
 """Data tools: convert raw interaction files to RecBole atomic files, and generate synthetic ones.
 
-Command line: ``python -m recbole_beta.data convert ...`` and ``python -m recbole_beta.data synthetic ...``
+Command line: ``python -m recbole_beta data convert ...`` and ``python -m recbole_beta data synthetic ...``
 (see ``--help`` and ``dataset/README.md``). ``recbole_beta.data.download`` runs RecBole's own
 download of the datasets it hosts when a run sets ``download: True``.
 

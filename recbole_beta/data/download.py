@@ -60,7 +60,7 @@ def _by_hand(config):
     root = os.path.dirname(os.path.normpath(path)) or "."
     return (
         f"put {name}.inter in {path}/ by hand (see {README}); from GroupLens' raw ml-20m.zip: "
-        f"python -m recbole_beta.data convert path/to/ml-20m/ratings.csv --multvae --name {name} --out {root}/"
+        f"python -m recbole_beta data convert path/to/ml-20m/ratings.csv --multvae --name {name} --out {root}/"
     )
 
 

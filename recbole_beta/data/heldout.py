@@ -19,7 +19,7 @@ The draws follow the reference preprocessing (dawenl/vae_cf): users in ascending
 permuted with ``RandomState(split_seed)``; then, for the validation users and again for the test
 users, the generator is seeded afresh and each user (ascending id, rows in file order) draws
 its targets with ``choice(n, int(ratio * n), replace=False)``. A dataset whose ``.inter`` file has
-a ``protocol_role`` column (written by ``python -m recbole_beta.data convert --format vae_cf``)
+a ``protocol_role`` column (written by ``python -m recbole_beta data convert --format vae_cf``)
 is not drawn at all: its rows keep the roles the file gives.
 
 Cross-validated held-out users (``heldout_folds: K``, ``fold: k``): the permuted users are cut into
