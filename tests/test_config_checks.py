@@ -191,7 +191,7 @@ def test_the_table_covers_every_key_the_strong_protocol_checks():
 
 
 def test_check_values_checks_the_keys_it_is_given():
-    from recbole_beta.config import check_values
+    from recbole_beta.config_checks import check_values
 
     check_values({"seed": 5, "epochs": 3})  # keys left out are not asked for
     with pytest.raises(ConfigError, match=r"^k=0 is not allowed: must be an integer >= 1$"):

@@ -37,11 +37,12 @@ import yaml
 from recbole.evaluator import register
 from recbole.evaluator.base_metric import TopkMetric
 
-from recbole_beta.config import check_values, closest_known_key, known_keys
+from recbole_beta.config import closest_known_key, known_keys
+from recbole_beta.config_checks import check_values
 from recbole_beta.defaults import properties_dir
 from recbole_beta.errors import ConfigError, RecBoleBetaError
 from recbole_beta.experiments.spec_schema import shape_error
-from recbole_beta.experiments.tuned import TuningSpecError, parse_tuning
+from recbole_beta.experiments.tuning_spec import TuningSpecError, parse_tuning
 from recbole_beta.metrics import register_metrics
 from recbole_beta.registry import get_model
 from recbole_beta.runs.training import driver_config
@@ -115,7 +116,7 @@ class Spec:
     plan: dict = None
     #: modules imported in the driver and in every worker before a run (strategies and models of your own)
     plugins: tuple = ()
-    #: the tuned sweep's searches (:mod:`recbole_beta.experiments.tuned`); None: no model is tuned
+    #: the tuned sweep's searches (:mod:`recbole_beta.experiments.tuning_spec`); None: no model is tuned
     tuning: dict = None
 
     def runs(self):

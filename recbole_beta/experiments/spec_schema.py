@@ -4,7 +4,7 @@ Which top-level fields there are, and the type of each field and of each model e
 shape is refused in one line naming its path (``models[2].config``, ``seeds[1]``,
 ``equivalence_margin.NDCG@100``); what the values must be (seeds >= 1, known config keys, folds
 within ``heldout_folds``, ...) is checked afterwards by :mod:`recbole_beta.experiments.spec` and
-:mod:`recbole_beta.experiments.tuned`. Each property's ``expect`` is what the message asks for."""
+:mod:`recbole_beta.experiments.tuning_spec`. Each property's ``expect`` is what the message asks for."""
 
 import jsonschema
 

@@ -1,9 +1,8 @@
 """Tuned sweeps: a hyperparameter search per model and fold, nested inside the sweep, before its runs.
 
-A spec's top-level ``tuning: {algo: random | bayes | exhaustive, max_evals: N, seed: S, config: {...}}`` sets
-one budget for every tuned model; a model entry's ``search`` maps config keys to RecBole's params-file
-expressions (``choice [...]``, ``uniform a,b``, ``loguniform a,b``, ``quniform a,b,q``) or names a params file.
-``tuning.config`` is laid over the trials' config only (an epoch cap, say).
+The spec's ``tuning`` block and its models' ``search`` entries are read and checked in
+:mod:`recbole_beta.experiments.tuning_spec`; here the searches run, and the values they choose go to
+the runs. ``tuning.config`` is laid over the trials' config only (an epoch cap, say).
 
 For each tuned model and each fold (the one split without ``folds``), ``max_evals`` trials train on the
 fold's training users and are scored on its validation users (``valid_metric``: the best validation score
@@ -33,165 +32,29 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from recbole_beta.config import check_values, known_keys
-from recbole_beta.errors import ConfigError, RecBoleBetaError
+from recbole_beta.errors import RecBoleBetaError
 from recbole_beta.experiments.records import portable
+from recbole_beta.experiments.tuning_spec import draw_points, space_of
 from recbole_beta.files import atomic_write, plain, write_json
 from recbole_beta.runs.engines import InProcess, Job
 from recbole_beta.runs.record import RunRecord, RunStatus, is_ok
-from recbole_beta.runs.training import driver_config, train
-from recbole_beta.tuning.space import ParamsFileError, SearchSpace, parse_params_line, read_params_file
+from recbole_beta.runs.training import train
 
-ALGOS = ("random", "bayes", "exhaustive")
-TUNING_FIELDS = ("algo", "max_evals", "seed", "config")
 COLUMNS = ["label", "fold", "trial", "params", "valid_score", "chosen", "seconds"]
-
-
-class TuningSpecError(RecBoleBetaError, ValueError):
-    """A spec's ``tuning`` or a model's ``search`` that cannot run (one line); the spec's check raises it as
-    its own SpecError."""
 
 
 class TuningFailed(RecBoleBetaError, RuntimeError):
     """Every trial of a model on a fold failed: there is no point to choose (one line)."""
 
 
-# ----------------------------------------------------------------------------------------------- the spec
-
-def parse_tuning(raw, spec):
-    """The spec's ``tuning`` block and its models' ``search`` entries, checked before any trial (raises
-    :class:`TuningSpecError`, one line); None when neither is given. The result (plain data) is kept as
-    ``spec.tuning``: ``{algo, max_evals, seed, config, search: {label: {key: expression}}}``."""
-    searches = {str(e.get("label", e["model"])): e["search"] for e in raw.get("models") or []
-                if isinstance(e, dict) and "search" in e}
-    block = raw.get("tuning")
-    if block is None:
-        if searches:
-            label = next(iter(searches))
-            raise TuningSpecError(f"models: {label} has a search but the spec has no 'tuning' block: give "
-                                  "tuning: {algo: random, max_evals: N, seed: S}")
-        return None
-    tuning = _tuning_block(block)
-    if searches and spec.cells != [{}]:
-        raise TuningSpecError("tuning: a tuned sweep has no grid or cells: give each setting its own model entry")
-    tuning["search"] = {}
-    for label, model, config in spec.models:
-        if label in searches:
-            space = _space(label, searches[label])
-            _check_space(spec, label, model, config, space, tuning)
-            tuning["search"][label] = {p.name: " ".join(p.text.split()[1:]) for p in space.params}
-    return tuning
-
-
-def _tuning_block(block):
-    if not isinstance(block, dict):
-        raise TuningSpecError(f"tuning={block!r} is not allowed: give {{algo: random, max_evals: N, seed: S}}")
-    unknown = sorted(set(block) - set(TUNING_FIELDS))
-    if unknown:
-        raise TuningSpecError(f"tuning: unknown fields {unknown}; allowed: {list(TUNING_FIELDS)}")
-    algo = block.get("algo", "random")
-    if algo not in ALGOS:
-        raise TuningSpecError(f"tuning: algo={algo!r} is not allowed: must be one of {', '.join(ALGOS)}")
-    max_evals = block.get("max_evals")
-    if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 1:
-        raise TuningSpecError(f"tuning: max_evals={max_evals!r} is not allowed: give an integer >= 1 (the trials "
-                              "of each tuned model on each fold)")
-    seed = block.get("seed", 2020)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise TuningSpecError(f"tuning: seed={seed!r} is not allowed: give an integer >= 0")
-    config = block.get("config") or {}
-    if not isinstance(config, dict):
-        raise TuningSpecError("tuning: config: give a mapping of config keys to values (for the trials only)")
-    unknown = sorted(set(config) - known_keys())
-    if unknown:
-        raise TuningSpecError(f"tuning: config: unknown config keys {unknown}")
-    return {"algo": algo, "max_evals": max_evals, "seed": seed, "config": dict(config)}
-
-
-def _space(label, search):
-    """A model's ``search`` (a mapping of key -> expression, or a params file's path) as a SearchSpace."""
-    where = f"models: {label}: search"
-    try:
-        if isinstance(search, str):
-            if not Path(search).is_file():
-                raise TuningSpecError(f"{where}: {search} is not a params file (give a mapping of config keys to "
-                                      "expressions, or a params file's path)")
-            return read_params_file(search)
-        if not isinstance(search, dict) or not search:
-            raise TuningSpecError(f"{where}: the space is empty: give a mapping of config keys to expressions, "
-                                  "e.g. {reg_weight: 'choice [100,250,500]'}, or a params file's path")
-        params = []
-        for key, expression in search.items():
-            if not isinstance(expression, str):
-                raise TuningSpecError(f"{where}: {key}={expression!r} is not an expression: write it as in a "
-                                      "params file, e.g. 'choice [1,2]' or 'loguniform -9.2,-4.6'")
-            param = parse_params_line(f"{key} {expression}", f"{where}: {key}")
-            if param is None:
-                raise TuningSpecError(f"{where}: {key} has an empty expression")
-            params.append(param)
-        return SearchSpace(params, file=where)
-    except ParamsFileError as error:
-        raise TuningSpecError(str(error)) from None
-
-
-def _check_space(spec, label, model, config, space, tuning):
-    """What a model's search must be: keys the model reads, none fixed in its config, a grid for exhaustive."""
-    where = f"models: {label}: search"
-    read = driver_config(model, spec.dataset, spec.config_files, {}).final_config_dict
-    for param in space.params:
-        if param.name in ("model", "dataset", "seed", "fold"):
-            raise TuningSpecError(f"{where}: {param.name} cannot be searched")
-        if param.name not in read:
-            raise TuningSpecError(f"{where}: {model} does not read {param.name!r}; search keys of its own config")
-        if param.name in config:
-            raise TuningSpecError(f"{where}: {param.name} is searched and also fixed in the model's config "
-                                  f"({param.name}={config[param.name]!r}); drop one of them")
-        for value in param.extremes():  # the values the space reaches at its ends, as the model checks them
-            value = param.convert(value)
-            try:
-                check_values({**read, param.name: value}, model)
-            except ConfigError as error:
-                raise TuningSpecError(f"{where}: {param.name} {' '.join(param.text.split()[1:])} reaches "
-                                      f"{param.name}={value!r}, which {model} refuses: {error}") from None
-    if tuning["algo"] == "exhaustive" and not space.is_grid():
-        bad = next(p for p in space.params if p.distribution != "choice")
-        raise TuningSpecError(f"{where}: algo exhaustive searches a grid, so every key must be a 'choice'; "
-                              f"{bad.name} is '{bad.distribution}'")
-
-
-def space_of(tuning, label):
-    """The SearchSpace of a tuned label, from ``spec.tuning`` (or spec.json's)."""
-    search = tuning["search"][label]
-    return SearchSpace([parse_params_line(f"{key} {expression}", label) for key, expression in search.items()],
-                       file=label)
-
-
-# ------------------------------------------------------------------------------------------------- points
-
-def draw_points(space, algo, max_evals, seed):
-    """The points of a random or exhaustive search, drawn from ``seed`` up front; for exhaustive, the whole
-    grid when it has at most ``max_evals`` points, else ``max_evals`` of them without replacement."""
-    rng = np.random.default_rng(seed)
-    if algo == "exhaustive":
-        grid = [space.convert(point) for point in space.grid()]
-        if len(grid) <= max_evals:
-            return grid
-        return [grid[i] for i in sorted(rng.choice(len(grid), size=max_evals, replace=False))]
-    from hyperopt.pyll import stochastic
-
-    hyper = space.hyperopt_space()
-    return [space.convert(stochastic.sample(hyper, rng=rng)) for _ in range(max_evals)]
-
+# -------------------------------------------------------------------------------------------------- trials
 
 def _same(a, b):
     return json.dumps(plain(a), sort_keys=True) == json.dumps(plain(b), sort_keys=True)
 
-
-# -------------------------------------------------------------------------------------------------- trials
 
 @dataclass(frozen=True)
 class Trial:
