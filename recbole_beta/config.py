@@ -49,6 +49,18 @@ def split_key_values(args):
     return pairs, others
 
 
+def given_keys(pairs):
+    """The ``(key, value string)`` pairs of a command line as a mapping; a key given twice with two values is one
+    :class:`ConfigError` line (RecBole raises a SyntaxError, with a traceback; a plain dict keeps the last)."""
+    given = {}
+    for key, value in pairs:
+        if key in given and given[key] != value:
+            raise ConfigError(key, value, f"--{key} is given twice on the command line (as {given[key]} and "
+                                          f"as {value}); give each key once")
+        given[key] = value
+    return given
+
+
 def convert_values(given):
     """``given`` (key -> value; a value may be a string as the command line gives it) with each string read as
     RecBole reads ``--key=value`` values and ``config_dict`` strings: a Python literal or expression where it
@@ -159,13 +171,7 @@ class Config(RecBoleConfig):
         argv = self._argv
         if argv is None:
             argv = [] if "ipykernel_launcher" in sys.argv[0] else sys.argv[1:]
-        given = {}
-        for key, value in split_key_values(argv)[0]:
-            if key in given and given[key] != value:
-                raise ConfigError(key, value, f"--{key} is given twice on the command line (as {given[key]} and "
-                                              f"as {value}); give each key once")
-            given[key] = value
-        return self._convert_config_dict(given)
+        return self._convert_config_dict(given_keys(split_key_values(argv)[0]))
 
     def _get_model_and_dataset(self, model, dataset):
         if model is None:

@@ -222,3 +222,20 @@ def test_no_word_about_the_device_when_no_gpu_is_asked_for(monkeypatch, capsys, 
     code, err, _ = run_cli(monkeypatch, capsys, "--model=Pop", "--epochs=1")
     assert code == 0 and "asks for a GPU" not in err
     assert not [r for r in caplog.records if "asks for a GPU" in r.getMessage()]
+
+
+def test_a_key_given_twice_to_run_hyper_is_the_run_scripts_line(monkeypatch, capsys, tmp_path):
+    """``run_hyper.py --epochs=2 --epochs=3`` searched with epochs 3 (a plain dict kept the last): now the line
+    the run script gives, before any trial, and nothing written."""
+    from recbole_beta.tuning.cli import main as hyper_main
+
+    monkeypatch.chdir(tmp_path)
+    code, err, _ = run_cli(monkeypatch, capsys, "--epochs=2", "--epochs=3")
+    assert code == 2
+    assert hyper_main(["--model=ScaledBetaMultVAE", "--epochs=2", "--epochs=3", "--max_evals=1",
+                       f"--output_dir={tmp_path / 'hyper'}"]) == 2
+    assert capsys.readouterr().err.strip() == err.strip()
+    assert not (tmp_path / "hyper").exists()
+    # the same value twice is one value, as the run script reads it
+    assert hyper_main(["--model=ScaledBetaMultVAE", "--epochs=2", "--epochs=2", "--max_evals=0"]) == 2
+    assert "epochs" not in capsys.readouterr().err

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from recbole_beta.config import convert_values, split_key_values
+from recbole_beta.config import convert_values, given_keys, split_key_values
 from recbole_beta.errors import RecBoleBetaError, fail
 from recbole_beta.tuning.search import ALGOS, ENGINES, run_search
 from recbole_beta.tuning.space import TuningError
@@ -68,7 +68,7 @@ def _fixed_from_argv(unknown):
     pairs, others = split_key_values(unknown)
     if others:
         raise TuningError(f"unrecognized argument {others[0]!r}: config keys are given as --key=value")
-    return convert_values(dict(pairs))
+    return convert_values(given_keys(pairs))
 
 
 def main(argv=None):
