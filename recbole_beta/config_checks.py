@@ -74,6 +74,10 @@ def check_values(values, model=None):
             across(key, values[key], values)
         elif not _fits_shape(rule, values[key]):
             raise ConfigError(key, values[key], "must be " + _describe(rule, values[key]))
+        elif _fits_shape({"type": "int", "min": 1}, values.get(rule.get("divides"))):
+            other = rule["divides"]
+            check(key, values[key], values[other] % values[key] == 0,
+                  f"must divide {other}={values[other]}: {rule['why']}")
 
 
 def _fits_shape(rule, value):

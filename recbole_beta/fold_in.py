@@ -106,10 +106,7 @@ FOLD_IN = {
     "RaCT": FoldIn("the actor (a Mult-VAE)", keys={"pretrain_epochs": _count, "save_step": _count}, refuses={
         "train_stage": (lambda v, c: v == "actor_pretrain",
                         "the critic stages load the actor with torch.load, which torch >= 2.6 refuses for RecBole's "
-                        "files; use train_stage=actor_pretrain"),
-        "save_step": (lambda v, c: c["pretrain_epochs"] % v == 0,
-                      "the actor is tested from the file saved every save_step epochs: save_step must divide "
-                      "pretrain_epochs")}),
+                        "files; use train_stage=actor_pretrain")}),  # save_step: properties/checks.yaml
     "DiffRec": FoldIn("the denoiser's weights", keys={"steps": _count}, refuses={"time-aware": (
         lambda v, c: not v,
         "time-aware weights need each held-out user's timestamps in its fold-in; use time-aware=False")}),

@@ -279,7 +279,7 @@ def test_a_model_with_per_user_parameters_is_refused_in_one_line(model, tmp_path
     ("AsymKNN", {"knn_method": "user"}, "a user-user similarity has no row"),
     ("ADMMSLIM", {"center_columns": True}, "use center_columns=False"),
     ("RaCT", {"train_stage": "finetune"}, "use train_stage=actor_pretrain"),
-    ("RaCT", {"pretrain_epochs": 15, "save_step": 10}, "save_step must divide pretrain_epochs"),
+    ("RaCT", {"pretrain_epochs": 15, "save_step": 10}, "save_step=10 is not allowed: must divide pretrain_epochs=15"),
     ("LDiffRec", {"n_cate": 2}, "use n_cate=1"),
     ("NAIS", {"pretrain_path": "fism.pth"}, "unset it"),
     ("ItemKNN", {"k": 0}, "k=0 is not allowed"),

@@ -53,3 +53,20 @@ def test_ract_without_epochs_given_says_nothing_of_them(monkeypatch, capsys):
     code, err, _ = run_cli(monkeypatch, capsys, "--model=RaCT", "--pretrain_epochs=2", "--save_step=1")
     assert code == 0, err
     assert "pretrain_epochs=2" not in err, err
+
+
+@pytest.mark.parametrize("protocol", ["weak", "strong"])
+@pytest.mark.parametrize("pretrain,step", [(5, 10), (5, 2)])
+def test_ract_save_step_must_divide_pretrain_epochs_under_every_protocol(monkeypatch, capsys, tmp_path, protocol,
+                                                                          pretrain, step):
+    """RaCT's pretraining saves every save_step epochs and the last file saved is tested: with save_step=10 and
+    pretrain_epochs=5 none was saved (the run trained, then ended in a misleading "cannot write saved/..."
+    line), with save_step=2 the epoch-4 model was tested as if it were the last. One line before any data."""
+    monkeypatch.chdir(tmp_path)
+    code, err, _ = run_cli(monkeypatch, capsys, "--model=RaCT", f"--pretrain_epochs={pretrain}",
+                           f"--save_step={step}", f"--eval_protocol={protocol}", f"--data_path={tmp_path / 'none'}")
+    assert code == 2
+    assert err.strip() == (f"recbole-beta: save_step={step} is not allowed: must divide pretrain_epochs={pretrain}: "
+                           "pretraining saves the model every save_step epochs and the last file saved is the one "
+                           "tested")
+    assert not (tmp_path / "saved").exists()
