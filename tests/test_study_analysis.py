@@ -235,6 +235,9 @@ def test_folds_all_runs_every_fold_seed_and_model():
     assert all(r.config["fold"] == r.fold for r in runs) and "fold1" in runs[2].run_id
     assert loaded.equivalence_margin == {"ndcg@100": 0.005}
     assert [r.fold for r in load_spec(spec(folds=[2, 0])).runs()] == [2, 2, 0, 0]
+    seeded = load_spec(spec(folds="all", seeds=[1, 2])).runs()  # seed by seed first: a stopped sweep has every user
+    assert [(r.seed, r.fold, r.label) for r in seeded] == [(s, f, m) for s in (1, 2) for f in range(3)
+                                                             for m in ("Pop", "EASE")]
     single = spec(config={"eval_protocol": "strong", "heldout_users": 50})
     assert load_spec(single).runs()[0].fold is None  # no folds: one split, run ids as before
 

@@ -120,8 +120,10 @@ class Spec:
     tuning: dict = None
 
     def runs(self):
-        """Every run: model by model, cell by cell, seed by seed; with folds, fold by fold first, so a
-        sweep stopped part-way holds whole folds of every model."""
+        """Every run: model by model, cell by cell, seed by seed; with folds, seed by seed first, then fold by
+        fold, so that a sweep stopped part-way has tested every user (all folds) of every model with its first
+        seeds: a smaller study of the same users, whose run variance each fold already estimates from two seeds
+        on (fold by fold first, it would hold some folds' users only)."""
         if self.folds is None:
             return [
                 Run(label=label, model=model, seed=seed, cell=dict(cell), config={**self.config, **config, **cell})
@@ -130,7 +132,7 @@ class Spec:
         return [
             Run(label=label, model=model, seed=seed, cell=dict(cell), fold=fold,
                 config={**self.config, **config, **cell, "fold": fold})
-            for fold, seed, (label, model, config), cell in itertools.product(self.folds, self.seeds, self.models,
+            for seed, fold, (label, model, config), cell in itertools.product(self.seeds, self.folds, self.models,
                                                                               self.cells)
         ]
 
