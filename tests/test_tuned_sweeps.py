@@ -4,6 +4,7 @@ with the expected maximum of n trials, resumed trial by trial; bad input refused
 Live on ml-100k with tiny budgets."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -125,21 +126,51 @@ BAD = [
      "reg_weight uniform -1,10 reaches reg_weight=-1.0, which EASE refuses"),
     ("tuning with a grid", {"grid": {"epochs": [1, 2]}}, "no grid or cells"),
     ("a missing params file", {"models": [{"model": "EASE", "search": "nowhere.hyper"}]}, "is not a params file"),
+    # found in review: each passed the check, or raised a traceback
+    ("a training key of a model fitted without gradients",
+     {"models": [{"model": "EASE", "search": {"learning_rate": "loguniform -9,-5"}}]},
+     "EASE does not read 'learning_rate'; search keys of its own config .reg_weight."),
+    ("loguniform bounds beyond a float", {"models": [{"model": "EASE", "search": {"reg_weight": "loguniform 1,1000"}}]},
+     "reg_weight: loguniform 1,1000 reaches e.1000, beyond a float"),
+    ("a key that moves the split", {"models": [{"model": "EASE", "search": {"split_seed": "choice [1,2]"}}]},
+     "split_seed cannot be searched: the study fixes it"),
+    ("a key that moves the held-out users",
+     {"models": [{"model": "EASE", "search": {"heldout_users": "choice [40,50]"}}]},
+     "heldout_users cannot be searched"),
+    ("the metric trials are ranked by",
+     {"models": [{"model": "EASE", "search": {"valid_metric": "choice ['NDCG@10']"}}]},
+     "valid_metric cannot be searched"),
+    ("the weak protocol", {"folds": None, "config": {**SWEEP_FAST, "metrics": ["NDCG"], "topk": [10],
+                                                     "valid_metric": "NDCG@10"}},
+     "tuning needs eval_protocol: strong"),
+    ("a value checked against the spec's own config, not the defaults",
+     {"config": {**PROTOCOL, "pretrain_epochs": 20},
+      "models": [{"model": "RaCT", "search": {"save_step": "choice [3,10]"}}]},
+     "reaches save_step=3, which RaCT refuses: save_step=3 is not allowed: must divide pretrain_epochs=20"),
 ]
 
 
 @pytest.mark.parametrize("what, changes, message", BAD, ids=[b[0] for b in BAD])
 def test_bad_tuning_input_is_one_line_before_any_trial(tmp_path, capsys, what, changes, message):
     raw = spec(**changes)
-    if raw["tuning"] is None:
-        del raw["tuning"]
+    for field in ("tuning", "folds"):
+        if raw[field] is None:
+            del raw[field]
     with pytest.raises(SpecError, match=message) as error:
         load_spec(raw)
     assert "\n" not in str(error.value)
     out = tmp_path / "out"
     assert main(["run", str(write_spec(tmp_path / "s.yaml", raw)), "--out", str(out), "--quiet"]) != 0
     assert not (out / "tuning").exists() and not (out / "runs").exists()
-    assert message in capsys.readouterr().err
+    assert re.search(message, capsys.readouterr().err)  # the message is a pattern, as for pytest.raises
+
+
+def test_the_spec_s_own_config_is_what_the_ends_of_a_space_are_checked_against():
+    """RaCT with pretrain_epochs 20 in the spec: save_step 4 and 5 divide it (refused before, against the default
+    150), and valid_metric NDCG@10 is among what the spec computes."""
+    raw = spec(config={**PROTOCOL, "pretrain_epochs": 20},
+               models=[{"model": "RaCT", "search": {"save_step": "choice [4,5]"}}])
+    assert load_spec(raw).tuning["search"] == {"RaCT": {"save_step": "choice [4,5]"}}
 
 
 def test_a_params_file_is_a_search_and_the_spec_round_trips(tmp_path):

@@ -142,9 +142,8 @@ class TrialJob(Job):
                             test=False, console_level=self.console_level)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        shared = outcome.record.to_dict()
-        shared.pop("test_result", None)  # none was computed: the test users are the study's, not the search's
-        record = {**self._record(), **shared, "seconds": round(outcome.seconds, 3)}
+        # test=False: no test_result, no per-user file; the test users are the study's, not the search's
+        record = {**self._record(), **outcome.record.to_dict(), "seconds": round(outcome.seconds, 3)}
         search.folder.mkdir(parents=True, exist_ok=True)
         write_json(search.path(self.number), record)
         return record

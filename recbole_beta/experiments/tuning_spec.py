@@ -7,7 +7,8 @@ expressions (``choice [...]``, ``uniform a,b``, ``loguniform a,b``, ``quniform a
 
 :func:`parse_tuning` checks both before any trial (one line, :class:`TuningSpecError`, which the spec's check
 raises as its own SpecError): the block's fields, and each search's keys (ones the model reads, none fixed in
-its config, values the model accepts at the ends of the space; every key a ``choice`` for exhaustive).
+its config nor by the study (the split, the data, the metric), values the model accepts at the ends of the space
+(as the spec configures it); every key a ``choice`` for exhaustive; the held-out-user protocol).
 :func:`space_of` reads a model's space back from ``spec.tuning``; :func:`draw_points` draws the points of a
 random or exhaustive search from the seed up front. The searches themselves run in
 :mod:`recbole_beta.experiments.tuned`.
@@ -16,9 +17,11 @@ random or exhaustive search from the seed up front. The searches themselves run 
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from recbole_beta.config import known_keys
 from recbole_beta.config_checks import check_values
+from recbole_beta.defaults import model_defaults, value_checks
 from recbole_beta.errors import ConfigError, RecBoleBetaError
 from recbole_beta.runs.training import driver_config
 from recbole_beta.tuning.space import ParamsFileError, SearchSpace, parse_params_line, read_params_file
@@ -108,19 +111,65 @@ def _space(label, search):
         raise TuningSpecError(str(error)) from None
 
 
+#: keys a search must not move: they decide the split (the users a search validates on and the study tests
+#: on), the data, or the score every trial is ranked by
+FIXED_BY_THE_STUDY = frozenset({
+    "model", "dataset", "seed", "fold", "eval_protocol", "heldout_users", "heldout_ratio", "heldout_folds",
+    "split_seed", "eval_args", "benchmark_filename", "data_path", "val_interval", "user_inter_num_interval",
+    "item_inter_num_interval", "load_col", "metrics", "topk", "valid_metric", "valid_metric_bigger",
+})
+
+
+def keys_the_model_reads(model_class, name):
+    """The config keys ``model_class`` (run as ``name``) reads: those of its property files, RecBole's for each of
+    RecBole's classes it is built on and the plugin's, and what properties/checks.yaml lists for it; with
+    RecBole's training keys (learning_rate, train_batch_size, ...) unless it is fitted without gradients (EASE,
+    ItemKNN, SLIMElastic: ModelType.TRADITIONAL). None for a model no property file describes (one of your own):
+    its keys are not known here."""
+    import recbole
+    from recbole.utils import ModelType, training_arguments
+
+    folder = Path(recbole.__file__).resolve().parent / "properties" / "model"
+    files = [folder / f"{name}.yaml"] + [folder / f"{cls.__name__}.yaml" for cls in model_class.__mro__
+                                         if cls.__module__.startswith("recbole.model.")]
+    keys = set(model_defaults(model_class))
+    for file in files:
+        if file.is_file():
+            keys.update(yaml.safe_load(file.read_text(encoding="utf-8")) or {})
+    if not keys:
+        return None
+    keys.update(value_checks()["models"].get(name) or {})
+    if getattr(model_class, "type", None) != ModelType.TRADITIONAL:
+        keys.update(training_arguments)
+    return keys
+
+
 def _check_space(spec, label, model, config, space, tuning):
-    """What a model's search must be: keys the model reads, none fixed in its config, a grid for exhaustive."""
+    """What a model's search must be: under the held-out-user protocol; keys the model reads and the study does
+    not fix; none fixed in its config; values the model accepts at the ends; a grid for exhaustive."""
     where = f"models: {label}: search"
-    read = driver_config(model, spec.dataset, spec.config_files, {}).final_config_dict
+    built = driver_config(model, spec.dataset, spec.config_files, {**spec.config, **config, **tuning["config"]})
+    read = built.final_config_dict
+    if read["eval_protocol"] != "strong":
+        raise TuningSpecError(f"{where}: tuning needs eval_protocol: strong (a search is scored on held-out "
+                              "validation users); under eval_protocol={!r} the validation interactions are the "
+                              "test users' own".format(read["eval_protocol"]))
+    reads = keys_the_model_reads(built.model_class, model)
     for param in space.params:
-        if param.name in ("model", "dataset", "seed", "fold"):
-            raise TuningSpecError(f"{where}: {param.name} cannot be searched")
-        if param.name not in read:
-            raise TuningSpecError(f"{where}: {model} does not read {param.name!r}; search keys of its own config")
+        if param.name in FIXED_BY_THE_STUDY:
+            raise TuningSpecError(f"{where}: {param.name} cannot be searched: the study fixes it (it decides the "
+                                  "split, the data or the score every trial is ranked by)")
+        if param.name not in (read if reads is None else reads):
+            raise TuningSpecError(f"{where}: {model} does not read {param.name!r}; search keys of its own config"
+                                  + ("" if reads is None else f" ({', '.join(sorted(reads - FIXED_BY_THE_STUDY))})"))
         if param.name in config:
             raise TuningSpecError(f"{where}: {param.name} is searched and also fixed in the model's config "
                                   f"({param.name}={config[param.name]!r}); drop one of them")
-        for value in param.extremes():  # the values the space reaches at its ends, as the model checks them
+        try:
+            extremes = param.extremes()  # the values the space reaches at its ends, as the model checks them
+        except ParamsFileError as error:
+            raise TuningSpecError(f"{where}: {error}") from None
+        for value in extremes:
             value = param.convert(value)
             try:
                 check_values({**read, param.name: value}, model)

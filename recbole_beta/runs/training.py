@@ -74,7 +74,7 @@ def train(model, dataset, config_file_list=None, config_dict=None, recorded=(Exc
         best_valid_score=plain(result["best_valid_score"]),
         valid_score_bigger=bool(result["valid_score_bigger"]),
         best_valid_result=plain(dict(result["best_valid_result"] or {})),
-        test_result=plain(dict(result["test_result"] or {})),
+        test_result=None if result["test_result"] is None else plain(dict(result["test_result"])),  # None: untested
         history=result["history"],
         train_seconds=result["train_seconds"],
         protocol=run_protocol(result["config"]),

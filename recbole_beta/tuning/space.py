@@ -12,6 +12,7 @@ import difflib
 import itertools
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,6 +94,11 @@ class SearchParam:
         if self.distribution in ("choice", "uniform"):
             return list(self.values)
         if self.distribution == "loguniform":
+            if max(self.values) > math.log(sys.float_info.max):
+                low, high = self.values
+                raise ParamsFileError(f"{self.name}: loguniform {low:g},{high:g} reaches e^{high:g}, "
+                                      "beyond a float: loguniform's bounds are natural logarithms (e.g. "
+                                      "loguniform -9.21,-4.61 for 1e-4 .. 1e-2)")
             return [math.exp(v) for v in self.values]
         low, high, q = self.values
         return [round(low / q) * q, round(high / q) * q]
