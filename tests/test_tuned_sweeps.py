@@ -337,3 +337,30 @@ def test_an_exhaustive_grid_smaller_than_the_budget_runs_whole_on_jobs(tmp_path)
     assert main(["report", str(out), "--no-figures"]) == 0
     assert "the whole grid: 2 points (fewer than max_evals=5)" in (out / "report.md").read_text(encoding="utf-8")
     assert np.isfinite(table["valid_score"]).all()
+
+
+def test_a_config_file_changed_under_finished_trials_is_refused(tmp_path, monkeypatch, capsys):
+    """A run and a trial are known by the spec's settings, not by its config files' content: changing the
+    ranking metric in a config file and running again reused every finished trial, ranked by the old metric.
+    Now one line, nothing run; with the file restored the sweep resumes (nothing to redo)."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "cf.yaml"
+    config.write_text("valid_metric: NDCG@100\n", encoding="utf-8")
+    raw = spec(folds=[0], tuning={"algo": "random", "max_evals": 1, "seed": 7}, config_files=["cf.yaml"],
+               config={k: v for k, v in PROTOCOL.items() if k != "valid_metric"},
+               models=[{"model": "EASE", "search": {"reg_weight": "choice [250.0]"}}])
+    path, out = write_spec(tmp_path / "s.yaml", raw), tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
+    files = trial_files(out) + sorted((out / "runs").glob("*.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+    assert len(files) == 2 and "config_file_sha1" in read(out / "spec.json")
+
+    config.write_text("valid_metric: Recall@100\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("recbole-beta: cf.yaml changed since this sweep's finished runs were trained with it (a run is "
+                   "known by the spec's settings, not by the files' content): restore it, or give another --out")
+    config.write_text("valid_metric: NDCG@100\n", encoding="utf-8")
+    assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps

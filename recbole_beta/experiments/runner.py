@@ -10,6 +10,7 @@ its record replaced; a failed record of a run the spec now configures differentl
 cell and seed, another config) is dropped, so a fixed spec leaves no stale failure behind.
 """
 
+import hashlib
 import json
 import os
 import socket
@@ -30,6 +31,31 @@ from recbole_beta.runs.record import is_ok
 
 class SweepBusyError(RecBoleBetaError, RuntimeError):
     """Another sweep holds the folder."""
+
+
+class ConfigFilesChanged(RecBoleBetaError, ValueError):
+    """A config file whose content changed under a sweep's finished runs."""
+
+
+def config_file_digests(spec):
+    """The sha1 of each of the spec's config files: a run's id holds the spec's settings, not these files'
+    content, so spec.json keeps their digests and a resume checks them."""
+    return {str(file): hashlib.sha1(Path(file).read_bytes()).hexdigest() for file in spec.config_files or []}
+
+
+def check_config_files(out_dir, digests):
+    """Refuse (one line) to resume a sweep whose config files changed since its finished runs and trials were
+    trained with them: they would be kept as if trained with the new content."""
+    try:
+        before = json.loads((out_dir / "spec.json").read_text(encoding="utf-8")).get("config_file_sha1") or {}
+    except (OSError, ValueError, AttributeError):
+        return
+    changed = sorted(file for file, digest in digests.items() if before.get(file, digest) != digest)
+    finished = any((out_dir / "runs").glob("*.json")) or any((out_dir / "tuning").glob("*/*/trial*.json"))
+    if changed and finished:
+        raise ConfigFilesChanged(f"{changed[0]} changed since this sweep's finished runs were trained with it (a "
+                                 "run is known by the spec's settings, not by the files' content): restore it, or "
+                                 "give another --out")
 
 
 class SweepLock:
@@ -108,8 +134,10 @@ def run_sweep(spec, out_dir, progress=True, jobs=1, engine="local", cpus=None, r
 
 
 def _run_locked(spec, out_dir, progress, engine, console_level):
+    digests = config_file_digests(spec)
+    check_config_files(out_dir, digests)
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "spec.json", spec.to_dict())
+    write_json(out_dir / "spec.json", {**spec.to_dict(), **({"config_file_sha1": digests} if digests else {})})
     runs = tuned_runs(spec, out_dir, engine, progress, console_level)  # a tuned model's: its chosen values
     drop_superseded_failures(out_dir, runs)
     notes = []
