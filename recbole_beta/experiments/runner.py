@@ -11,6 +11,7 @@ cell and seed, another config) is dropped, so a fixed spec leaves no stale failu
 """
 
 import hashlib
+import itertools
 import json
 import os
 import socket
@@ -33,29 +34,37 @@ class SweepBusyError(RecBoleBetaError, RuntimeError):
     """Another sweep holds the folder."""
 
 
-class ConfigFilesChanged(RecBoleBetaError, ValueError):
-    """A config file whose content changed under a sweep's finished runs."""
-
-
 def config_file_digests(spec):
     """The sha1 of each of the spec's config files: a run's id holds the spec's settings, not these files'
-    content, so spec.json keeps their digests and a resume checks them."""
+    content, so spec.json keeps their digests and a resume compares them."""
     return {str(file): hashlib.sha1(Path(file).read_bytes()).hexdigest() for file in spec.config_files or []}
 
 
-def check_config_files(out_dir, digests):
-    """Refuse (one line) to resume a sweep whose config files changed since its finished runs and trials were
-    trained with them: they would be kept as if trained with the new content."""
+def config_files_note(out_dir, digests):
+    """One warning line when a config file changed since the sweep's finished runs or trials were trained with
+    it (None otherwise). They are kept, as a rerun after a failure fixed in a config file wants (the failed
+    runs are redone): but the reader is told, and how to retrain them."""
     try:
         before = json.loads((out_dir / "spec.json").read_text(encoding="utf-8")).get("config_file_sha1") or {}
     except (OSError, ValueError, AttributeError):
-        return
+        return None
     changed = sorted(file for file, digest in digests.items() if before.get(file, digest) != digest)
-    finished = any((out_dir / "runs").glob("*.json")) or any((out_dir / "tuning").glob("*/*/trial*.json"))
-    if changed and finished:
-        raise ConfigFilesChanged(f"{changed[0]} changed since this sweep's finished runs were trained with it (a "
-                                 "run is known by the spec's settings, not by the files' content): restore it, or "
-                                 "give another --out")
+    kept = sum(map(_is_ok_file, itertools.chain((out_dir / "runs").glob("*.json"),
+                                                (out_dir / "tuning").glob("*/*/trial*.json"))))
+    if not changed or not kept:
+        return None
+    return (f"recbole-beta: warning: {', '.join(changed)} changed since this sweep's {kept} finished runs and "
+            "trials were trained with it; they are kept (a run is known by the spec's settings, not by the files' "
+            "content): to retrain them, delete them or give another --out")
+
+
+def _is_ok_file(path):
+    """Whether ``path`` holds a finished run's or trial's record (failed ones are redone anyway: a config file
+    fixed after a failure is what a rerun is for)."""
+    try:
+        return is_ok(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return False
 
 
 class SweepLock:
@@ -135,7 +144,9 @@ def run_sweep(spec, out_dir, progress=True, jobs=1, engine="local", cpus=None, r
 
 def _run_locked(spec, out_dir, progress, engine, console_level):
     digests = config_file_digests(spec)
-    check_config_files(out_dir, digests)
+    note = config_files_note(out_dir, digests)
+    if note:
+        print(note, file=sys.stderr)
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "spec.json", {**spec.to_dict(), **({"config_file_sha1": digests} if digests else {})})
     runs = tuned_runs(spec, out_dir, engine, progress, console_level)  # a tuned model's: its chosen values
