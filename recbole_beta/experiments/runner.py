@@ -62,9 +62,10 @@ def _is_ok_file(path):
     """Whether ``path`` holds a finished run's or trial's record (failed ones are redone anyway: a config file
     fixed after a failure is what a rerun is for)."""
     try:
-        return is_ok(json.loads(path.read_text(encoding="utf-8")))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+    return isinstance(record, dict) and is_ok(record)  # a damaged one is the sweep's own check's to name
 
 
 class SweepLock:
